@@ -1,0 +1,49 @@
+"""Base class of the client side of a method."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from flwr.app import RecordDict
+
+from fedrouter_app.client_env import ClientEnv, RoundInfo
+
+DEFAULT_ACTION = "default"
+
+
+class ClientMethod(ABC):
+    """Client side of a federated method.
+
+    One instance handles one message: it is built from a :class:`ClientEnv`
+    (config, data, cached model, ``context.state``) and answers with a
+    ``RecordDict``. Anything to remember across rounds goes to
+    ``env.state``, never to attributes or globals.
+
+    Methods that need more message types than ``train`` and ``evaluate`` list
+    them in :attr:`actions` (e.g. ``"query.register"``) and implement
+    ``<category>_<action>`` (e.g. ``query_register``).
+    """
+
+    method_name: ClassVar[str]
+    actions: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, env: ClientEnv) -> None:
+        self.env = env
+
+    @abstractmethod
+    def train(self, content: RecordDict, info: RoundInfo) -> RecordDict:
+        """Handle a training instruction."""
+
+    @abstractmethod
+    def evaluate(self, content: RecordDict, info: RoundInfo) -> RecordDict:
+        """Handle an evaluation instruction."""
+
+    def handle(self, category: str, action: str, content: RecordDict) -> RecordDict:
+        """Dispatch a message to the matching handler."""
+        info = RoundInfo.from_content(content)
+        if action == DEFAULT_ACTION and category in ("train", "evaluate"):
+            return getattr(self, category)(content, info)
+        if f"{category}.{action}" not in self.actions:
+            raise ValueError(f"method {self.method_name!r} does not handle message type {category}.{action}")
+        return getattr(self, f"{category}_{action}")(content, info)

@@ -1,0 +1,22 @@
+"""FedIT client: train the received global adapter and send it back."""
+
+from __future__ import annotations
+
+from flwr.app import RecordDict
+
+from clients.base import ClientMethod
+from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.records import ADAPTER
+from fedrouter_app.registry import register_client
+
+
+@register_client("fedit")
+class FedITClient(ClientMethod):
+    """Local SFT of the global adapter; evaluation with the global adapter."""
+
+    def train(self, content: RecordDict, info: RoundInfo) -> RecordDict:
+        adapter, stats = self.env.train(self.env.read_adapter(content), info)
+        return self.env.train_reply(stats, {ADAPTER: adapter})
+
+    def evaluate(self, content: RecordDict, info: RoundInfo) -> RecordDict:
+        return self.env.evaluate_reply(self.env.score(self.env.data.test, self.env.read_adapter(content)))

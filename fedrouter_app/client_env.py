@@ -1,0 +1,203 @@
+"""What a client method works with: its config, data, the shared model, its state.
+
+A :class:`ClientEnv` is built for every message from the Flower ``Context``.
+The heavy parts are cached per process (the model, the composed config, the
+client's partition), so building one costs microseconds after the first
+message. Per-client memory across rounds lives in ``context.state``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+from fedrouter_app.data.encoding import PromptFormat
+from fedrouter_app.data.example import Example
+from fedrouter_app.data.partition import ClientData, build_client_data
+from fedrouter_app.evaluation import ExampleScore, score_examples, summarize
+from fedrouter_app.model.loading import AdapterModel, cached_adapter_model
+from fedrouter_app.model.lora import LoraState
+from fedrouter_app.records import ADAPTER, CLIENT_ID, CONFIG, METRICS, NUM_EXAMPLES, adapter_record, read_adapter
+from fedrouter_app.settings import RunConfig
+from fedrouter_app.training import Regularizer, TrainStats, train_adapter
+
+# Metric keys of training replies.
+TRAIN_LOSS = "train-loss"
+TRAIN_STEPS = "train-steps"
+TRAIN_SECONDS = "train-seconds"
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """The shared settings the server sends with every instruction."""
+
+    server_round: int
+    num_rounds: int
+    lr: float
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> RoundInfo:
+        config = content.config_records.get(CONFIG, ConfigRecord())
+        return cls(
+            server_round=int(config.get("server-round", 0)),
+            num_rounds=int(config.get("num-rounds", 0)),
+            lr=float(config.get("lr", 0.0)),
+        )
+
+
+def task_metric_key(task: str, metric: str) -> str:
+    """Key of a per-task metric in evaluation replies."""
+    return f"task.{task}.{metric}"
+
+
+_data_lock = threading.Lock()
+_data_cache: dict[tuple[str, int], ClientData] = {}
+
+
+def client_data(cfg: RunConfig, cfg_key: str, partition_id: int) -> ClientData:
+    """The client's partition, built once per process."""
+    key = (cfg_key, partition_id)
+    with _data_lock:
+        if key not in _data_cache:
+            if len(_data_cache) > 256:
+                _data_cache.clear()
+            _data_cache[key] = build_client_data(cfg, partition_id)
+        return _data_cache[key]
+
+
+@dataclass
+class ClientEnv:
+    """Everything a client method needs to handle one message.
+
+    Attributes
+    ----------
+    cfg : RunConfig
+        The run config (composed locally from the same ``conf/`` as the server).
+    data : ClientData
+        This client's partition.
+    state : RecordDict
+        ``context.state``: kept by Flower for this node across rounds.
+    """
+
+    cfg: RunConfig
+    data: ClientData
+    state: RecordDict
+
+    @property
+    def client_id(self) -> int:
+        return self.data.partition_id
+
+    @property
+    def fmt(self) -> PromptFormat:
+        return PromptFormat(self.cfg.data.prompt_template, self.cfg.data.response_template, self.cfg.model.max_length)
+
+    def model(self) -> AdapterModel:
+        """The process's base model with its LoRA slot."""
+        return cached_adapter_model(self.cfg.model, self.cfg.lora)
+
+    def initial_adapter(self) -> LoraState:
+        """The run's initial adapter (identical to the server's)."""
+        return self.model().initial_state(self.cfg.seed)
+
+    def read_adapter(self, content: RecordDict, name: str = ADAPTER) -> LoraState:
+        """Decode adapter ``name`` from an instruction, checked against the model."""
+        if name not in content.array_records:
+            raise ValueError(f"instruction has no adapter {name!r}")
+        return read_adapter(content.array_records[name], self.model().template)
+
+    # Training and scoring.
+
+    def train(
+        self,
+        start: LoraState,
+        info: RoundInfo,
+        *,
+        examples: Sequence[Example] | None = None,
+        steps: int | None = None,
+        lr: float | None = None,
+        tag: str = "",
+        regularizer: Callable[[AdapterModel], Regularizer] | None = None,
+    ) -> tuple[LoraState, TrainStats]:
+        """Train from ``start`` on this client's data; return the new adapter.
+
+        Batches are seeded by (run seed, client, round, ``tag``), so two methods
+        that train the same client in the same round on the same data draw the
+        same batches.
+        """
+        model = self.model()
+        model.load_state(start)
+        settings = self.cfg.train
+        stats = train_adapter(
+            model,
+            self.data.train if examples is None else examples,
+            self.fmt,
+            steps=settings.local_steps if steps is None else steps,
+            batch_size=settings.batch_size,
+            lr=info.lr if lr is None else lr,
+            weight_decay=settings.weight_decay,
+            max_grad_norm=settings.max_grad_norm,
+            seed_parts=(self.cfg.seed, "train", self.client_id, info.server_round, tag),
+            regularizer=regularizer(model) if regularizer else None,
+        )
+        return model.state(), stats
+
+    def score(self, examples: Sequence[Example], adapter: LoraState) -> list[ExampleScore]:
+        """Score ``examples`` with ``adapter``."""
+        model = self.model()
+        model.load_state(adapter)
+        return score_examples(
+            model,
+            examples,
+            self.fmt,
+            batch_size=self.cfg.eval.batch_size,
+            max_new_tokens=self.cfg.eval.max_new_tokens,
+        )
+
+    # Replies.
+
+    def train_reply(
+        self, stats: TrainStats, adapters: dict[str, LoraState] | None = None, **extra: float
+    ) -> RecordDict:
+        """Reply to a training instruction: adapters (if any) and training metrics."""
+        content = RecordDict({name: adapter_record(state) for name, state in (adapters or {}).items()})
+        content[METRICS] = MetricRecord(
+            {
+                NUM_EXAMPLES: len(self.data.train),
+                TRAIN_LOSS: stats.mean_loss if stats.steps else 0.0,
+                TRAIN_STEPS: stats.steps,
+                TRAIN_SECONDS: stats.seconds,
+                **extra,
+            }
+        )
+        return content
+
+    def evaluate_reply(self, scores: Iterable[ExampleScore], **extra: float) -> RecordDict:
+        """Reply to an evaluation instruction: per-task metrics of ``scores``."""
+        metrics: dict[str, Any] = {NUM_EXAMPLES: len(self.data.test), **extra}
+        for task, m in summarize(scores).items():
+            score = m.exact_match if self.data.metrics[task] == "exact" else m.rougeL
+            values = {**m.as_dict(), "score": score, "own": float(task in self.data.tasks)}
+            metrics.update({task_metric_key(task, k): v for k, v in values.items()})
+        return RecordDict({METRICS: MetricRecord(metrics)})
+
+    def stamp(self, content: RecordDict) -> RecordDict:
+        """Add this client's id to a reply's metrics (every reply carries it)."""
+        metrics = content.metric_records.get(METRICS, MetricRecord())
+        metrics[CLIENT_ID] = self.client_id
+        content[METRICS] = metrics
+        return content
+
+    # Per-client memory.
+
+    def load_adapter_state(self, name: str) -> LoraState | None:
+        """An adapter kept in ``context.state`` under ``name``, if any."""
+        record = self.state.array_records.get(name)
+        return None if record is None else read_adapter(record, self.model().template)
+
+    def save_adapter_state(self, name: str, adapter: LoraState) -> None:
+        """Keep ``adapter`` in ``context.state`` for later rounds."""
+        self.state[name] = adapter_record(adapter)

@@ -1,0 +1,143 @@
+"""Composing the run configuration from ``conf/`` with Hydra.
+
+Flower passes three strings through ``--run-config``: ``method``, ``scenario``
+and ``overrides`` (Hydra override syntax). :func:`load_run_config` turns them
+into a typed :class:`~fedrouter_app.settings.RunConfig`, or raises
+:class:`~fedrouter_app.settings.ConfigError` with one line saying what is wrong
+and what the valid choices are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fedrouter_app.registry import method_config_class
+from fedrouter_app.settings import SECTIONS, ConfigError, RunConfig
+
+__all__ = ["ConfigError", "RunConfig", "config_fingerprint", "load_run_config", "overrides_from_run_config"]
+
+OmegaConf.register_new_resolver("len", lambda value: len(value), replace=True)
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("method", "scenario", "model", "data")
+
+
+def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
+    """Hydra overrides from Flower's run config (``method``, ``scenario``, ``overrides``)."""
+    overrides = [f"{group}={run_config[group]}" for group in GROUPS if run_config.get(group)]
+    extra = str(run_config.get("overrides", "") or "")
+    try:
+        overrides += shlex.split(extra)
+    except ValueError as err:
+        raise ConfigError(f"cannot parse overrides {extra!r}: {err}") from None
+    return overrides
+
+
+def load_run_config(overrides: Sequence[str] = ()) -> RunConfig:
+    """Compose ``conf/`` with Hydra ``overrides`` and validate the result (cached)."""
+    return _load_cached(tuple(overrides))
+
+
+@lru_cache(maxsize=8)
+def _load_cached(overrides: tuple[str, ...]) -> RunConfig:
+    return build_run_config(compose_config(overrides))
+
+
+def config_fingerprint(cfg: RunConfig) -> str:
+    """Hash of everything server and clients must agree on (outputs excluded)."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k != "output"}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def compose_config(overrides: Sequence[str]) -> DictConfig:
+    """Compose the raw Hydra config, turning Hydra's errors into one-line ones."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            return compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_explain_compose_error(err, overrides)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def build_run_config(raw: DictConfig) -> RunConfig:
+    """Type-check and validate a composed config; return it as dataclasses."""
+    raw = raw.copy()
+    OmegaConf.set_struct(raw, False)
+    method_raw = raw.pop("method", None)
+    if method_raw is None or "name" not in method_raw:
+        raise ConfigError("the method config has no 'name'; pick a method with method=<name>")
+    try:
+        method_cls = method_config_class(str(method_raw.name))
+    except KeyError as err:
+        raise ConfigError(str(err.args[0])) from None
+    method = _typed(method_cls, method_raw, "method")
+    raw.method = {}
+    cfg = _typed(RunConfig, raw, "")
+    cfg.method = method
+    try:
+        cfg.validate()
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return cfg
+
+
+def _typed(cls: type, raw: Any, prefix: str) -> Any:
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), raw))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "") or ""
+        where = ".".join(p for p in (prefix, key) if p)
+        reason = str(err).splitlines()[0]
+        if " not in " in reason:
+            parent = where.rsplit(".", 1)[0] if "." in where else ""
+            owner = SECTIONS.get(parent.rsplit(".", 1)[-1], cls if not parent or parent == prefix else None)
+            if owner is not None:
+                reason = f"unknown key; valid keys{f' under {parent!r}' if parent else ''}: "
+                reason += ", ".join(f.name for f in fields(owner))
+        raise ConfigError(f"config key '{where}': {reason}") from None
+
+
+def _explain_compose_error(err: Exception, overrides: Sequence[str]) -> str:
+    text = str(err)
+    missing = re.search(r"Could not find '([\w/]+)/([^']+)'", text)
+    if missing:
+        group, choice = missing.groups()
+        return f"unknown {group} {choice!r}; valid choices: {', '.join(available_choices(group))}"
+    bad_key = re.search(r"Could not (?:override|append to|delete from) '([^']+)'", text)
+    if bad_key:
+        key = bad_key.group(1)
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        under = f" under {parent!r}" if parent else ""
+        return f"unknown config key '{key}'; valid keys{under}: {', '.join(_keys_under(parent, overrides))}"
+    return " ".join(text.split())
+
+
+def _keys_under(parent: str, overrides: Sequence[str]) -> list[str]:
+    groups_only = [o for o in overrides if "=" in o and o.split("=", 1)[0] in GROUPS]
+    node: Any = compose_config(groups_only)
+    for part in filter(None, parent.split(".")):
+        node = node.get(part) if isinstance(node, DictConfig) else None
+    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def available_choices(group: str) -> list[str]:
+    """Options of a config group (the YAML files under ``conf/<group>/``)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))

@@ -1,0 +1,217 @@
+"""Run outputs as loop callbacks: the results JSON, a progress line per round, a final table.
+
+The results JSON is rewritten after every round, so a run that stops early
+still leaves everything it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedrouter_app.evaluation import METRICS
+from fedrouter_app.logs import get_logger
+from fedrouter_app.model.lora import LoraTemplate, num_parameters
+from fedrouter_app.rounds import RoundRecord
+from fedrouter_app.settings import RunConfig
+
+if TYPE_CHECKING:
+    from strategies.base import Strategy
+
+log = get_logger(__name__)
+
+RESULTS_FILE = "results.json"
+TASK_METRICS = (*METRICS, "score")
+
+
+def parse_task_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """``{"task.add.loss": 1.2, ...}`` -> ``{"add": {"loss": 1.2, ...}}``."""
+    tasks: dict[str, dict[str, float]] = defaultdict(dict)
+    for key, value in metrics.items():
+        if key.startswith("task."):
+            task, metric = key[len("task.") :].rsplit(".", 1)
+            tasks[task][metric] = value
+    return dict(tasks)
+
+
+def summarize_evaluation(evaluate: dict[int, dict[str, float]]) -> dict[str, Any]:
+    """Pool per-client, per-task metrics of one round.
+
+    Returns ``per_task`` (example-weighted over clients), ``mean`` (unweighted
+    mean over tasks), and the same two restricted to each client's own tasks
+    (``own_per_task``, ``own_mean``: personalisation, "P") and to tasks the
+    client never trained on (``other_*``: generalisation).
+    """
+    groups: dict[str, dict[str, list[tuple[float, dict[str, float]]]]] = {
+        "all": defaultdict(list),
+        "own": defaultdict(list),
+        "other": defaultdict(list),
+    }
+    for metrics in evaluate.values():
+        for task, m in parse_task_metrics(metrics).items():
+            entry = (m.get("n", 0.0), m)
+            groups["all"][task].append(entry)
+            groups["own" if m.get("own", 1.0) >= 0.5 else "other"][task].append(entry)
+    out: dict[str, Any] = {}
+    for name, by_task in groups.items():
+        per_task = {task: _pool(entries) for task, entries in sorted(by_task.items())}
+        prefix = "" if name == "all" else f"{name}_"
+        out[f"{prefix}per_task"] = per_task
+        out[f"{prefix}mean"] = {k: _mean([m[k] for m in per_task.values()]) for k in TASK_METRICS} if per_task else {}
+    return out
+
+
+def _pool(entries: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
+    total = sum(n for n, _ in entries)
+    pooled = {k: sum(n * m.get(k, math.nan) for n, m in entries) / total for k in TASK_METRICS} if total else {}
+    return {"n": total, **pooled}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def round_to_json(record: RoundRecord) -> dict[str, Any]:
+    """The JSON form of one round."""
+    train = {str(c): m for c, m in sorted(record.train.items())}
+    losses = [m["train-loss"] for m in record.train.values() if m.get("train-steps", 0) > 0]
+    by_client: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
+    for ex in record.traffic:
+        for key in ("bytes_down", "bytes_up", "wire_down", "wire_up"):
+            by_client[str(ex.client)][ex.phase][key] += getattr(ex, key)
+    return {
+        "round": record.server_round,
+        "lr": record.lr,
+        "seconds": record.seconds,
+        "train": {"clients": train, "mean_loss": _mean(losses)},
+        "evaluate": {
+            "clients": {str(c): {"tasks": parse_task_metrics(m)} for c, m in sorted(record.evaluate.items())},
+            **(summarize_evaluation(record.evaluate) if record.evaluate else {}),
+        },
+        "failures": [asdict(f) for f in record.failures],
+        "traffic": {
+            "exchanges": [asdict(ex) for ex in record.traffic],
+            "clients": {c: {phase: dict(b) for phase, b in v.items()} for c, v in sorted(by_client.items())},
+            "bytes_down": sum(ex.bytes_down for ex in record.traffic),
+            "bytes_up": sum(ex.bytes_up for ex in record.traffic),
+        },
+    }
+
+
+class ResultsWriter:
+    """Writes ``results.json`` in the run directory after every round."""
+
+    def __init__(self, run_dir: Path, run_info: dict[str, Any]) -> None:
+        self.path = run_dir / RESULTS_FILE
+        self.data: dict[str, Any] = {
+            "format": 1,
+            "run": {**run_info, "status": "running", "started_at": _now()},
+            "rounds": [],
+        }
+
+    def on_run_start(self, cfg: RunConfig, strategy: Strategy, template: LoraTemplate) -> None:
+        n = num_parameters(template)
+        self.data["config"] = cfg.to_dict()
+        self.data["adapter"] = {"num_tensors": len(template), "num_parameters": n, "tensor_bytes": 4 * n}
+        self.data["strategy"] = strategy.summary()
+        self._write()
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        self.data["rounds"].append(round_to_json(record))
+        self._write()
+
+    def on_run_end(self, strategy: Strategy) -> None:
+        evaluated = [r for r in self.data["rounds"] if r["evaluate"]["clients"]]
+        self.data["final"] = evaluated[-1]["evaluate"] if evaluated else {}
+        self.data["run"].update(status="completed", finished_at=_now())
+        self._write()
+
+    def fail(self, reason: str) -> None:
+        self.data["run"].update(status="failed", error=reason, finished_at=_now())
+        self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, allow_nan=True))
+        tmp.replace(self.path)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class ProgressLog:
+    """One log line per round."""
+
+    def __init__(self) -> None:
+        self.num_rounds = 0
+
+    def on_run_start(self, cfg: RunConfig, strategy: Strategy, template: LoraTemplate) -> None:
+        self.num_rounds = cfg.num_rounds
+        log.info(
+            "%s | %d clients | adapter %d tensors, %.1f KB",
+            strategy.summary(),
+            cfg.num_clients,
+            len(template),
+            4 * num_parameters(template) / 1024,
+        )
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        parts = [f"round {record.server_round}/{self.num_rounds}"]
+        if record.train:
+            losses = [m["train-loss"] for m in record.train.values() if m.get("train-steps", 0) > 0]
+            parts.append(f"train loss {_mean(losses):.3f} ({len(record.train)} clients)")
+        if record.evaluate:
+            mean = summarize_evaluation(record.evaluate)["mean"]
+            parts.append(f"eval loss {mean['loss']:.3f} score {mean['score']:.3f} em {mean['exact_match']:.3f}")
+        if record.train:
+            up = [ex.bytes_up for ex in record.traffic if ex.phase == "train"]
+            parts.append(f"up {sum(up) / max(1, len(up)) / 1024:.1f} KB/client")
+        if record.failures:
+            parts.append(f"{len(record.failures)} failed")
+        parts.append(f"{record.seconds:.1f} s")
+        log.info(" | ".join(parts))
+
+    def on_run_end(self, strategy: Strategy) -> None:
+        pass
+
+
+class FinalTable:
+    """Per-task table of the last evaluated round, logged at the end."""
+
+    def __init__(self) -> None:
+        self.last: dict[int, dict[str, float]] = {}
+
+    def on_run_start(self, cfg: RunConfig, strategy: Strategy, template: LoraTemplate) -> None:
+        pass
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        if record.evaluate:
+            self.last = record.evaluate
+
+    def on_run_end(self, strategy: Strategy) -> None:
+        if not self.last:
+            return
+        for line in format_table(summarize_evaluation(self.last)).splitlines():
+            log.info(line)
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A plain-text table of per-task metrics and their mean."""
+    header = f"{'task':<14}{'n':>6}{'loss':>8}{'em':>7}{'rouge1':>8}{'rougeL':>8}{'score':>7}"
+    rows = [header, "-" * len(header)]
+    for task, m in summary["per_task"].items():
+        rows.append(
+            f"{task:<14}{m['n']:>6.0f}{m['loss']:>8.3f}{m['exact_match']:>7.3f}{m['rouge1']:>8.3f}{m['rougeL']:>8.3f}{m['score']:>7.3f}"
+        )
+    m = summary["mean"]
+    rows += [
+        "-" * len(header),
+        f"{'mean':<14}{'':>6}{m['loss']:>8.3f}{m['exact_match']:>7.3f}{m['rouge1']:>8.3f}{m['rougeL']:>8.3f}{m['score']:>7.3f}",
+    ]
+    return "\n".join(rows)

@@ -1,0 +1,335 @@
+"""The shared round loop: one for every method.
+
+Per round: sample clients, ask the strategy for each client's payload, add the
+round's shared settings, send, validate the replies, hand the valid ones to
+the strategy, evaluate when due, and report to callbacks (logging, results,
+checkpoints). Every client reply is checked before a strategy sees it; bad or
+missing replies are recorded with their reason and the run goes on.
+
+Clients are known by partition id. A ``query.hello`` message at the start maps
+Flower node ids to partition ids and checks that every node composed the same
+configuration as the server.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedrouter_app.logs import get_logger
+from fedrouter_app.model.lora import LoraState, LoraTemplate
+from fedrouter_app.records import (
+    ADAPTER,
+    CLIENT_ID,
+    CONFIG,
+    METRICS,
+    InvalidReplyError,
+    finite_metrics,
+    read_adapter,
+    tensor_bytes,
+    wire_bytes,
+)
+from fedrouter_app.seeding import numpy_rng
+from fedrouter_app.settings import RunConfig
+from fedrouter_app.training import learning_rate
+
+if TYPE_CHECKING:
+    from strategies.base import Strategy
+
+log = get_logger(__name__)
+
+HELLO = "query.hello"
+FINGERPRINT = "config-fingerprint"
+
+
+class RunAbortedError(RuntimeError):
+    """The run cannot go on (e.g. every client failed); the message says why."""
+
+
+@dataclass
+class Reply:
+    """A validated client reply.
+
+    Attributes
+    ----------
+    client : int
+        Partition id of the sender.
+    metrics : dict
+        The reply's metrics, all finite scalars.
+    adapters : dict
+        Every adapter in the reply (records named ``adapter`` or
+        ``adapter.<name>``), decoded and checked against the run's template.
+    content : RecordDict
+        The raw content, for records a strategy checks itself.
+    """
+
+    client: int
+    metrics: dict[str, float]
+    adapters: dict[str, LoraState]
+    content: RecordDict
+
+
+@dataclass
+class Failure:
+    """A message that produced no usable reply."""
+
+    phase: str
+    client: int
+    reason: str
+
+
+@dataclass
+class Exchange:
+    """Bytes of one instruction and its reply.
+
+    ``bytes_*`` count tensor data only (what the adapters weigh);
+    ``wire_*`` add the serialization headers and keys of the ArrayRecords.
+    """
+
+    phase: str
+    client: int
+    bytes_down: int
+    bytes_up: int
+    wire_down: int
+    wire_up: int
+
+
+@dataclass
+class RoundRecord:
+    """What happened in one round, as callbacks see it."""
+
+    server_round: int
+    lr: float
+    train: dict[int, dict[str, float]] = field(default_factory=dict)
+    evaluate: dict[int, dict[str, float]] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+    traffic: list[Exchange] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Callback(Protocol):
+    """Hooks around the loop (logging, results, checkpoints)."""
+
+    def on_run_start(self, cfg: RunConfig, strategy: Strategy, template: LoraTemplate) -> None: ...
+
+    def on_round_end(self, record: RoundRecord) -> None: ...
+
+    def on_run_end(self, strategy: Strategy) -> None: ...
+
+
+class Communicator:
+    """Sends instructions to clients and turns replies into :class:`Reply` objects.
+
+    Strategies use it directly for phases of their own (registration
+    queries, post-training phases); the loop uses it for train and evaluate.
+    """
+
+    def __init__(self, grid: Grid, template: LoraTemplate, timeout: float) -> None:
+        self.grid = grid
+        self.template = template
+        self.timeout = timeout
+        self.node_of: dict[int, int] = {}
+        self.record: RoundRecord | None = None
+
+    @property
+    def clients(self) -> list[int]:
+        return sorted(self.node_of)
+
+    def send(
+        self,
+        message_type: str,
+        payloads: Mapping[int, RecordDict],
+        config: Mapping[str, int | float | str] | None = None,
+    ) -> list[Reply]:
+        """Send one payload per client and return the valid replies.
+
+        Failures and traffic are added to the current round record.
+        """
+        phase = message_type
+        shared = ConfigRecord(dict(config or {}))
+        messages, sent = [], {}
+        for client, payload in payloads.items():
+            content = RecordDict({**payload, CONFIG: _merged_config(payload, shared)})
+            msg = Message(content, dst_node_id=self.node_of[client], message_type=message_type)
+            messages.append(msg)
+            sent[client] = content
+        replies: list[Reply] = []
+        answered: set[int] = set()
+        client_of = {node: client for client, node in self.node_of.items()}
+        for msg in self.grid.send_and_receive(messages, timeout=self.timeout):
+            client = client_of.get(msg.metadata.src_node_id)
+            if client is None or client not in sent:
+                continue
+            answered.add(client)
+            self._account(phase, client, sent[client], msg.content if not msg.has_error() else RecordDict())
+            try:
+                replies.append(self._validate(msg, client))
+            except InvalidReplyError as err:
+                self.reject(phase, client, str(err))
+        for client in sorted(set(sent) - answered):
+            self._account(phase, client, sent[client], RecordDict())
+            self.reject(phase, client, f"no reply within {self.timeout:g} s")
+        return sorted(replies, key=lambda r: r.client)
+
+    def _validate(self, msg: Message, client: int) -> Reply:
+        if msg.has_error():
+            raise InvalidReplyError(f"client error: {msg.error.reason}")
+        content = msg.content
+        if METRICS not in content.metric_records:
+            raise InvalidReplyError("reply has no metrics record")
+        metrics = finite_metrics(content.metric_records[METRICS], "reply")
+        if int(metrics.get(CLIENT_ID, -1)) != client:
+            raise InvalidReplyError(
+                f"reply claims partition-id {metrics.get(CLIENT_ID)} but node belongs to client {client}"
+            )
+        adapters = {
+            name: read_adapter(record, self.template)
+            for name, record in content.array_records.items()
+            if name == ADAPTER or name.startswith(ADAPTER + ".")
+        }
+        return Reply(client=client, metrics=metrics, adapters=adapters, content=content)
+
+    def _account(self, phase: str, client: int, sent: RecordDict, received: RecordDict) -> None:
+        if self.record is None:
+            return
+        self.record.traffic.append(
+            Exchange(
+                phase=phase,
+                client=client,
+                bytes_down=sum(tensor_bytes(r) for r in sent.array_records.values()),
+                bytes_up=sum(tensor_bytes(r) for r in received.array_records.values()),
+                wire_down=wire_bytes(sent),
+                wire_up=wire_bytes(received),
+            )
+        )
+
+    def reject(self, phase: str, client: int, reason: str) -> None:
+        """Record that ``client``'s ``phase`` reply is unusable, and why."""
+        log.warning("client %d: %s reply rejected: %s", client, phase, reason)
+        if self.record is not None:
+            self.record.failures.append(Failure(phase=phase, client=client, reason=reason))
+
+
+def _merged_config(payload: RecordDict, shared: ConfigRecord) -> ConfigRecord:
+    own = payload.config_records.get(CONFIG)
+    return ConfigRecord({**shared, **(own or {})})
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
+    """Block until ``expected`` nodes are connected; return their ids."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= expected:
+            return nodes
+        if time.monotonic() > deadline:
+            raise RunAbortedError(
+                f"only {len(nodes)} of num_clients={expected} nodes connected within {timeout:g} s; "
+                "start more SuperNodes or set the federation's num-supernodes to num_clients"
+            )
+        time.sleep(0.5)
+
+
+def register_clients(comm: Communicator, nodes: Iterable[int], fingerprint: str) -> None:
+    """Learn every node's partition id, and check it runs the server's config."""
+    messages = [
+        Message(RecordDict({CONFIG: ConfigRecord({FINGERPRINT: fingerprint})}), dst_node_id=node, message_type=HELLO)
+        for node in nodes
+    ]
+    errors = []
+    for msg in comm.grid.send_and_receive(messages, timeout=comm.timeout):
+        node = msg.metadata.src_node_id
+        if msg.has_error():
+            errors.append(msg.error.reason)
+            continue
+        client = int(msg.content.metric_records[METRICS][CLIENT_ID])
+        if client in comm.node_of:
+            raise RunAbortedError(f"nodes {comm.node_of[client]} and {node} both claim partition-id {client}")
+        comm.node_of[client] = node
+    if errors and not comm.node_of:
+        raise RunAbortedError(f"no client could start: {errors[0]}")
+    for reason in sorted(set(errors)):
+        log.warning("a client failed to start: %s", reason)
+
+
+def sample_clients(clients: Sequence[int], fraction: float, seed: int, server_round: int, phase: str) -> list[int]:
+    """A sample of ``round(fraction * n)`` clients (at least one), seeded by (seed, phase, round)."""
+    if fraction >= 1.0:
+        return sorted(clients)
+    k = max(1, round(fraction * len(clients)))
+    rng = numpy_rng(seed, "sample", phase, server_round)
+    return sorted(int(c) for c in rng.choice(sorted(clients), size=k, replace=False))
+
+
+def run_federation(
+    grid: Grid,
+    cfg: RunConfig,
+    strategy: Strategy,
+    fingerprint: str,
+    callbacks: Sequence[Callback] = (),
+) -> None:
+    """Run ``strategy`` for ``cfg.num_rounds`` rounds on the connected clients."""
+    comm = Communicator(grid, strategy.template, cfg.round_timeout)
+    nodes = wait_for_nodes(grid, cfg.num_clients, cfg.node_wait_timeout)
+    register_clients(comm, nodes, fingerprint)
+    for cb in callbacks:
+        cb.on_run_start(cfg, strategy, strategy.template)
+    strategy.setup(comm, comm.clients)
+    if cfg.eval.at_start:
+        start = time.perf_counter()
+        record = RoundRecord(server_round=0, lr=0.0)
+        comm.record = record
+        _evaluate(comm, cfg, strategy, record)
+        _finish_round(record, start, callbacks)
+    for server_round in range(1, cfg.num_rounds + 1):
+        start = time.perf_counter()
+        lr = learning_rate(cfg.train.lr_schedule, cfg.train.lr, cfg.train.lr_min, server_round, cfg.num_rounds)
+        record = RoundRecord(server_round=server_round, lr=lr)
+        comm.record = record
+        sampled = sample_clients(comm.clients, cfg.fraction_train, cfg.seed, server_round, "train")
+        replies = comm.send(
+            MessageType.TRAIN, strategy.configure_train(server_round, sampled), _round_config(cfg, server_round, lr)
+        )
+        valid = []
+        for reply in replies:
+            try:
+                strategy.check_train_reply(server_round, reply)
+            except InvalidReplyError as err:
+                comm.reject(MessageType.TRAIN, reply.client, str(err))
+                continue
+            valid.append(reply)
+            record.train[reply.client] = reply.metrics
+        if sampled and not valid:
+            reasons = "; ".join(sorted({f.reason for f in record.failures}))
+            raise RunAbortedError(f"round {server_round}: no client returned a usable training reply ({reasons})")
+        strategy.aggregate_train(server_round, valid)
+        if server_round % cfg.eval.every == 0 or server_round == cfg.num_rounds:
+            _evaluate(comm, cfg, strategy, record)
+        _finish_round(record, start, callbacks)
+    strategy.finish(comm, comm.clients)
+    for cb in callbacks:
+        cb.on_run_end(strategy)
+
+
+def _round_config(cfg: RunConfig, server_round: int, lr: float) -> dict[str, int | float | str]:
+    return {"server-round": server_round, "num-rounds": cfg.num_rounds, "lr": lr}
+
+
+def _evaluate(comm: Communicator, cfg: RunConfig, strategy: Strategy, record: RoundRecord) -> None:
+    r = record.server_round
+    sampled = sample_clients(comm.clients, cfg.fraction_evaluate, cfg.seed, r, "evaluate")
+    for reply in comm.send(
+        MessageType.EVALUATE, strategy.configure_evaluate(r, sampled), _round_config(cfg, r, record.lr)
+    ):
+        record.evaluate[reply.client] = reply.metrics
+
+
+def _finish_round(record: RoundRecord, start: float, callbacks: Sequence[Callback]) -> None:
+    record.seconds = time.perf_counter() - start
+    for cb in callbacks:
+        cb.on_round_end(record)

@@ -1,0 +1,103 @@
+"""The ServerApp: compose the config, build the method's strategy, run the rounds.
+
+``flwr run .`` loads :data:`app`. Tests and the sweep launcher build their own
+with :func:`make_server_app`, passing Hydra overrides directly (the in-process
+simulation API gives the app an empty run config).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from omegaconf import OmegaConf
+
+from fedrouter_app.config import config_fingerprint, load_run_config, overrides_from_run_config
+from fedrouter_app.logs import get_logger
+from fedrouter_app.model.loading import lora_config, lora_template, model_path
+from fedrouter_app.model.lora import save_peft_adapter
+from fedrouter_app.registry import strategy_class
+from fedrouter_app.results import FinalTable, ProgressLog, ResultsWriter
+from fedrouter_app.rounds import run_federation
+from fedrouter_app.settings import RunConfig
+
+log = get_logger(__name__)
+
+# The ServerApp's process also drives Ray in simulation: opt in to Ray's future
+# behaviour for CPU-only actors now, which also silences its per-run warning.
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+def make_server_app(overrides: Sequence[str] = (), on_finish: Callable[[Path], None] | None = None) -> ServerApp:
+    """A ServerApp that adds ``overrides`` to whatever the run config says.
+
+    ``on_finish`` receives the run directory when the run completes.
+    """
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_dir = serve(grid, [*overrides_from_run_config(context.run_config), *overrides])
+        if on_finish is not None:
+            on_finish(run_dir)
+
+    return app
+
+
+def serve(grid: Grid, overrides: Sequence[str]) -> Path:
+    """Run one federated job described by Hydra ``overrides``; return its run directory."""
+    cfg = load_run_config(overrides)
+    template = lora_template(cfg.model, cfg.lora)
+    strategy = strategy_class(cfg.method.name)(cfg, template)
+    run_dir = create_run_dir(cfg)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg.to_dict()))
+    log.info("run directory %s", run_dir)
+    writer = ResultsWriter(run_dir, run_info(cfg, overrides, run_dir))
+    try:
+        run_federation(grid, cfg, strategy, config_fingerprint(cfg), [ProgressLog(), writer, FinalTable()])
+    except Exception as err:
+        writer.fail(f"{type(err).__name__}: {err}")
+        log.error("run failed: %s", err)
+        raise
+    if cfg.output.save_adapters:
+        for name, state in strategy.adapters().items():
+            save_peft_adapter(state, lora_config(cfg.lora, model_path(cfg.model)), run_dir / "adapters" / name)
+    log.info("results in %s", run_dir / "results.json")
+    return run_dir
+
+
+def create_run_dir(cfg: RunConfig) -> Path:
+    """A new directory under ``output.dir`` (a suffix is added rather than overwrite)."""
+    name = cfg.output.run_name or f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.method.name}-{cfg.scenario.name}-s{cfg.seed}"
+    root = Path(cfg.output.dir).expanduser().resolve()
+    candidate, n = root / name, 1
+    while candidate.exists():
+        candidate, n = root / f"{name}-{n}", n + 1
+    candidate.mkdir(parents=True)
+    return candidate
+
+
+def run_info(cfg: RunConfig, overrides: Sequence[str], run_dir: Path) -> dict[str, object]:
+    """Identity of a run and the command that reproduces it."""
+    groups = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in ("method", "scenario")}
+    rest = [o for o in overrides if o.split("=", 1)[0] not in groups]
+    run_config = " ".join(
+        [f"{k}='{v}'" for k, v in groups.items()] + ([f"overrides={json.dumps(shlex.join(rest))}"] if rest else [])
+    )
+    return {
+        "name": run_dir.name,
+        "method": cfg.method.name,
+        "scenario": cfg.scenario.name,
+        "seed": cfg.seed,
+        "overrides": list(overrides),
+        "command": "flwr run ." + (f" --run-config {shlex.quote(run_config)}" if run_config else ""),
+    }
+
+
+app = make_server_app()

@@ -1,0 +1,232 @@
+"""The run configuration's schema: types, help text and value checks, no values.
+
+Values live in ``conf/`` (Hydra). Each dataclass checks its own values in
+``validate``; :class:`RunConfig` checks what involves several sections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration problem, described in one line."""
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Require ``value`` to be one of ``choices``."""
+    require(value in choices, f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter shape (peft ``LoraConfig``)."""
+
+    r: int = field(metadata={"help": "LoRA rank."})
+    alpha: int = field(metadata={"help": "LoRA alpha; the update is scaled by alpha / r."})
+    dropout: float = field(metadata={"help": "Dropout on the LoRA input during training."})
+    target_modules: list[str] | None = field(
+        metadata={"help": "Module names to adapt; null keeps peft's default for the architecture."}
+    )
+
+    def validate(self) -> None:
+        require(self.r >= 1, f"lora.r must be >= 1, got {self.r}")
+        require(0.0 <= self.dropout < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class EmbeddedModelSettings:
+    """Shape and pre-training recipe of the embedded tiny Llama."""
+
+    vocab_size: int = field(metadata={"help": "Byte-level BPE vocabulary size."})
+    hidden_size: int = field(metadata={"help": "Hidden size."})
+    intermediate_size: int = field(metadata={"help": "MLP size."})
+    num_layers: int = field(metadata={"help": "Decoder layers."})
+    num_heads: int = field(metadata={"help": "Attention heads."})
+    pretrain_steps: int = field(metadata={"help": "Full-parameter pre-training steps, run once and cached."})
+    pretrain_batch_size: int = field(metadata={"help": "Pre-training batch size."})
+    pretrain_lr: float = field(metadata={"help": "Pre-training peak learning rate."})
+    seed: int = field(metadata={"help": "Seed of the model build; fixed, independent of the run seed."})
+
+    def validate(self) -> None:
+        require(
+            self.vocab_size >= 300,
+            f"model.embedded.vocab_size must be >= 300 (256 bytes + specials), got {self.vocab_size}",
+        )
+        require(self.hidden_size % self.num_heads == 0, "model.embedded.hidden_size must be a multiple of num_heads")
+
+
+@dataclass
+class ModelSettings:
+    """Which base model to load, and how."""
+
+    source: str = field(metadata={"help": "'embedded' (built in-process) or 'huggingface' (hub name or local path)."})
+    name: str = field(metadata={"help": "Hub name or local path of the model (a label for the embedded one)."})
+    dtype: str = field(metadata={"help": "float32, bfloat16 or float16 for the frozen base weights."})
+    device: str = field(metadata={"help": "'auto' (CUDA when present), 'cpu' or 'cuda[:i]'."})
+    max_length: int = field(metadata={"help": "Maximum tokens of prompt plus response."})
+    embedded: EmbeddedModelSettings | None = field(metadata={"help": "Recipe of the embedded model; null otherwise."})
+
+    def validate(self) -> None:
+        one_of("model.source", self.source, ("embedded", "huggingface"))
+        one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        require(self.max_length >= 8, f"model.max_length must be >= 8, got {self.max_length}")
+        if self.source == "embedded":
+            require(self.embedded is not None, "model.source=embedded needs model.embedded settings")
+            self.embedded.validate()
+
+
+@dataclass
+class DataSettings:
+    """Where examples come from and how they become prompts."""
+
+    source: str = field(metadata={"help": "'synthetic' (the embedded generator)."})
+    tasks: list[str] = field(metadata={"help": "Tasks in the federation, in a fixed order."})
+    prefix_free: bool = field(metadata={"help": "Drop task keywords from instructions (synthetic only)."})
+    prompt_template: str = field(metadata={"help": "Prompt text; '{instruction}' is replaced."})
+    response_template: str = field(metadata={"help": "Target text; '{response}' is replaced."})
+
+    def validate(self) -> None:
+        from fedrouter_app.data.sources import known_tasks
+
+        known = known_tasks(self)
+        unknown = [t for t in self.tasks if t not in known]
+        require(not unknown, f"unknown task(s) {', '.join(map(repr, unknown))}; valid choices: {', '.join(known)}")
+        require(0 < len(set(self.tasks)) == len(self.tasks), "data.tasks must be a non-empty list without repeats")
+        require("{instruction}" in self.prompt_template, "data.prompt_template must contain '{instruction}'")
+        require("{response}" in self.response_template, "data.response_template must contain '{response}'")
+
+
+@dataclass
+class ScenarioSettings:
+    """How tasks are spread over clients."""
+
+    name: str = field(metadata={"help": "Scenario label used in run names and reports."})
+    tasks_per_client: int = field(
+        metadata={"help": "Client i holds tasks i, i+1, ... (cyclically): 1 = single, 2 = dual, all = iid."}
+    )
+    train_examples_per_client: int = field(metadata={"help": "Training examples per client, split over its tasks."})
+    test_examples_per_task: int = field(metadata={"help": "Held-out examples per task and client."})
+
+    def validate(self, n_tasks: int) -> None:
+        require(
+            1 <= self.tasks_per_client <= n_tasks,
+            f"scenario.tasks_per_client must be in [1, {n_tasks}] (the number of tasks), got {self.tasks_per_client}",
+        )
+        require(
+            self.train_examples_per_client >= self.tasks_per_client,
+            "scenario.train_examples_per_client must give every task of a client at least one example",
+        )
+        require(self.test_examples_per_task >= 1, "scenario.test_examples_per_task must be >= 1")
+
+
+@dataclass
+class TrainSettings:
+    """Local supervised fine-tuning of the adapters."""
+
+    local_steps: int = field(metadata={"help": "Optimizer steps per client per round."})
+    batch_size: int = field(metadata={"help": "Examples per step."})
+    lr: float = field(metadata={"help": "Peak learning rate (round 1)."})
+    lr_min: float = field(metadata={"help": "Learning rate of the last round under the cosine schedule."})
+    lr_schedule: str = field(metadata={"help": "'cosine' across rounds or 'constant'."})
+    weight_decay: float = field(metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(metadata={"help": "Gradient clipping norm; 0 disables clipping."})
+
+    def validate(self) -> None:
+        require(self.local_steps >= 0, f"train.local_steps must be >= 0, got {self.local_steps}")
+        require(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        require(self.lr > 0 and 0 <= self.lr_min <= self.lr, "need train.lr > 0 and 0 <= train.lr_min <= train.lr")
+        one_of("train.lr_schedule", self.lr_schedule, ("cosine", "constant"))
+
+
+@dataclass
+class EvalSettings:
+    """Held-out evaluation on clients."""
+
+    every: int = field(metadata={"help": "Evaluate every k rounds; the last round is always evaluated."})
+    at_start: bool = field(metadata={"help": "Also evaluate before the first round (round 0)."})
+    scope: str = field(metadata={"help": "'local' (each client's own tasks) or 'global' (every task)."})
+    batch_size: int = field(metadata={"help": "Examples per evaluation batch."})
+    max_new_tokens: int = field(metadata={"help": "Greedy generation budget per answer."})
+
+    def validate(self) -> None:
+        require(self.every >= 1, f"eval.every must be >= 1, got {self.every}")
+        one_of("eval.scope", self.scope, ("local", "global"))
+        require(
+            self.batch_size >= 1 and self.max_new_tokens >= 1, "eval.batch_size and eval.max_new_tokens must be >= 1"
+        )
+
+
+@dataclass
+class OutputSettings:
+    """Where results go."""
+
+    dir: str = field(metadata={"help": "Parent directory of run directories."})
+    run_name: str = field(metadata={"help": "Run directory name; empty makes '<time>-<method>-<scenario>-s<seed>'."})
+    save_adapters: bool = field(metadata={"help": "Save the server's final adapters in peft format."})
+
+    def validate(self) -> None:
+        require("/" not in self.run_name, f"output.run_name must be a plain name, got {self.run_name!r}")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; composed from ``conf/config.yaml``."""
+
+    seed: int = field(metadata={"help": "Run seed; every random choice derives from it."})
+    num_clients: int = field(metadata={"help": "Number of clients (SuperNodes / data partitions)."})
+    num_rounds: int = field(metadata={"help": "Federated rounds."})
+    fraction_train: float = field(metadata={"help": "Fraction of clients trained per round."})
+    fraction_evaluate: float = field(metadata={"help": "Fraction of clients evaluated per evaluation round."})
+    round_timeout: float = field(metadata={"help": "Seconds to wait for replies in one round."})
+    node_wait_timeout: float = field(metadata={"help": "Seconds to wait at start for num_clients nodes to connect."})
+    method: Any = field(metadata={"help": "Method settings (the method's own dataclass)."})
+    model: ModelSettings = field(metadata={"help": "Base model."})
+    lora: LoraSettings = field(metadata={"help": "LoRA shape."})
+    data: DataSettings = field(metadata={"help": "Data source."})
+    scenario: ScenarioSettings = field(metadata={"help": "Task-to-client scenario."})
+    train: TrainSettings = field(metadata={"help": "Local training."})
+    eval: EvalSettings = field(metadata={"help": "Evaluation."})
+    output: OutputSettings = field(metadata={"help": "Outputs."})
+
+    def validate(self) -> None:
+        require(self.num_clients >= 1, f"num_clients must be >= 1, got {self.num_clients}")
+        require(self.num_rounds >= 1, f"num_rounds must be >= 1, got {self.num_rounds}")
+        for name in ("fraction_train", "fraction_evaluate"):
+            value = getattr(self, name)
+            require(0.0 < value <= 1.0, f"{name} must be in (0, 1], got {value}")
+        require(self.round_timeout > 0 and self.node_wait_timeout > 0, "timeouts must be positive")
+        for section in (self.method, self.model, self.lora, self.data, self.train, self.eval, self.output):
+            section.validate()
+        self.scenario.validate(len(self.data.tasks))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (for YAML dumps and run records)."""
+        return _as_dict(self)
+
+
+def _as_dict(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return {f.name: _as_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, list):
+        return [_as_dict(v) for v in obj]
+    return obj
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSettings,
+    "embedded": EmbeddedModelSettings,
+    "lora": LoraSettings,
+    "data": DataSettings,
+    "scenario": ScenarioSettings,
+    "train": TrainSettings,
+    "eval": EvalSettings,
+    "output": OutputSettings,
+}

@@ -1,0 +1,91 @@
+"""Base class of the server side of a method.
+
+Flower's own ``flwr.serverapp.strategy.Strategy`` is built around one global
+``ArrayRecord``. Personalised methods hold a bank of adapters (global, per
+cluster, per client) and send each client its own payload, so our strategies
+keep their adapters on the instance and answer per client. The hook names
+follow Flower's (``configure_train``, ``aggregate_train``, ...); the shared
+round loop in :mod:`fedrouter_app.rounds` calls them, handles sampling,
+messaging, validation, byte accounting and logging, and knows no method by
+name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+from flwr.app import RecordDict
+
+from fedrouter_app.model.lora import LoraState, LoraTemplate, initial_lora_state
+from fedrouter_app.records import ADAPTER, InvalidReplyError, adapter_record
+from fedrouter_app.rounds import Communicator, Reply
+from fedrouter_app.settings import RunConfig
+
+
+class Strategy(ABC):
+    """Server side of a federated method.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        The run configuration; ``cfg.method`` is the method's own dataclass.
+    template : LoraTemplate
+        Keys and shapes of one adapter; every adapter of the run has them.
+
+    Notes
+    -----
+    Clients are identified by their partition id (stable across rounds and
+    restarts), never by Flower node id.
+    """
+
+    method_name: ClassVar[str]
+
+    def __init__(self, cfg: RunConfig, template: LoraTemplate) -> None:
+        self.cfg = cfg
+        self.template = template
+        self.initial_adapter: LoraState = initial_lora_state(template, cfg.seed)
+
+    def setup(self, comm: Communicator, clients: Sequence[int]) -> None:
+        """Phase before round 1 (e.g. a registration query); nothing by default."""
+
+    @abstractmethod
+    def configure_train(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
+        """Payload for each client sampled for training in ``server_round``."""
+
+    def check_train_reply(self, server_round: int, reply: Reply) -> None:
+        """Raise :class:`InvalidReplyError` if ``reply`` lacks what aggregation needs."""
+
+    @abstractmethod
+    def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> None:
+        """Fold the round's valid training replies into the server's adapters."""
+
+    @abstractmethod
+    def configure_evaluate(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
+        """Payload for each client sampled for evaluation after ``server_round``."""
+
+    def finish(self, comm: Communicator, clients: Sequence[int]) -> None:
+        """Phase after the last round (e.g. post-federated fine-tuning); nothing by default."""
+
+    def adapters(self) -> dict[str, LoraState]:
+        """Named adapters the server holds (saved at the end of a run)."""
+        return {}
+
+    def summary(self) -> str:
+        """One line describing the strategy and its settings."""
+        return f"{type(self).__name__}({self.cfg.method})"
+
+    # Helpers shared by subclasses.
+
+    @staticmethod
+    def adapter_payload(state: LoraState) -> RecordDict:
+        """A payload carrying one adapter under the standard name."""
+        return RecordDict({ADAPTER: adapter_record(state)})
+
+    @staticmethod
+    def require_adapter(reply: Reply, name: str = ADAPTER) -> LoraState:
+        """The adapter ``name`` of ``reply``; :class:`InvalidReplyError` if absent."""
+        if name not in reply.adapters:
+            raise InvalidReplyError(f"reply has no adapter {name!r}")
+        return reply.adapters[name]

@@ -1,0 +1,36 @@
+"""Local: every client trains its own adapter; nothing is communicated."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from flwr.app import RecordDict
+
+from fedrouter_app.registry import MethodConfig, register_strategy
+from fedrouter_app.rounds import Reply
+from strategies.base import Strategy
+
+
+@dataclass
+class LocalConfig(MethodConfig):
+    """Settings of ``local`` (none beyond the name)."""
+
+
+@register_strategy("local", config=LocalConfig)
+class Local(Strategy):
+    """The no-communication baseline.
+
+    The server only schedules: training messages carry the round's settings
+    and no tensors, replies carry metrics only. Each client keeps its adapter
+    in its own state across rounds and evaluates with it.
+    """
+
+    def configure_train(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
+        return {client: RecordDict() for client in clients}
+
+    def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> None:
+        """Nothing to aggregate."""
+
+    def configure_evaluate(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
+        return {client: RecordDict() for client in clients}

@@ -1,0 +1,143 @@
+import numpy as np
+import pytest
+from flwr.app import Error, Message, MetricRecord, RecordDict
+
+from fedrouter_app.client_app import make_client_app
+from fedrouter_app.config import config_fingerprint
+from fedrouter_app.model.loading import lora_template
+from fedrouter_app.records import ADAPTER, adapter_record
+from fedrouter_app.registry import strategy_class
+from fedrouter_app.rounds import (
+    Communicator,
+    RoundRecord,
+    RunAbortedError,
+    register_clients,
+    run_federation,
+    sample_clients,
+)
+from tests.conftest import tiny_overrides
+from tests.inprocess import NODE_OFFSET, InProcessGrid
+
+
+def test_sampling_is_seeded_per_round_and_phase():
+    clients = list(range(100))
+    a = sample_clients(clients, 0.1, 0, 3, "train")
+    assert a == sample_clients(clients, 0.1, 0, 3, "train") and len(a) == 10 and a == sorted(a)
+    assert a != sample_clients(clients, 0.1, 0, 4, "train")
+    assert a != sample_clients(clients, 0.1, 1, 3, "train")
+    assert sample_clients(clients, 1.0, 0, 1, "train") == clients
+    assert len(sample_clients(clients, 0.001, 0, 1, "train")) == 1
+
+
+def setup(make_cfg, *overrides, fault=None):
+    cfg = make_cfg(*overrides)
+    grid = InProcessGrid(make_client_app(tiny_overrides(*overrides)), cfg.num_clients, fault=fault)
+    template = lora_template(cfg.model, cfg.lora)
+    comm = Communicator(grid, template, timeout=10)
+    register_clients(comm, grid.get_node_ids(), config_fingerprint(cfg))
+    return cfg, grid, comm, template
+
+
+def test_hello_maps_nodes_to_partitions(make_cfg):
+    cfg, _grid, comm, _ = setup(make_cfg)
+    assert comm.node_of == {i: NODE_OFFSET + i for i in range(cfg.num_clients)}
+
+
+def test_hello_rejects_a_node_with_another_config(make_cfg):
+    cfg = make_cfg()
+    grid = InProcessGrid(make_client_app(tiny_overrides()), cfg.num_clients)
+    comm = Communicator(grid, {}, timeout=10)
+    with pytest.raises(RunAbortedError, match="fingerprint"):
+        register_clients(comm, grid.get_node_ids(), "0000")
+
+
+def poison(target: int, how: str):
+    def fault(msg: Message, reply: Message):
+        if msg.metadata.dst_node_id != NODE_OFFSET + target or msg.metadata.message_type != "train":
+            return reply
+        if how == "drop":
+            return None
+        if how == "error":
+            return Message(Error(code=7, reason="disk on fire"), reply_to=msg)
+        content = reply.content
+        if how == "nan":
+            state = {k: np.full(a.shape, np.nan, np.float32) for k, a in content[ADAPTER].items()}
+            content[ADAPTER] = adapter_record(state)
+        elif how == "impostor":
+            content["metrics"]["partition-id"] = (target + 1) % 4
+        elif how == "no-metrics":
+            content = RecordDict({ADAPTER: content[ADAPTER]})
+        elif how == "inf-metric":
+            content["metrics"] = MetricRecord({**content["metrics"], "train-loss": float("inf")})
+        return Message(content, reply_to=msg)
+
+    return fault
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("drop", "no reply"),
+        ("error", "disk on fire"),
+        ("nan", "non-finite"),
+        ("impostor", "claims partition-id"),
+        ("no-metrics", "no metrics"),
+        ("inf-metric", "not a finite scalar"),
+    ],
+)
+def test_bad_replies_are_rejected_and_the_rest_aggregated(make_cfg, how, reason):
+    cfg, _grid, comm, template = setup(make_cfg, fault=poison(2, how))
+    strategy = strategy_class("fedit")(cfg, template)
+    comm.record = RoundRecord(server_round=1, lr=1e-3)
+    replies = comm.send("train", strategy.configure_train(1, comm.clients), {"server-round": 1, "lr": 1e-3})
+    assert [r.client for r in replies] == [0, 1, 3]
+    (failure,) = comm.record.failures
+    assert failure.client == 2 and reason in failure.reason
+    strategy.aggregate_train(1, replies)
+    assert all(np.isfinite(v).all() for v in strategy.global_adapter.values())
+
+
+def test_a_round_where_every_client_fails_aborts_with_the_reason(make_cfg):
+    cfg = make_cfg()
+
+    def fail_all(msg, reply):
+        return (
+            Message(Error(code=1, reason="out of memory"), reply_to=msg)
+            if msg.metadata.message_type == "train"
+            else reply
+        )
+
+    grid = InProcessGrid(make_client_app(tiny_overrides()), cfg.num_clients, fault=fail_all)
+    strategy = strategy_class("fedit")(cfg, lora_template(cfg.model, cfg.lora))
+    with pytest.raises(RunAbortedError, match="out of memory"):
+        run_federation(grid, cfg, strategy, config_fingerprint(cfg))
+
+
+def test_loop_sends_round_settings_and_counts_bytes(make_cfg):
+    cfg = make_cfg("eval.at_start=false", "num_rounds=2", "fraction_train=0.5")
+    grid = InProcessGrid(
+        make_client_app(tiny_overrides("eval.at_start=false", "num_rounds=2", "fraction_train=0.5")), 4
+    )
+    strategy = strategy_class("fedit")(cfg, lora_template(cfg.model, cfg.lora))
+    records: list[RoundRecord] = []
+
+    class Keep:
+        def on_run_start(self, *a):
+            pass
+
+        def on_round_end(self, record):
+            records.append(record)
+
+        def on_run_end(self, *a):
+            pass
+
+    run_federation(grid, cfg, strategy, config_fingerprint(cfg), [Keep()])
+    assert [r.server_round for r in records] == [1, 2]
+    assert all(len(r.train) == 2 and len(r.evaluate) == 4 for r in records)
+    train_msgs = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert [m.content["config"]["server-round"] for m in train_msgs] == [1, 1, 2, 2]
+    assert train_msgs[0].content["config"]["lr"] == pytest.approx(cfg.train.lr)
+    n_bytes = 4 * sum(int(np.prod(s)) for s in strategy.template.values())
+    for ex in records[0].traffic:
+        assert ex.bytes_down == n_bytes
+        assert ex.bytes_up == (n_bytes if ex.phase == "train" else 0)

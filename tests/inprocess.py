@@ -1,0 +1,69 @@
+"""A Grid that delivers messages by calling a ClientApp in this process.
+
+For unit tests of the round loop and of methods: deterministic, no Ray, and
+clients can be made to misbehave. End-to-end tests use Flower's real runtimes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.supercore.task_identity import TaskIdentity
+
+# Node ids deliberately differ from partition ids.
+NODE_OFFSET = 1000
+
+Fault = Callable[[Message, Message], Message | None]
+
+
+class InProcessGrid:
+    """Minimal ``Grid``: ``get_node_ids`` and ``send_and_receive``.
+
+    Parameters
+    ----------
+    client_app : ClientApp
+        The app every node runs.
+    num_nodes : int
+        Nodes with partition ids ``0 .. num_nodes - 1``.
+    fault : callable, optional
+        ``fault(instruction, reply) -> reply or None`` may replace or drop replies.
+    """
+
+    def __init__(self, client_app: ClientApp, num_nodes: int, fault: Fault | None = None) -> None:
+        TaskIdentity.run_id = 1
+        TaskIdentity.node_id = 0
+        TaskIdentity.task_id = 0
+        self.client_app = client_app
+        self.fault = fault
+        self.sent: list[Message] = []
+        self.contexts = {
+            NODE_OFFSET + i: Context(
+                run_id=1,
+                node_id=NODE_OFFSET + i,
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i in range(num_nodes)
+        }
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # normally set by the SuperLink
+            self.sent.append(msg)
+            try:
+                reply = self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
+            except Exception as err:
+                reply = Message(Error(code=1, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+            if self.fault is not None:
+                reply = self.fault(msg, reply)
+            if reply is not None:
+                replies.append(reply)
+        return replies

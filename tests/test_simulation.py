@@ -1,0 +1,59 @@
+"""End to end on Flower's simulation runtime (Ray), 4 clients, 2 rounds."""
+
+import json
+
+import pytest
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from fedrouter_app.model.loading import model_path
+from fedrouter_app.simulation import simulate
+from tests.conftest import tiny_overrides
+
+
+def run(*overrides: str) -> tuple[dict, object]:
+    run_dir = simulate(tiny_overrides("train.local_steps=10", *overrides), num_cpus=2)
+    return json.loads((run_dir / "results.json").read_text()), run_dir
+
+
+@pytest.fixture(scope="module")
+def fedit():
+    return run("method=fedit")
+
+
+def test_fedit_held_out_loss_falls(fedit):
+    results, _ = fedit
+    assert results["run"]["status"] == "completed"
+    losses = [r["evaluate"]["mean"]["loss"] for r in results["rounds"]]
+    assert [r["round"] for r in results["rounds"]] == [0, 1, 2]
+    assert losses[2] < losses[0] - 0.5, losses
+
+
+def test_only_lora_tensors_travel(fedit):
+    results, _ = fedit
+    lora_bytes = results["adapter"]["tensor_bytes"]
+    assert lora_bytes == 4 * results["adapter"]["num_parameters"]
+    for rnd in results["rounds"][1:]:
+        assert set(rnd["train"]["clients"]) == {"0", "1", "2", "3"}
+        for traffic in rnd["traffic"]["clients"].values():
+            assert traffic["train"]["bytes_down"] == lora_bytes
+            assert traffic["train"]["bytes_up"] == lora_bytes
+            assert traffic["train"]["wire_up"] < lora_bytes * 1.1
+
+
+def test_run_directory_has_config_results_and_peft_adapter(fedit, cfg):
+    results, run_dir = fedit
+    assert (run_dir / "config.yaml").exists()
+    assert results["run"]["command"].startswith("flwr run . --run-config")
+    assert results["config"]["num_clients"] == 4
+    base = AutoModelForCausalLM.from_pretrained(model_path(cfg.model))
+    PeftModel.from_pretrained(base, str(run_dir / "adapters" / "global"))
+
+
+def test_local_trains_without_communication():
+    results, _ = run("method=local")
+    for rnd in results["rounds"]:
+        for traffic in rnd["traffic"]["clients"].values():
+            assert all(phase["bytes_down"] == phase["bytes_up"] == 0 for phase in traffic.values())
+    losses = [r["evaluate"]["mean"]["loss"] for r in results["rounds"]]
+    assert losses[-1] < losses[0] - 0.5
