@@ -1,3 +1,3 @@
 """Client sides of the methods; importing this package registers them."""
 
-from clients import fedit, local  # noqa: F401
+from clients import fedit, fedrouter, local  # noqa: F401

@@ -9,7 +9,7 @@ message. Per-client memory across rounds lives in ``context.state``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,14 +119,15 @@ class ClientEnv:
         examples: Sequence[Example] | None = None,
         steps: int | None = None,
         lr: float | None = None,
-        tag: str = "",
+        stream: int = 0,
         regularizer: Callable[[AdapterModel], Regularizer] | None = None,
     ) -> tuple[LoraState, TrainStats]:
         """Train from ``start`` on this client's data; return the new adapter.
 
-        Batches are seeded by (run seed, client, round, ``tag``), so two methods
+        Batches are seeded by (run seed, client, round, ``stream``): two methods
         that train the same client in the same round on the same data draw the
-        same batches.
+        same batches; a method that trains several adapters in one round gives
+        each its own ``stream``.
         """
         model = self.model()
         model.load_state(start)
@@ -140,7 +141,7 @@ class ClientEnv:
             lr=info.lr if lr is None else lr,
             weight_decay=settings.weight_decay,
             max_grad_norm=settings.max_grad_norm,
-            seed_parts=(self.cfg.seed, "train", self.client_id, info.server_round, tag),
+            seed_parts=(self.cfg.seed, "train", self.client_id, info.server_round, stream),
             regularizer=regularizer(model) if regularizer else None,
         )
         return model.state(), stats
@@ -160,7 +161,10 @@ class ClientEnv:
     # Replies.
 
     def train_reply(
-        self, stats: TrainStats, adapters: dict[str, LoraState] | None = None, **extra: float
+        self,
+        stats: TrainStats,
+        adapters: Mapping[str, LoraState] | None = None,
+        extra: Mapping[str, float] | None = None,
     ) -> RecordDict:
         """Reply to a training instruction: adapters (if any) and training metrics."""
         content = RecordDict({name: adapter_record(state) for name, state in (adapters or {}).items()})
@@ -170,19 +174,37 @@ class ClientEnv:
                 TRAIN_LOSS: stats.mean_loss if stats.steps else 0.0,
                 TRAIN_STEPS: stats.steps,
                 TRAIN_SECONDS: stats.seconds,
-                **extra,
+                **(extra or {}),
             }
         )
         return content
 
-    def evaluate_reply(self, scores: Iterable[ExampleScore], **extra: float) -> RecordDict:
-        """Reply to an evaluation instruction: per-task metrics of ``scores``."""
-        metrics: dict[str, Any] = {NUM_EXAMPLES: len(self.data.test), **extra}
+    def evaluate_reply(
+        self,
+        scores: Iterable[ExampleScore],
+        views: Mapping[str, Iterable[ExampleScore]] | None = None,
+        extra: Mapping[str, float] | None = None,
+    ) -> RecordDict:
+        """Reply to an evaluation instruction: per-task metrics of ``scores``.
+
+        ``views`` adds alternative scorings of the same test set (e.g. another
+        routing mode) under ``<view>/task.<task>.<metric>``; the server pools
+        each view like the main one.
+        """
+        metrics: dict[str, Any] = {NUM_EXAMPLES: len(self.data.test), **(extra or {})}
+        metrics.update(self.task_metrics(scores))
+        for view, view_scores in (views or {}).items():
+            metrics.update({f"{view}/{k}": v for k, v in self.task_metrics(view_scores).items()})
+        return RecordDict({METRICS: MetricRecord(metrics)})
+
+    def task_metrics(self, scores: Iterable[ExampleScore]) -> dict[str, float]:
+        """``task.<task>.<metric>`` entries; ``score`` is exact match or ROUGE-L by task."""
+        metrics = {}
         for task, m in summarize(scores).items():
             score = m.exact_match if self.data.metrics[task] == "exact" else m.rougeL
             values = {**m.as_dict(), "score": score, "own": float(task in self.data.tasks)}
             metrics.update({task_metric_key(task, k): v for k, v in values.items()})
-        return RecordDict({METRICS: MetricRecord(metrics)})
+        return metrics
 
     def stamp(self, content: RecordDict) -> RecordDict:
         """Add this client's id to a reply's metrics (every reply carries it)."""

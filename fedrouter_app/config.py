@@ -78,6 +78,10 @@ def compose_config(overrides: Sequence[str]) -> DictConfig:
 def build_run_config(raw: DictConfig) -> RunConfig:
     """Type-check and validate a composed config; return it as dataclasses."""
     raw = raw.copy()
+    try:
+        OmegaConf.resolve(raw)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"config key '{getattr(err, 'full_key', '')}': {str(err).splitlines()[0]}") from None
     OmegaConf.set_struct(raw, False)
     method_raw = raw.pop("method", None)
     if method_raw is None or "name" not in method_raw:

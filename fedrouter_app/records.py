@@ -68,6 +68,30 @@ def read_adapter(record: ArrayRecord, template: LoraTemplate) -> LoraState:
     return state
 
 
+def read_matrix(record: ArrayRecord, key: str, *, max_rows: int, cols: int) -> np.ndarray:
+    """Decode a float32 matrix with at most ``max_rows`` rows of ``cols`` finite values."""
+    if key not in record:
+        raise InvalidReplyError(f"reply has no array {key!r}")
+    array = record[key]
+    shape = tuple(array.shape)
+    if array.dtype != "float32" or len(shape) != 2 or not 1 <= shape[0] <= max_rows or shape[1] != cols:
+        raise InvalidReplyError(
+            f"array {key!r} has dtype {array.dtype} and shape {shape}; "
+            f"expected float32 with 1..{max_rows} rows of {cols}"
+        )
+    value = array.numpy()
+    if value.shape != shape or value.dtype != np.float32:
+        raise InvalidReplyError(f"array {key!r} does not decode to its declared dtype and shape")
+    if not np.isfinite(value).all():
+        raise InvalidReplyError(f"array {key!r} has non-finite values")
+    return value
+
+
+def matrix_record(key: str, value: np.ndarray) -> ArrayRecord:
+    """An ``ArrayRecord`` holding one float32 matrix."""
+    return ArrayRecord({key: Array(np.ascontiguousarray(value, dtype=np.float32))})
+
+
 def tensor_bytes(record: ArrayRecord) -> int:
     """Bytes of tensor data in a record, from array metadata (no decoding)."""
     return sum(math.prod(array.shape) * np.dtype(array.dtype).itemsize for array in record.values())

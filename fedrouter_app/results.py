@@ -29,17 +29,30 @@ RESULTS_FILE = "results.json"
 TASK_METRICS = (*METRICS, "score")
 
 
-def parse_task_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
-    """``{"task.add.loss": 1.2, ...}`` -> ``{"add": {"loss": 1.2, ...}}``."""
+def parse_task_metrics(metrics: dict[str, float], view: str = "") -> dict[str, dict[str, float]]:
+    """``{"task.add.loss": 1.2, ...}`` -> ``{"add": {"loss": 1.2, ...}}`` (of one view)."""
+    prefix = f"{view}/task." if view else "task."
     tasks: dict[str, dict[str, float]] = defaultdict(dict)
     for key, value in metrics.items():
-        if key.startswith("task."):
-            task, metric = key[len("task.") :].rsplit(".", 1)
+        if key.startswith(prefix):
+            task, metric = key[len(prefix) :].rsplit(".", 1)
             tasks[task][metric] = value
     return dict(tasks)
 
 
-def summarize_evaluation(evaluate: dict[int, dict[str, float]]) -> dict[str, Any]:
+def view_names(evaluate: dict[int, dict[str, float]]) -> list[str]:
+    """Alternative scorings present in evaluation metrics (keys ``<view>/task....``)."""
+    return sorted({key.split("/", 1)[0] for metrics in evaluate.values() for key in metrics if "/task." in key})
+
+
+def summarize_round(evaluate: dict[int, dict[str, float]]) -> dict[str, Any]:
+    """Pooled summary of the main scoring plus one per view."""
+    summary = summarize_evaluation(evaluate)
+    views = {view: summarize_evaluation(evaluate, view) for view in view_names(evaluate)}
+    return {**summary, "views": views} if views else summary
+
+
+def summarize_evaluation(evaluate: dict[int, dict[str, float]], view: str = "") -> dict[str, Any]:
     """Pool per-client, per-task metrics of one round.
 
     Returns ``per_task`` (example-weighted over clients), ``mean`` (unweighted
@@ -53,7 +66,7 @@ def summarize_evaluation(evaluate: dict[int, dict[str, float]]) -> dict[str, Any
         "other": defaultdict(list),
     }
     for metrics in evaluate.values():
-        for task, m in parse_task_metrics(metrics).items():
+        for task, m in parse_task_metrics(metrics, view).items():
             entry = (m.get("n", 0.0), m)
             groups["all"][task].append(entry)
             groups["own" if m.get("own", 1.0) >= 0.5 else "other"][task].append(entry)
@@ -76,6 +89,17 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def _client_evaluation(metrics: dict[str, float]) -> dict[str, Any]:
+    out: dict[str, Any] = {"tasks": parse_task_metrics(metrics)}
+    views = {view: parse_task_metrics(metrics, view) for view in view_names({0: metrics})}
+    if views:
+        out["views"] = views
+    other = {k: v for k, v in metrics.items() if "task." not in k and k != "partition-id"}
+    if other:
+        out["metrics"] = other
+    return out
+
+
 def round_to_json(record: RoundRecord) -> dict[str, Any]:
     """The JSON form of one round."""
     train = {str(c): m for c, m in sorted(record.train.items())}
@@ -90,9 +114,10 @@ def round_to_json(record: RoundRecord) -> dict[str, Any]:
         "seconds": record.seconds,
         "train": {"clients": train, "mean_loss": _mean(losses)},
         "evaluate": {
-            "clients": {str(c): {"tasks": parse_task_metrics(m)} for c, m in sorted(record.evaluate.items())},
-            **(summarize_evaluation(record.evaluate) if record.evaluate else {}),
+            "clients": {str(c): _client_evaluation(m) for c, m in sorted(record.evaluate.items())},
+            **(summarize_round(record.evaluate) if record.evaluate else {}),
         },
+        "strategy": record.strategy,
         "failures": [asdict(f) for f in record.failures],
         "traffic": {
             "exchanges": [asdict(ex) for ex in record.traffic],

@@ -14,9 +14,9 @@ configuration as the server.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -109,6 +109,7 @@ class RoundRecord:
     evaluate: dict[int, dict[str, float]] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     traffic: list[Exchange] = field(default_factory=list)
+    strategy: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -134,11 +135,13 @@ class Communicator:
         self.template = template
         self.timeout = timeout
         self.node_of: dict[int, int] = {}
+        self.connected: set[int] = set()
         self.record: RoundRecord | None = None
 
     @property
     def clients(self) -> list[int]:
-        return sorted(self.node_of)
+        """Registered clients whose node is connected, by partition id."""
+        return sorted(c for c, node in self.node_of.items() if node in self.connected)
 
     def send(
         self,
@@ -235,11 +238,19 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
         time.sleep(0.5)
 
 
-def register_clients(comm: Communicator, nodes: Iterable[int], fingerprint: str) -> None:
-    """Learn every node's partition id, and check it runs the server's config."""
+def register_clients(comm: Communicator, fingerprint: str) -> None:
+    """Say hello to connected nodes not seen before: learn their partition ids, check their config.
+
+    Called at the start and before every round, so nodes that connect late
+    (or reconnect with a new node id) join the run.
+    """
+    comm.connected = set(comm.grid.get_node_ids())
+    new = sorted(comm.connected - set(comm.node_of.values()))
+    if not new:
+        return
     messages = [
         Message(RecordDict({CONFIG: ConfigRecord({FINGERPRINT: fingerprint})}), dst_node_id=node, message_type=HELLO)
-        for node in nodes
+        for node in new
     ]
     errors = []
     for msg in comm.grid.send_and_receive(messages, timeout=comm.timeout):
@@ -248,10 +259,11 @@ def register_clients(comm: Communicator, nodes: Iterable[int], fingerprint: str)
             errors.append(msg.error.reason)
             continue
         client = int(msg.content.metric_records[METRICS][CLIENT_ID])
-        if client in comm.node_of:
-            raise RunAbortedError(f"nodes {comm.node_of[client]} and {node} both claim partition-id {client}")
+        previous = comm.node_of.get(client)
+        if previous is not None and previous in comm.connected and previous != node:
+            raise RunAbortedError(f"nodes {previous} and {node} both claim partition-id {client}")
         comm.node_of[client] = node
-    if errors and not comm.node_of:
+    if errors and not comm.clients:
         raise RunAbortedError(f"no client could start: {errors[0]}")
     for reason in sorted(set(errors)):
         log.warning("a client failed to start: %s", reason)
@@ -273,44 +285,32 @@ def run_federation(
     fingerprint: str,
     callbacks: Sequence[Callback] = (),
 ) -> None:
-    """Run ``strategy`` for ``cfg.num_rounds`` rounds on the connected clients."""
+    """Run ``strategy`` for ``cfg.num_rounds`` rounds on the connected clients.
+
+    Round 0 (when ``eval.at_start``) only evaluates the initial adapters; the
+    strategy's ``setup`` phase is recorded in the first round's record.
+    """
     comm = Communicator(grid, strategy.template, cfg.round_timeout)
-    nodes = wait_for_nodes(grid, cfg.num_clients, cfg.node_wait_timeout)
-    register_clients(comm, nodes, fingerprint)
+    wait_for_nodes(grid, cfg.num_clients, cfg.node_wait_timeout)
+    register_clients(comm, fingerprint)
     for cb in callbacks:
         cb.on_run_start(cfg, strategy, strategy.template)
-    strategy.setup(comm, comm.clients)
-    if cfg.eval.at_start:
+    first = 0 if cfg.eval.at_start else 1
+    for server_round in range(first, cfg.num_rounds + 1):
         start = time.perf_counter()
-        record = RoundRecord(server_round=0, lr=0.0)
+        lr = learning_rate(cfg.train.lr_schedule, cfg.train.lr, cfg.train.lr_min, max(server_round, 1), cfg.num_rounds)
+        record = RoundRecord(server_round=server_round, lr=lr if server_round else 0.0)
         comm.record = record
-        _evaluate(comm, cfg, strategy, record)
-        _finish_round(record, start, callbacks)
-    for server_round in range(1, cfg.num_rounds + 1):
-        start = time.perf_counter()
-        lr = learning_rate(cfg.train.lr_schedule, cfg.train.lr, cfg.train.lr_min, server_round, cfg.num_rounds)
-        record = RoundRecord(server_round=server_round, lr=lr)
-        comm.record = record
-        sampled = sample_clients(comm.clients, cfg.fraction_train, cfg.seed, server_round, "train")
-        replies = comm.send(
-            MessageType.TRAIN, strategy.configure_train(server_round, sampled), _round_config(cfg, server_round, lr)
-        )
-        valid = []
-        for reply in replies:
-            try:
-                strategy.check_train_reply(server_round, reply)
-            except InvalidReplyError as err:
-                comm.reject(MessageType.TRAIN, reply.client, str(err))
-                continue
-            valid.append(reply)
-            record.train[reply.client] = reply.metrics
-        if sampled and not valid:
-            reasons = "; ".join(sorted({f.reason for f in record.failures}))
-            raise RunAbortedError(f"round {server_round}: no client returned a usable training reply ({reasons})")
-        strategy.aggregate_train(server_round, valid)
-        if server_round % cfg.eval.every == 0 or server_round == cfg.num_rounds:
+        if server_round == first:
+            _note(record, "setup", strategy.setup(comm, comm.clients))
+        if server_round > 0:
+            register_clients(comm, fingerprint)
+            _train(comm, cfg, strategy, record)
+        if server_round == 0 or server_round % cfg.eval.every == 0 or server_round == cfg.num_rounds:
             _evaluate(comm, cfg, strategy, record)
-        _finish_round(record, start, callbacks)
+        record.seconds = time.perf_counter() - start
+        for cb in callbacks:
+            cb.on_round_end(record)
     strategy.finish(comm, comm.clients)
     for cb in callbacks:
         cb.on_run_end(strategy)
@@ -320,16 +320,34 @@ def _round_config(cfg: RunConfig, server_round: int, lr: float) -> dict[str, int
     return {"server-round": server_round, "num-rounds": cfg.num_rounds, "lr": lr}
 
 
+def _note(record: RoundRecord, phase: str, info: dict[str, Any] | None) -> None:
+    if info:
+        record.strategy[phase] = info
+
+
+def _train(comm: Communicator, cfg: RunConfig, strategy: Strategy, record: RoundRecord) -> None:
+    r = record.server_round
+    sampled = sample_clients(comm.clients, cfg.fraction_train, cfg.seed, r, "train")
+    replies = comm.send(MessageType.TRAIN, strategy.configure_train(r, sampled), _round_config(cfg, r, record.lr))
+    valid = []
+    for reply in replies:
+        try:
+            strategy.check_train_reply(r, reply)
+        except InvalidReplyError as err:
+            comm.reject(MessageType.TRAIN, reply.client, str(err))
+            continue
+        valid.append(reply)
+        record.train[reply.client] = reply.metrics
+    if sampled and not valid:
+        reasons = "; ".join(sorted({f.reason for f in record.failures}))
+        raise RunAbortedError(f"round {r}: no client returned a usable training reply ({reasons})")
+    _note(record, "train", strategy.aggregate_train(r, valid))
+
+
 def _evaluate(comm: Communicator, cfg: RunConfig, strategy: Strategy, record: RoundRecord) -> None:
     r = record.server_round
     sampled = sample_clients(comm.clients, cfg.fraction_evaluate, cfg.seed, r, "evaluate")
-    for reply in comm.send(
-        MessageType.EVALUATE, strategy.configure_evaluate(r, sampled), _round_config(cfg, r, record.lr)
-    ):
+    replies = comm.send(MessageType.EVALUATE, strategy.configure_evaluate(r, sampled), _round_config(cfg, r, record.lr))
+    for reply in replies:
         record.evaluate[reply.client] = reply.metrics
-
-
-def _finish_round(record: RoundRecord, start: float, callbacks: Sequence[Callback]) -> None:
-    record.seconds = time.perf_counter() - start
-    for cb in callbacks:
-        cb.on_round_end(record)
+    _note(record, "evaluate", strategy.aggregate_evaluate(r, replies))

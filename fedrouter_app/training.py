@@ -34,6 +34,15 @@ class TrainStats:
     mean_loss: float
     seconds: float
 
+    @classmethod
+    def merge(cls, parts: Sequence[TrainStats]) -> TrainStats:
+        """Totals of several calls (mean loss weighted by steps)."""
+        steps = sum(p.steps for p in parts)
+        loss = sum(p.mean_loss * p.steps for p in parts if p.steps) / steps if steps else float("nan")
+        return cls(
+            steps=steps, examples=sum(p.examples for p in parts), mean_loss=loss, seconds=sum(p.seconds for p in parts)
+        )
+
 
 def learning_rate(schedule: str, lr: float, lr_min: float, server_round: int, num_rounds: int) -> float:
     """Learning rate of ``server_round`` (1-based): constant or cosine from lr to lr_min."""

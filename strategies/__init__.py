@@ -1,3 +1,3 @@
 """Server sides of the methods; importing this package registers them."""
 
-from strategies import fedit, local  # noqa: F401
+from strategies import fedit, fedrouter, local  # noqa: F401

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from flwr.app import RecordDict
 
@@ -47,8 +47,9 @@ class Strategy(ABC):
         self.template = template
         self.initial_adapter: LoraState = initial_lora_state(template, cfg.seed)
 
-    def setup(self, comm: Communicator, clients: Sequence[int]) -> None:
-        """Phase before round 1 (e.g. a registration query); nothing by default."""
+    def setup(self, comm: Communicator, clients: Sequence[int]) -> dict[str, Any] | None:
+        """Phase before the first round (e.g. a registration query); returns what to record."""
+        return None
 
     @abstractmethod
     def configure_train(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
@@ -58,12 +59,16 @@ class Strategy(ABC):
         """Raise :class:`InvalidReplyError` if ``reply`` lacks what aggregation needs."""
 
     @abstractmethod
-    def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> None:
-        """Fold the round's valid training replies into the server's adapters."""
+    def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any] | None:
+        """Fold the round's valid training replies into the server's adapters; returns what to record."""
 
     @abstractmethod
     def configure_evaluate(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
         """Payload for each client sampled for evaluation after ``server_round``."""
+
+    def aggregate_evaluate(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any] | None:
+        """Method-specific evaluation summaries to record (per-task metrics are pooled by the loop)."""
+        return None
 
     def finish(self, comm: Communicator, clients: Sequence[int]) -> None:
         """Phase after the last round (e.g. post-federated fine-tuning); nothing by default."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from flwr.app import RecordDict
 
@@ -46,13 +47,14 @@ class FedIT(Strategy):
     def check_train_reply(self, server_round: int, reply: Reply) -> None:
         self.require_adapter(reply)
 
-    def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> None:
+    def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any] | None:
         mean = WeightedMean()
         for reply in replies:
             weight = reply.metrics[NUM_EXAMPLES] if self.cfg.method.weighting == "num_examples" else 1.0
             mean.add(self.require_adapter(reply), weight)
         if mean.count:
             self.global_adapter = mean.result()
+        return None
 
     def configure_evaluate(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
         return self.configure_train(server_round, clients)

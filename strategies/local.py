@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from flwr.app import RecordDict
 
@@ -29,8 +30,9 @@ class Local(Strategy):
     def configure_train(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
         return {client: RecordDict() for client in clients}
 
-    def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> None:
+    def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any] | None:
         """Nothing to aggregate."""
+        return None
 
     def configure_evaluate(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
         return {client: RecordDict() for client in clients}

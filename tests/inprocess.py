@@ -6,8 +6,10 @@ clients can be made to misbehave. End-to-end tests use Flower's real runtimes.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -67,3 +69,17 @@ class InProcessGrid:
             if reply is not None:
                 replies.append(reply)
         return replies
+
+
+def run_inprocess(overrides: list[str], num_nodes: int, fault: Fault | None = None) -> tuple[dict, Path, InProcessGrid]:
+    """Run one job through the real ServerApp code on an :class:`InProcessGrid`.
+
+    Returns the results JSON, the run directory and the grid (whose contexts
+    hold every client's state).
+    """
+    from fedrouter_app.client_app import make_client_app
+    from fedrouter_app.server_app import serve
+
+    grid = InProcessGrid(make_client_app(overrides), num_nodes, fault=fault)
+    run_dir = serve(grid, overrides)
+    return json.loads((run_dir / "results.json").read_text()), run_dir, grid

@@ -57,3 +57,27 @@ def test_local_trains_without_communication():
             assert all(phase["bytes_down"] == phase["bytes_up"] == 0 for phase in traffic.values())
     losses = [r["evaluate"]["mean"]["loss"] for r in results["rounds"]]
     assert losses[-1] < losses[0] - 0.5
+
+
+def test_fedrouter_client_that_misses_registration_joins_later():
+    # Three of four clients form the global clusters; the fourth registers
+    # when first sampled and is mapped to its nearest clusters.
+    results, _ = run(
+        "method=fedrouter",
+        "method.registration_fraction=0.75",
+        "method.n_global=4",
+        "data.tasks=[copy,reverse,capital,sentiment]",
+        "scenario.train_examples_per_client=64",
+    )
+    setup = results["rounds"][0]["strategy"]["setup"]
+    assert len(setup["registered"]) == 3
+    (late,) = {"0", "1", "2", "3"} - {str(c) for c in setup["registered"]}
+    assert results["run"]["status"] == "completed"
+    joined = results["rounds"][1]["strategy"]["train"]["joined"]
+    assert list(joined) == [late]
+    for rnd in results["rounds"][1:]:
+        assert late in rnd["train"]["clients"] and late in rnd["evaluate"]["clients"]
+    # Its local clusters went to the global clusters that hold its own tasks.
+    majority = setup["clustering"]["majority_task"]
+    own = {t for t, m in results["rounds"][-1]["evaluate"]["clients"][late]["tasks"].items() if m["own"]}
+    assert {majority[str(k)] for k in joined[late]} == own

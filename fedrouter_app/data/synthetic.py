@@ -286,18 +286,18 @@ def _capital(rng: random.Random) -> tuple[str, str]:
 TASKS: dict[str, SyntheticTask] = {
     task.name: task
     for task in (
-        SyntheticTask("copy", "copy", "words", "exact", _copy),
-        SyntheticTask("reverse", "reverse", "words", "exact", _reverse),
-        SyntheticTask("sort_chars", "letters", "words", "exact", _sort_chars),
-        SyntheticTask("sort_num", "sort", "digits", "exact", _sort_num),
-        SyntheticTask("max", "max", "digits", "exact", _max),
-        SyntheticTask("add", "add", "number_pair", "exact", _add),
-        SyntheticTask("capital", "capital", "countries", "exact", _capital),
-        SyntheticTask("count", "count", "letter_in_word", "exact", _count),
-        SyntheticTask("sentiment", "review", "reviews", "exact", _review),
-        SyntheticTask("paraphrase", "questions", "question_pairs", "exact", _question_pair),
-        SyntheticTask("data_to_text", "data", "triples", "rouge", _triples),
-        SyntheticTask("summarize", "dialogue", "dialogues", "rouge", _dialogue),
+        SyntheticTask("copy", "repeat the word", "words", "exact", _copy),
+        SyntheticTask("reverse", "spell backwards", "words", "exact", _reverse),
+        SyntheticTask("sort_chars", "sort the letters of", "words", "exact", _sort_chars),
+        SyntheticTask("sort_num", "sort the numbers", "digits", "exact", _sort_num),
+        SyntheticTask("max", "largest of", "digits", "exact", _max),
+        SyntheticTask("add", "add up", "number_pair", "exact", _add),
+        SyntheticTask("capital", "capital city of", "countries", "exact", _capital),
+        SyntheticTask("count", "count the letter", "letter_in_word", "exact", _count),
+        SyntheticTask("sentiment", "review sentiment:", "reviews", "exact", _review),
+        SyntheticTask("paraphrase", "same question?", "question_pairs", "exact", _question_pair),
+        SyntheticTask("data_to_text", "describe the data:", "triples", "rouge", _triples),
+        SyntheticTask("summarize", "summarize the chat:", "dialogues", "rouge", _dialogue),
     )
 }
 

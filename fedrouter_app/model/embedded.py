@@ -32,7 +32,7 @@ from fedrouter_app.seeding import derive_seed, python_rng
 
 log = get_logger(__name__)
 
-# Bump when the generator or the recipe changes in a way that changes the weights.
+# Bump when the build recipe changes; changes of the generator change the key by themselves.
 RECIPE_VERSION = 1
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
@@ -53,8 +53,11 @@ class EmbeddedModelSpec:
     seed: int
 
     def cache_key(self) -> str:
-        payload = json.dumps({**asdict(self), "recipe": RECIPE_VERSION}, sort_keys=True)
-        return "tiny-llama-" + hashlib.sha256(payload.encode()).hexdigest()[:12]
+        """Directory name: changes with the spec, the recipe version and the generated text."""
+        digest = hashlib.sha256(json.dumps({**asdict(self), "recipe": RECIPE_VERSION}, sort_keys=True).encode())
+        for text in corpus(self.seed, 200):
+            digest.update(text.encode())
+        return "tiny-llama-" + digest.hexdigest()[:12]
 
 
 def cache_root() -> Path:

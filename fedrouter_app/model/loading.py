@@ -59,6 +59,12 @@ def lora_config(lora: LoraSettings, base_name: str) -> LoraConfig:
     )
 
 
+def hidden_size(model: ModelSettings) -> int:
+    """Width of the model's hidden states (the dimension of its embeddings)."""
+    config = AutoConfig.from_pretrained(model_path(model))
+    return int(config.get_text_config().hidden_size)
+
+
 def lora_template(model: ModelSettings, lora: LoraSettings) -> LoraTemplate:
     """Adapter keys and shapes, from the model config alone (no weights loaded).
 
@@ -104,6 +110,11 @@ class AdapterModel:
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
     params: dict[str, torch.nn.Parameter]
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the hidden states (the dimension of embeddings)."""
+        return int(self.model.get_base_model().config.get_text_config().hidden_size)
 
     @property
     def template(self) -> LoraTemplate:

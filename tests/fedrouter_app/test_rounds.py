@@ -34,7 +34,7 @@ def setup(make_cfg, *overrides, fault=None):
     grid = InProcessGrid(make_client_app(tiny_overrides(*overrides)), cfg.num_clients, fault=fault)
     template = lora_template(cfg.model, cfg.lora)
     comm = Communicator(grid, template, timeout=10)
-    register_clients(comm, grid.get_node_ids(), config_fingerprint(cfg))
+    register_clients(comm, config_fingerprint(cfg))
     return cfg, grid, comm, template
 
 
@@ -48,7 +48,7 @@ def test_hello_rejects_a_node_with_another_config(make_cfg):
     grid = InProcessGrid(make_client_app(tiny_overrides()), cfg.num_clients)
     comm = Communicator(grid, {}, timeout=10)
     with pytest.raises(RunAbortedError, match="fingerprint"):
-        register_clients(comm, grid.get_node_ids(), "0000")
+        register_clients(comm, "0000")
 
 
 def poison(target: int, how: str):

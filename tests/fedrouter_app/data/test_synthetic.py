@@ -67,6 +67,6 @@ def test_conflicting_tasks_share_one_input_distribution():
 
 def test_generated_text_tasks_have_sentences():
     ex = make_example(0, "summarize", "train", 0)
-    assert ex.instruction.startswith("dialogue ") and " and " in ex.response and " at the " in ex.response
+    assert ex.instruction.startswith("summarize the chat: ") and " and " in ex.response and " at the " in ex.response
     ex = make_example(0, "data_to_text", "train", 0)
     assert " | " in ex.instruction and ex.response.split()[0] in ex.instruction

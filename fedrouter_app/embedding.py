@@ -1,0 +1,69 @@
+"""Sentence embeddings from the frozen base model, for clustering and routing.
+
+The adapter is switched off, so an embedding depends on the text and the base
+model only, never on training. Texts are embedded as they are (no prompt
+template), with the tokenizer's own special tokens, left-padded; padding is
+masked out of the pooling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from fedrouter_app.data.encoding import collate_prompts, prompt_ids
+from fedrouter_app.model.loading import AdapterModel
+
+
+@torch.no_grad()
+def embed_texts(
+    adapter_model: AdapterModel,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    pooling: str = "mean",
+    max_length: int = 1024,
+) -> np.ndarray:
+    """Pooled last hidden state (after the final norm) of each text, float32.
+
+    Parameters
+    ----------
+    adapter_model : AdapterModel
+        The process's model; its adapter is disabled for the forward pass.
+    texts : sequence of str
+        Texts to embed.
+    batch_size : int
+        Texts per forward pass.
+    pooling : {"mean", "last"}
+        Mean over non-padding tokens, or the last token's state.
+    max_length : int
+        Texts are truncated to their first ``max_length`` tokens.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(len(texts), hidden_size)``.
+    """
+    if pooling not in ("mean", "last"):
+        raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+    model, tokenizer = adapter_model.model, adapter_model.tokenizer
+    # The backbone alone: its last hidden state is what we pool, and skipping
+    # the LM head saves the vocabulary-sized projection.
+    backbone = model.get_base_model().base_model
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        ids = [prompt_ids(tokenizer, text)[:max_length] for text in texts[start : start + batch_size]]
+        batch = {k: v.to(adapter_model.device) for k, v in collate_prompts(ids, tokenizer.pad_token_id).items()}
+        with model.disable_adapter():
+            hidden = backbone(**batch).last_hidden_state.float()
+        if pooling == "last":
+            pooled = hidden[:, -1]
+        else:
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        chunks.append(pooled.cpu().numpy())
+    if not chunks:
+        return np.zeros((0, backbone.config.hidden_size), dtype=np.float32)
+    return np.concatenate(chunks).astype(np.float32)
