@@ -18,7 +18,7 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from fedrouter_app.data.encoding import PromptFormat
 from fedrouter_app.data.example import Example
 from fedrouter_app.data.partition import ClientData, build_client_data
-from fedrouter_app.evaluation import ExampleScore, score_examples, summarize
+from fedrouter_app.evaluation import ExampleScore, mean_loss, score_examples, summarize
 from fedrouter_app.model.loading import AdapterModel, cached_adapter_model
 from fedrouter_app.model.lora import LoraState
 from fedrouter_app.records import ADAPTER, CLIENT_ID, CONFIG, METRICS, NUM_EXAMPLES, adapter_record, read_adapter
@@ -157,6 +157,12 @@ class ClientEnv:
             batch_size=self.cfg.eval.batch_size,
             max_new_tokens=self.cfg.eval.max_new_tokens,
         )
+
+    def loss(self, examples: Sequence[Example], adapter: LoraState) -> float:
+        """Teacher-forced loss of ``adapter`` on ``examples`` (e.g. to pick among adapters)."""
+        model = self.model()
+        model.load_state(adapter)
+        return mean_loss(model, examples, self.fmt, batch_size=self.cfg.eval.batch_size)
 
     # Replies.
 

@@ -99,6 +99,21 @@ def score_examples(
     return scores
 
 
+@torch.no_grad()
+def mean_loss(adapter_model: AdapterModel, examples: Sequence[Example], fmt: PromptFormat, *, batch_size: int) -> float:
+    """Teacher-forced loss per supervised token over ``examples`` (no generation)."""
+    model, tokenizer, device = adapter_model.model, adapter_model.tokenizer, adapter_model.device
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        batch = collate([encode_example(tokenizer, ex, fmt) for ex in chunk], tokenizer.pad_token_id)
+        loss_sum, n = sequence_losses(model, {k: v.to(device) for k, v in batch.items()})
+        total += float(loss_sum.sum())
+        tokens += int(n.sum())
+    return total / max(tokens, 1)
+
+
 def generate(adapter_model: AdapterModel, prompts: Sequence[str], fmt: PromptFormat, max_new_tokens: int) -> list[str]:
     """Greedy answers to ``prompts`` (text after the prompt, up to EOS)."""
     tokenizer = adapter_model.tokenizer

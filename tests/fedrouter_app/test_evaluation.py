@@ -47,3 +47,13 @@ def test_batching_does_not_change_scores(adapter_model):
         assert a.prediction == b.prediction
         assert a.loss_sum == pytest.approx(b.loss_sum, rel=1e-4, abs=1e-4)
         assert a.tokens == b.tokens
+
+
+def test_mean_loss_matches_the_pooled_score_loss(adapter_model):
+    from fedrouter_app.evaluation import mean_loss
+
+    adapter_model.load_state(adapter_model.initial_state(0))
+    examples = make_examples(0, "copy", "test", range(5)) + make_examples(0, "capital", "test", range(3))
+    scores = score_examples(adapter_model, examples, FMT, batch_size=3, max_new_tokens=4)
+    pooled = sum(s.loss_sum for s in scores) / sum(s.tokens for s in scores)
+    assert mean_loss(adapter_model, examples, FMT, batch_size=4) == pytest.approx(pooled, rel=1e-5)
