@@ -1,3 +1,7 @@
-"""Client sides of the methods; importing this package registers them."""
+"""Client sides of the methods; importing this package registers every module in it."""
 
-from clients import fedit, fedrouter, local  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -1,3 +1,7 @@
-"""Server sides of the methods; importing this package registers them."""
+"""Server sides of the methods; importing this package registers every module in it."""
 
-from strategies import fedit, fedrouter, local  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
