@@ -19,11 +19,12 @@ from fedrouter_app.data.encoding import PromptFormat
 from fedrouter_app.data.example import Example
 from fedrouter_app.data.partition import ClientData, build_client_data
 from fedrouter_app.evaluation import ExampleScore, mean_loss, score_examples, summarize
-from fedrouter_app.model.loading import AdapterModel, cached_adapter_model
+from fedrouter_app.model.adapter_model import DEFAULT_SLOT, AdapterModel
+from fedrouter_app.model.loading import cached_adapter_model
 from fedrouter_app.model.lora import LoraState
 from fedrouter_app.records import ADAPTER, CLIENT_ID, CONFIG, METRICS, NUM_EXAMPLES, adapter_record, read_adapter
 from fedrouter_app.settings import RunConfig
-from fedrouter_app.training import Regularizer, TrainStats, train_adapter
+from fedrouter_app.training import MixingFn, Regularizer, Teacher, TrainStats, train_adapter
 
 # Metric keys of training replies.
 TRAIN_LOSS = "train-loss"
@@ -121,16 +122,46 @@ class ClientEnv:
         lr: float | None = None,
         stream: int = 0,
         regularizer: Callable[[AdapterModel], Regularizer] | None = None,
+        others: Mapping[str, LoraState] | None = None,
+        mixing: MixingFn | None = None,
     ) -> tuple[LoraState, TrainStats]:
         """Train from ``start`` on this client's data; return the new adapter.
 
         Batches are seeded by (run seed, client, round, ``stream``): two methods
         that train the same client in the same round on the same data draw the
         same batches; a method that trains several adapters in one round gives
-        each its own ``stream``.
+        each its own ``stream``. ``others`` are loaded into further slots and
+        stay frozen; ``mixing`` says how slots combine in the forward pass.
         """
-        model = self.model()
-        model.load_state(start)
+        states, stats = self.train_slots(
+            {DEFAULT_SLOT: start, **(others or {})},
+            info,
+            trainable=(DEFAULT_SLOT,),
+            examples=examples,
+            steps=steps,
+            lr=lr,
+            stream=stream,
+            regularizer=regularizer,
+            mixing=mixing,
+        )
+        return states[DEFAULT_SLOT], stats
+
+    def train_slots(
+        self,
+        states: Mapping[str, LoraState],
+        info: RoundInfo,
+        *,
+        trainable: Sequence[str],
+        examples: Sequence[Example] | None = None,
+        steps: int | None = None,
+        lr: float | None = None,
+        stream: int = 0,
+        regularizer: Callable[[AdapterModel], Regularizer] | None = None,
+        mixing: MixingFn | None = None,
+        teacher: Teacher | None = None,
+    ) -> tuple[dict[str, LoraState], TrainStats]:
+        """Load ``states`` into slots, train the ``trainable`` ones together; return their new weights."""
+        model = self.load(states)
         settings = self.cfg.train
         stats = train_adapter(
             model,
@@ -142,27 +173,49 @@ class ClientEnv:
             weight_decay=settings.weight_decay,
             max_grad_norm=settings.max_grad_norm,
             seed_parts=(self.cfg.seed, "train", self.client_id, info.server_round, stream),
+            slots=trainable,
+            mixing=mixing,
             regularizer=regularizer(model) if regularizer else None,
+            teacher=teacher,
         )
-        return model.state(), stats
+        return {slot: model.state(slot) for slot in trainable}, stats
 
-    def score(self, examples: Sequence[Example], adapter: LoraState) -> list[ExampleScore]:
-        """Score ``examples`` with ``adapter``."""
-        model = self.model()
-        model.load_state(adapter)
+    def score(
+        self,
+        examples: Sequence[Example],
+        adapter: LoraState,
+        *,
+        others: Mapping[str, LoraState] | None = None,
+        mixing: MixingFn | None = None,
+    ) -> list[ExampleScore]:
+        """Score ``examples`` with ``adapter`` (combined with ``others`` as ``mixing`` says)."""
         return score_examples(
-            model,
+            self.load({DEFAULT_SLOT: adapter, **(others or {})}),
             examples,
             self.fmt,
             batch_size=self.cfg.eval.batch_size,
             max_new_tokens=self.cfg.eval.max_new_tokens,
+            mixing=mixing,
         )
 
-    def loss(self, examples: Sequence[Example], adapter: LoraState) -> float:
+    def loss(
+        self,
+        examples: Sequence[Example],
+        adapter: LoraState,
+        *,
+        others: Mapping[str, LoraState] | None = None,
+        mixing: MixingFn | None = None,
+    ) -> float:
         """Teacher-forced loss of ``adapter`` on ``examples`` (e.g. to pick among adapters)."""
+        model = self.load({DEFAULT_SLOT: adapter, **(others or {})})
+        return mean_loss(model, examples, self.fmt, batch_size=self.cfg.eval.batch_size, mixing=mixing)
+
+    def load(self, states: Mapping[str, LoraState]) -> AdapterModel:
+        """The model with ``states`` loaded into their slots."""
         model = self.model()
-        model.load_state(adapter)
-        return mean_loss(model, examples, self.fmt, batch_size=self.cfg.eval.batch_size)
+        for slot, state in states.items():
+            model.load_state(state, slot)
+        return model
 
     # Replies.
 

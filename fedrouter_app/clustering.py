@@ -52,15 +52,18 @@ def nearest(points: np.ndarray, centroids: np.ndarray, candidates: Sequence[int]
 
 
 def match_clusters(old: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """For each new centroid, the old one it continues (Hungarian, on distances).
+    """For each new centroid, the index of the old one it continues (Hungarian, on distances).
 
-    Returns ``perm`` with ``perm[new_index] = old_index``; both sets must have
-    the same size.
+    Returns ``ids`` with ``ids[new_index] = old_index``. When there are more new
+    centroids than old ones, the unmatched new ones get fresh indices
+    ``len(old), len(old) + 1, ...``.
     """
     rows, cols = linear_sum_assignment(squared_distances(new, old))
-    perm = np.empty(len(new), dtype=np.int64)
-    perm[rows] = cols
-    return perm
+    ids = np.full(len(new), -1, dtype=np.int64)
+    ids[rows] = cols
+    unmatched = np.flatnonzero(ids < 0)
+    ids[unmatched] = len(old) + np.arange(len(unmatched))
+    return ids
 
 
 def contingency(labels_true: Sequence[str], labels_pred: Sequence[int]) -> dict[int, dict[str, int]]:

@@ -32,6 +32,16 @@ __all__ = ["ConfigError", "RunConfig", "config_fingerprint", "load_run_config", 
 
 OmegaConf.register_new_resolver("len", lambda value: len(value), replace=True)
 
+
+def _n_training_tasks(*, _root_: DictConfig) -> int:
+    """Tasks some client may train on: ``data.tasks`` minus ``scenario.unseen_tasks``."""
+    held_out = set(_root_.scenario.get("unseen_tasks") or [])
+    return sum(1 for task in _root_.data.tasks if task not in held_out)
+
+
+# ${n_training_tasks:} in conf/: e.g. one global cluster per task that is trained on.
+OmegaConf.register_new_resolver("n_training_tasks", _n_training_tasks, replace=True)
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("method", "scenario", "model", "data")
 

@@ -1,7 +1,8 @@
 """Sentence embeddings from the frozen base model, for clustering and routing.
 
-The adapter is switched off, so an embedding depends on the text and the base
-model only, never on training. Texts are embedded as they are (no prompt
+By default the adapters are switched off, so an embedding depends on the text
+and the base model only, never on training; a caller may ask for given adapter
+slots instead (FedDPA's representations use the local adapter). Texts are embedded as they are (no prompt
 template), with the tokenizer's own special tokens, left-padded; padding is
 masked out of the pooling.
 """
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from fedrouter_app.data.encoding import collate_prompts, prompt_ids
-from fedrouter_app.model.loading import AdapterModel
+from fedrouter_app.model.adapter_model import AdapterModel, Mixing
 
 
 @torch.no_grad()
@@ -25,13 +26,14 @@ def embed_texts(
     batch_size: int = 64,
     pooling: str = "mean",
     max_length: int = 1024,
+    mixing: Mixing | None = None,
 ) -> np.ndarray:
     """Pooled last hidden state (after the final norm) of each text, float32.
 
     Parameters
     ----------
     adapter_model : AdapterModel
-        The process's model; its adapter is disabled for the forward pass.
+        The process's model.
     texts : sequence of str
         Texts to embed.
     batch_size : int
@@ -40,6 +42,8 @@ def embed_texts(
         Mean over non-padding tokens, or the last token's state.
     max_length : int
         Texts are truncated to their first ``max_length`` tokens.
+    mixing : mapping, optional
+        Adapter slots active during the pass; by default none (the frozen base).
 
     Returns
     -------
@@ -56,7 +60,8 @@ def embed_texts(
     for start in range(0, len(texts), batch_size):
         ids = [prompt_ids(tokenizer, text)[:max_length] for text in texts[start : start + batch_size]]
         batch = {k: v.to(adapter_model.device) for k, v in collate_prompts(ids, tokenizer.pad_token_id).items()}
-        with model.disable_adapter():
+        adapters = adapter_model.mixing(mixing) if mixing is not None else model.disable_adapter()
+        with adapters:
             hidden = backbone(**batch).last_hidden_state.float()
         if pooling == "last":
             pooled = hidden[:, -1]

@@ -11,14 +11,22 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import torch
-from rouge_score import rouge_scorer
 
-from fedrouter_app.data.encoding import PromptFormat, collate, collate_prompts, encode_example, prompt_ids
+from fedrouter_app.data.encoding import (
+    IGNORE_INDEX,
+    EncodedExample,
+    PromptFormat,
+    collate,
+    collate_prompts,
+    encode_example,
+    prompt_ids,
+)
 from fedrouter_app.data.example import Example
-from fedrouter_app.model.loading import AdapterModel
-from fedrouter_app.training import sequence_losses
+from fedrouter_app.model.adapter_model import AdapterModel
+from fedrouter_app.training import MixingFn, sequence_losses
 
 METRICS = ("loss", "exact_match", "rouge1", "rougeL")
 
@@ -57,7 +65,10 @@ class TaskMetrics:
 
 
 @lru_cache(maxsize=1)
-def _scorer() -> rouge_scorer.RougeScorer:
+def _scorer() -> Any:
+    # Imported on first use: rouge_score pulls in nltk, a second of start-up per worker.
+    from rouge_score import rouge_scorer
+
     return rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
 
 
@@ -73,16 +84,18 @@ def score_examples(
     *,
     batch_size: int,
     max_new_tokens: int,
+    mixing: MixingFn | None = None,
 ) -> list[ExampleScore]:
-    """Score ``examples`` with the adapter currently loaded in ``adapter_model``."""
+    """Score ``examples`` with the adapters loaded in ``adapter_model`` (default slot, or ``mixing``)."""
     model, tokenizer, device = adapter_model.model, adapter_model.tokenizer, adapter_model.device
     model.eval()
     scores: list[ExampleScore] = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         batch = collate([encode_example(tokenizer, ex, fmt) for ex in chunk], tokenizer.pad_token_id)
-        loss_sum, tokens = sequence_losses(model, {k: v.to(device) for k, v in batch.items()})
-        predictions = generate(adapter_model, [fmt.prompt(ex) for ex in chunk], fmt, max_new_tokens)
+        with adapter_model.mixing(mixing(chunk) if mixing else None):
+            loss_sum, tokens = sequence_losses(model, {k: v.to(device) for k, v in batch.items()})
+            predictions = generate(adapter_model, [fmt.prompt(ex) for ex in chunk], fmt, max_new_tokens)
         for ex, pred, ls, nt in zip(chunk, predictions, loss_sum.tolist(), tokens.tolist(), strict=True):
             rouge = _scorer().score(ex.response, pred)
             scores.append(
@@ -100,7 +113,14 @@ def score_examples(
 
 
 @torch.no_grad()
-def mean_loss(adapter_model: AdapterModel, examples: Sequence[Example], fmt: PromptFormat, *, batch_size: int) -> float:
+def mean_loss(
+    adapter_model: AdapterModel,
+    examples: Sequence[Example],
+    fmt: PromptFormat,
+    *,
+    batch_size: int,
+    mixing: MixingFn | None = None,
+) -> float:
     """Teacher-forced loss per supervised token over ``examples`` (no generation)."""
     model, tokenizer, device = adapter_model.model, adapter_model.tokenizer, adapter_model.device
     model.eval()
@@ -108,7 +128,27 @@ def mean_loss(adapter_model: AdapterModel, examples: Sequence[Example], fmt: Pro
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         batch = collate([encode_example(tokenizer, ex, fmt) for ex in chunk], tokenizer.pad_token_id)
-        loss_sum, n = sequence_losses(model, {k: v.to(device) for k, v in batch.items()})
+        with adapter_model.mixing(mixing(chunk) if mixing else None):
+            loss_sum, n = sequence_losses(model, {k: v.to(device) for k, v in batch.items()})
+        total += float(loss_sum.sum())
+        tokens += int(n.sum())
+    return total / max(tokens, 1)
+
+
+@torch.no_grad()
+def text_loss(adapter_model: AdapterModel, texts: Sequence[str], *, batch_size: int) -> float:
+    """Language-model loss per token of plain texts (e.g. prompts: their perplexity's log)."""
+    tokenizer, device = adapter_model.tokenizer, adapter_model.device
+    adapter_model.model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(texts), batch_size):
+        encoded = []
+        for text in texts[start : start + batch_size]:
+            ids = prompt_ids(tokenizer, text)
+            # Every token but the first is predicted from the ones before it.
+            encoded.append(EncodedExample(input_ids=ids, labels=[IGNORE_INDEX, *ids[1:]]))
+        batch = collate(encoded, tokenizer.pad_token_id)
+        loss_sum, n = sequence_losses(adapter_model.model, {k: v.to(device) for k, v in batch.items()})
         total += float(loss_sum.sum())
         tokens += int(n.sum())
     return total / max(tokens, 1)

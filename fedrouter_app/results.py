@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedrouter_app.data.partition import seen_tasks, unseen_tasks
 from fedrouter_app.evaluation import METRICS
 from fedrouter_app.logs import get_logger
 from fedrouter_app.model.lora import LoraTemplate, num_parameters
@@ -45,31 +47,35 @@ def view_names(evaluate: dict[int, dict[str, float]]) -> list[str]:
     return sorted({key.split("/", 1)[0] for metrics in evaluate.values() for key in metrics if "/task." in key})
 
 
-def summarize_round(evaluate: dict[int, dict[str, float]]) -> dict[str, Any]:
+def summarize_round(evaluate: dict[int, dict[str, float]], unseen: Collection[str] | None = None) -> dict[str, Any]:
     """Pooled summary of the main scoring plus one per view."""
-    summary = summarize_evaluation(evaluate)
-    views = {view: summarize_evaluation(evaluate, view) for view in view_names(evaluate)}
+    summary = summarize_evaluation(evaluate, unseen=unseen)
+    views = {view: summarize_evaluation(evaluate, view, unseen) for view in view_names(evaluate)}
     return {**summary, "views": views} if views else summary
 
 
-def summarize_evaluation(evaluate: dict[int, dict[str, float]], view: str = "") -> dict[str, Any]:
+def summarize_evaluation(
+    evaluate: dict[int, dict[str, float]], view: str = "", unseen: Collection[str] | None = None
+) -> dict[str, Any]:
     """Pool per-client, per-task metrics of one round.
 
     Returns ``per_task`` (example-weighted over clients), ``mean`` (unweighted
-    mean over tasks), and the same two restricted to each client's own tasks
+    mean over tasks: under ``eval.scope=global`` the score over all tasks,
+    "TTP"), and the same two restricted to each client's own tasks
     (``own_per_task``, ``own_mean``: personalisation, "P") and to tasks the
-    client never trained on (``other_*``: generalisation).
+    client never trained on (``other_*``: generalisation). Given ``unseen``
+    (the tasks no client of the federation trains on), also ``seen_*`` and
+    ``unseen_*``: the federation-level split.
     """
-    groups: dict[str, dict[str, list[tuple[float, dict[str, float]]]]] = {
-        "all": defaultdict(list),
-        "own": defaultdict(list),
-        "other": defaultdict(list),
-    }
+    names = ("all", "own", "other", *(("seen", "unseen") if unseen is not None else ()))
+    groups: dict[str, dict[str, list[tuple[float, dict[str, float]]]]] = {name: defaultdict(list) for name in names}
     for metrics in evaluate.values():
         for task, m in parse_task_metrics(metrics, view).items():
             entry = (m.get("n", 0.0), m)
             groups["all"][task].append(entry)
             groups["own" if m.get("own", 1.0) >= 0.5 else "other"][task].append(entry)
+            if unseen is not None:
+                groups["unseen" if task in unseen else "seen"][task].append(entry)
     out: dict[str, Any] = {}
     for name, by_task in groups.items():
         per_task = {task: _pool(entries) for task, entries in sorted(by_task.items())}
@@ -100,8 +106,8 @@ def _client_evaluation(metrics: dict[str, float]) -> dict[str, Any]:
     return out
 
 
-def round_to_json(record: RoundRecord) -> dict[str, Any]:
-    """The JSON form of one round."""
+def round_to_json(record: RoundRecord, unseen: Collection[str] | None = None) -> dict[str, Any]:
+    """The JSON form of one round (``unseen``: tasks no client trains on, for the seen/unseen split)."""
     train = {str(c): m for c, m in sorted(record.train.items())}
     losses = [m["train-loss"] for m in record.train.values() if m.get("train-steps", 0) > 0]
     by_client: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
@@ -115,7 +121,7 @@ def round_to_json(record: RoundRecord) -> dict[str, Any]:
         "train": {"clients": train, "mean_loss": _mean(losses)},
         "evaluate": {
             "clients": {str(c): _client_evaluation(m) for c, m in sorted(record.evaluate.items())},
-            **(summarize_round(record.evaluate) if record.evaluate else {}),
+            **(summarize_round(record.evaluate, unseen) if record.evaluate else {}),
         },
         "strategy": record.strategy,
         "failures": [asdict(f) for f in record.failures],
@@ -138,16 +144,19 @@ class ResultsWriter:
             "run": {**run_info, "status": "running", "started_at": _now()},
             "rounds": [],
         }
+        self.unseen: tuple[str, ...] = ()
 
     def on_run_start(self, cfg: RunConfig, strategy: Strategy, template: LoraTemplate) -> None:
         n = num_parameters(template)
+        self.unseen = unseen_tasks(cfg)
         self.data["config"] = cfg.to_dict()
+        self.data["tasks"] = {"all": list(cfg.data.tasks), "seen": list(seen_tasks(cfg)), "unseen": list(self.unseen)}
         self.data["adapter"] = {"num_tensors": len(template), "num_parameters": n, "tensor_bytes": 4 * n}
         self.data["strategy"] = strategy.summary()
         self._write()
 
     def on_round_end(self, record: RoundRecord) -> None:
-        self.data["rounds"].append(round_to_json(record))
+        self.data["rounds"].append(round_to_json(record, self.unseen))
         self._write()
 
     def on_run_end(self, strategy: Strategy) -> None:
@@ -228,15 +237,13 @@ class FinalTable:
 
 def format_table(summary: dict[str, Any]) -> str:
     """A plain-text table of per-task metrics and their mean."""
+
+    def row(name: str, n: str, m: dict[str, float]) -> str:
+        metrics = f"{m['loss']:>8.3f}{m['exact_match']:>7.3f}{m['rouge1']:>8.3f}{m['rougeL']:>8.3f}"
+        return f"{name:<14}{n:>6}{metrics}{m['score']:>7.3f}"
+
     header = f"{'task':<14}{'n':>6}{'loss':>8}{'em':>7}{'rouge1':>8}{'rougeL':>8}{'score':>7}"
     rows = [header, "-" * len(header)]
-    for task, m in summary["per_task"].items():
-        rows.append(
-            f"{task:<14}{m['n']:>6.0f}{m['loss']:>8.3f}{m['exact_match']:>7.3f}{m['rouge1']:>8.3f}{m['rougeL']:>8.3f}{m['score']:>7.3f}"
-        )
-    m = summary["mean"]
-    rows += [
-        "-" * len(header),
-        f"{'mean':<14}{'':>6}{m['loss']:>8.3f}{m['exact_match']:>7.3f}{m['rouge1']:>8.3f}{m['rougeL']:>8.3f}{m['score']:>7.3f}",
-    ]
+    rows += [row(task, f"{m['n']:.0f}", m) for task, m in summary["per_task"].items()]
+    rows += ["-" * len(header), row("mean", "", summary["mean"])]
     return "\n".join(rows)

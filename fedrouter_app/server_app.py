@@ -22,6 +22,7 @@ from fedrouter_app.config import config_fingerprint, load_run_config, overrides_
 from fedrouter_app.logs import get_logger
 from fedrouter_app.model.loading import lora_config, lora_template, model_path
 from fedrouter_app.model.lora import save_peft_adapter
+from fedrouter_app.progress import RoundProgress, TensorBoardLog
 from fedrouter_app.registry import strategy_class
 from fedrouter_app.results import FinalTable, ProgressLog, ResultsWriter
 from fedrouter_app.rounds import run_federation
@@ -60,7 +61,8 @@ def serve(grid: Grid, overrides: Sequence[str]) -> Path:
     log.info("run directory %s", run_dir)
     writer = ResultsWriter(run_dir, run_info(cfg, overrides, run_dir))
     try:
-        run_federation(grid, cfg, strategy, config_fingerprint(cfg), [ProgressLog(), writer, FinalTable()])
+        callbacks = [ProgressLog(), writer, FinalTable(), RoundProgress(), TensorBoardLog(run_dir)]
+        run_federation(grid, cfg, strategy, config_fingerprint(cfg), callbacks)
     except Exception as err:
         writer.fail(f"{type(err).__name__}: {err}")
         log.error("run failed: %s", err)

@@ -106,25 +106,65 @@ class DataSettings:
 
 @dataclass
 class ScenarioSettings:
-    """How tasks are spread over clients."""
+    """How tasks and training examples are spread over clients.
+
+    Tasks listed in ``unseen_tasks`` are held out of every client's training
+    set; the others are dealt out by ``kind``: ``window`` gives client i the
+    training tasks i, i+1, ... (cyclically), ``dirichlet`` splits each task's
+    examples over clients in proportions drawn from Dirichlet(alpha).
+    """
 
     name: str = field(metadata={"help": "Scenario label used in run names and reports."})
-    tasks_per_client: int = field(
-        metadata={"help": "Client i holds tasks i, i+1, ... (cyclically): 1 = single, 2 = dual, all = iid."}
+    kind: str = field(metadata={"help": "'window' (cyclic task windows) or 'dirichlet' (per-task Dirichlet split)."})
+    tasks_per_client: int | None = field(
+        metadata={"help": "window: client i holds training tasks i, i+1, ...: 1 = single, 2 = dual; null otherwise."}
     )
-    train_examples_per_client: int = field(metadata={"help": "Training examples per client, split over its tasks."})
+    alpha: float | None = field(
+        metadata={"help": "dirichlet: concentration of each task's split over clients (small = skewed); else null."}
+    )
+    unseen_tasks: list[str] = field(
+        metadata={"help": "Tasks of data.tasks held out of all training (tested under eval.scope=global)."}
+    )
+    train_examples_per_client: int = field(
+        metadata={"help": "Training examples per client (window) or on average per client (dirichlet)."}
+    )
+    min_train_examples: int = field(
+        metadata={"help": "Fewest training examples a client may hold; dirichlet redraws (seeded) until all do."}
+    )
     test_examples_per_task: int = field(metadata={"help": "Held-out examples per task and client."})
 
-    def validate(self, n_tasks: int) -> None:
+    def validate(self, tasks: list[str]) -> None:
+        one_of("scenario.kind", self.kind, ("window", "dirichlet"))
+        unknown = [t for t in self.unseen_tasks if t not in tasks]
         require(
-            1 <= self.tasks_per_client <= n_tasks,
-            f"scenario.tasks_per_client must be in [1, {n_tasks}] (the number of tasks), got {self.tasks_per_client}",
+            not unknown, f"scenario.unseen_tasks {unknown} are not in data.tasks; valid choices: {', '.join(tasks)}"
         )
+        n_tasks = len(tasks)
+        n_unseen = len(self.unseen_tasks)
+        require(len(set(self.unseen_tasks)) == n_unseen, "scenario.unseen_tasks must not repeat a task")
+        require(n_unseen < n_tasks, f"scenario.unseen_tasks must leave at least one of the {n_tasks} tasks to train on")
+        n_train = n_tasks - n_unseen
+        require(self.min_train_examples >= 1, "scenario.min_train_examples must be >= 1")
         require(
-            self.train_examples_per_client >= self.tasks_per_client,
-            "scenario.train_examples_per_client must give every task of a client at least one example",
+            self.train_examples_per_client >= self.min_train_examples,
+            "scenario.train_examples_per_client must be >= scenario.min_train_examples",
         )
         require(self.test_examples_per_task >= 1, "scenario.test_examples_per_task must be >= 1")
+        if self.kind == "window":
+            require(
+                self.tasks_per_client is not None and 1 <= self.tasks_per_client <= n_train,
+                f"scenario.tasks_per_client must be in [1, {n_train}] (the number of training tasks), "
+                f"got {self.tasks_per_client}",
+            )
+            require(
+                self.train_examples_per_client >= self.tasks_per_client,
+                "scenario.train_examples_per_client must give every task of a client at least one example",
+            )
+        else:
+            require(
+                self.alpha is not None and self.alpha > 0,
+                f"scenario.alpha must be > 0 for scenario.kind=dirichlet, got {self.alpha}",
+            )
 
 
 @dataclass
@@ -205,7 +245,7 @@ class RunConfig:
         require(self.round_timeout > 0 and self.node_wait_timeout > 0, "timeouts must be positive")
         for section in (self.method, self.model, self.lora, self.data, self.train, self.eval, self.output):
             section.validate()
-        self.scenario.validate(len(self.data.tasks))
+        self.scenario.validate(self.data.tasks)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (for YAML dumps and run records)."""

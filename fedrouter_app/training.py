@@ -1,28 +1,52 @@
-"""Local supervised fine-tuning of the LoRA adapter: one small loop for every method.
+"""Local supervised fine-tuning of LoRA adapters: one small loop for every method.
 
 Prompt tokens are masked out of the loss; AdamW is created fresh for every
 call (as in the reference implementations); the learning rate is constant
 within a call and follows the server's schedule across rounds. Batches are
 drawn from a generator seeded by the caller's coordinates (run seed, client,
-round, ...), and torch's global RNG (LoRA dropout) is seeded the same way.
+round, stream), and torch's global RNG (LoRA dropout) is seeded the same way.
+
+Methods that combine adapters train some slots while others take part frozen
+(``slots`` and ``mixing``); methods that distil pass a ``teacher``.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from fedrouter_app.data.encoding import IGNORE_INDEX, EncodedExample, PromptFormat, collate, encode_example
 from fedrouter_app.data.example import Example
-from fedrouter_app.model.loading import AdapterModel
+from fedrouter_app.model.adapter_model import DEFAULT_SLOT, AdapterModel, Mixing
 from fedrouter_app.seeding import seed_torch, torch_generator
 
 Regularizer = Callable[[], torch.Tensor]
+MixingFn = Callable[[Sequence[Example]], Mixing]
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """Knowledge distillation: ``loss += weight * T^2 * KL(teacher || student)`` on response tokens.
+
+    Attributes
+    ----------
+    mixing : callable
+        The slots (and weights) that make the teacher, per batch.
+    weight : float
+        lambda.
+    temperature : float
+        T; both distributions are softened by it.
+    """
+
+    mixing: MixingFn
+    weight: float
+    temperature: float
 
 
 @dataclass(frozen=True)
@@ -33,14 +57,22 @@ class TrainStats:
     examples: int
     mean_loss: float
     seconds: float
+    task_losses: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def merge(cls, parts: Sequence[TrainStats]) -> TrainStats:
         """Totals of several calls (mean loss weighted by steps)."""
         steps = sum(p.steps for p in parts)
         loss = sum(p.mean_loss * p.steps for p in parts if p.steps) / steps if steps else float("nan")
+        tasks: dict[str, float] = {}
+        for part in parts:
+            tasks.update(part.task_losses)
         return cls(
-            steps=steps, examples=sum(p.examples for p in parts), mean_loss=loss, seconds=sum(p.seconds for p in parts)
+            steps=steps,
+            examples=sum(p.examples for p in parts),
+            mean_loss=loss,
+            seconds=sum(p.seconds for p in parts),
+            task_losses=tasks,
         )
 
 
@@ -64,14 +96,32 @@ def batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generato
         yield batch
 
 
+def response_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token logits (float32) and their target labels, shifted by one position."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return logits[:, :-1].float(), batch["labels"][:, 1:]
+
+
 def sequence_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token loss and number of supervised tokens, per row."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]
-    per_token = F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
-    )
+    logits, labels = response_logits(model, batch)
+    return _row_losses(logits, labels)
+
+
+def _row_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
     return per_token.sum(dim=1), (labels != IGNORE_INDEX).sum(dim=1)
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, mean over supervised tokens."""
+    mask = labels != IGNORE_INDEX
+    t = F.log_softmax(teacher[mask] / temperature, dim=-1)
+    s = F.log_softmax(student[mask] / temperature, dim=-1)
+    kl = F.kl_div(s, t, log_target=True, reduction="sum") / mask.sum().clamp(min=1)
+    return kl * temperature**2
 
 
 def train_adapter(
@@ -85,14 +135,17 @@ def train_adapter(
     weight_decay: float,
     max_grad_norm: float,
     seed_parts: tuple[int | str, ...],
+    slots: Sequence[str] = (DEFAULT_SLOT,),
+    mixing: MixingFn | None = None,
     regularizer: Regularizer | None = None,
+    teacher: Teacher | None = None,
 ) -> TrainStats:
-    """Train the adapter currently loaded in ``adapter_model`` in place.
+    """Train the adapters loaded in ``slots`` of ``adapter_model`` in place.
 
     Parameters
     ----------
     adapter_model : AdapterModel
-        Model whose LoRA slot holds the starting weights.
+        Model whose slots hold the starting weights.
     examples : sequence of Example
         Training pool; batches are drawn from it.
     fmt : PromptFormat
@@ -100,44 +153,86 @@ def train_adapter(
     steps, batch_size, lr, weight_decay, max_grad_norm
         Optimisation settings (``max_grad_norm <= 0`` disables clipping).
     seed_parts : tuple
-        Coordinates of this call, e.g. ``(seed, "train", client, round)``.
+        Coordinates of this call, e.g. ``(seed, "train", client, round, stream)``.
+    slots : sequence of str
+        Slots whose parameters are trained; every other parameter is frozen.
+    mixing : callable, optional
+        Per batch, which slots take part in the forward pass and with what
+        weight (default: the default slot alone).
     regularizer : callable, optional
         Extra loss term added at every step (e.g. a proximal term).
+    teacher : Teacher, optional
+        Adds a distillation term towards the teacher's predictions.
     """
     start = time.perf_counter()
     if steps <= 0 or not examples:
         return TrainStats(steps=0, examples=0, mean_loss=float("nan"), seconds=0.0)
     tokenizer = adapter_model.tokenizer
     encoded: list[EncodedExample] = [encode_example(tokenizer, ex, fmt) for ex in examples]
-    params = list(adapter_model.params.values())
+    params = [p for slot in slots for p in adapter_model.slots[slot].values()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     generator = torch_generator(*seed_parts, "batches")
     seed_torch(*seed_parts, "dropout")
     model = adapter_model.model
-    model.train()
     losses: list[float] = []
+    task_sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     seen = 0
-    try:
-        for rows in batch_indices(len(encoded), batch_size, steps, generator):
-            batch = {
-                k: v.to(adapter_model.device)
-                for k, v in collate([encoded[i] for i in rows], tokenizer.pad_token_id).items()
-            }
-            loss_sum, tokens = sequence_losses(model, batch)
-            loss = loss_sum.sum() / tokens.sum().clamp(min=1)
-            total = loss + regularizer() if regularizer is not None else loss
-            total.backward()
-            if max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            seen += len(rows)
-    finally:
-        model.eval()
+    with _only_trainable(adapter_model, params):
+        model.train()
+        try:
+            for rows in batch_indices(len(encoded), batch_size, steps, generator):
+                chunk = [examples[i] for i in rows]
+                batch = collate([encoded[i] for i in rows], tokenizer.pad_token_id)
+                batch = {k: v.to(adapter_model.device) for k, v in batch.items()}
+                with adapter_model.mixing(mixing(chunk) if mixing else None):
+                    logits, labels = response_logits(model, batch)
+                loss_sum, tokens = _row_losses(logits, labels)
+                loss = loss_sum.sum() / tokens.sum().clamp(min=1)
+                total = loss
+                if teacher is not None:
+                    with torch.no_grad(), adapter_model.mixing(teacher.mixing(chunk)):
+                        teacher_logits, _ = response_logits(model, batch)
+                    total = total + teacher.weight * distillation_loss(
+                        logits, teacher_logits, labels, teacher.temperature
+                    )
+                if regularizer is not None:
+                    total = total + regularizer()
+                total.backward()
+                if max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+                seen += len(rows)
+                for ex, ls, nt in zip(chunk, loss_sum.tolist(), tokens.tolist(), strict=True):
+                    task_sums[ex.task][0] += ls
+                    task_sums[ex.task][1] += nt
+        finally:
+            model.eval()
     return TrainStats(
         steps=len(losses),
         examples=seen,
         mean_loss=sum(losses) / len(losses),
         seconds=time.perf_counter() - start,
+        task_losses={task: s / max(n, 1.0) for task, (s, n) in sorted(task_sums.items())},
     )
+
+
+class _only_trainable:  # noqa: N801  (a context manager used like a function)
+    """Gradients for ``params`` only, for the duration of a training call."""
+
+    def __init__(self, adapter_model: AdapterModel, params: list[torch.nn.Parameter]) -> None:
+        self.params = {id(p) for p in params}
+        self.lora = [p for slot in adapter_model.slots.values() for p in slot.values()]
+        self.flags: list[bool] = []
+
+    def __enter__(self) -> None:
+        self.flags = [p.requires_grad for p in self.lora]
+        for p in self.lora:
+            p.requires_grad_(id(p) in self.params)
+            p.grad = None
+
+    def __exit__(self, *exc: object) -> None:
+        for p, flag in zip(self.lora, self.flags, strict=True):
+            p.requires_grad_(flag)
+            p.grad = None

@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import threading
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from fedrouter_app.logs import get_logger
+from fedrouter_app.model.adapter_model import DEFAULT_SLOT, AdapterModel, slot_parameters
 from fedrouter_app.model.embedded import EmbeddedModelSpec, ensure_embedded_model
-from fedrouter_app.model.lora import LoraState, LoraTemplate, initial_lora_state
+from fedrouter_app.model.lora import LoraTemplate
 from fedrouter_app.settings import LoraSettings, ModelSettings
 
 log = get_logger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ADAPTER = "default"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,78 +72,14 @@ def lora_template(model: ModelSettings, lora: LoraSettings) -> LoraTemplate:
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
     peft_model = _attach_lora(skeleton, lora_config(lora, model_path(model)))
-    return {key: tuple(shape) for key, shape in _lora_parameters(peft_model).items()}
+    return {key: tuple(p.shape) for key, p in slot_parameters(peft_model, DEFAULT_SLOT).items()}
 
 
 def _attach_lora(model: torch.nn.Module, config: LoraConfig) -> PeftModel:
     with warnings.catch_warnings():
         # peft calls a transformers method that transformers 5 deprecates; not ours to fix.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, config, adapter_name=ADAPTER)
-
-
-def _lora_parameters(peft_model: PeftModel) -> dict[str, torch.Size]:
-    suffix = f".{ADAPTER}"
-    return {name.replace(suffix, ""): param.shape for name, param in peft_model.named_parameters() if "lora_" in name}
-
-
-@dataclass
-class AdapterModel:
-    """A frozen base causal LM with one LoRA slot whose weights are swapped in place.
-
-    Attributes
-    ----------
-    model : PeftModel
-        The wrapped model; only LoRA parameters require gradients.
-    tokenizer : PreTrainedTokenizerBase
-        Its tokenizer (padding token set).
-    device : torch.device
-        Where the model lives.
-    params : dict
-        peft's saved key (adapter name removed) -> live LoRA parameter.
-    """
-
-    model: PeftModel
-    tokenizer: PreTrainedTokenizerBase
-    device: torch.device
-    params: dict[str, torch.nn.Parameter]
-
-    @property
-    def hidden_size(self) -> int:
-        """Width of the hidden states (the dimension of embeddings)."""
-        return int(self.model.get_base_model().config.get_text_config().hidden_size)
-
-    @property
-    def template(self) -> LoraTemplate:
-        return {key: tuple(p.shape) for key, p in self.params.items()}
-
-    def state(self) -> LoraState:
-        """Current adapter weights as float32 NumPy arrays (copies)."""
-        return {key: p.detach().to("cpu", torch.float32).numpy().copy() for key, p in self.params.items()}
-
-    def load_state(self, state: LoraState) -> None:
-        """Overwrite the adapter weights; keys and shapes must match exactly."""
-        if state.keys() != self.params.keys():
-            missing = sorted(self.params.keys() - state.keys())[:3]
-            extra = sorted(state.keys() - self.params.keys())[:3]
-            raise ValueError(f"adapter keys do not match the model: missing {missing}, unexpected {extra}")
-        with torch.no_grad():
-            for key, param in self.params.items():
-                value = state[key]
-                if tuple(value.shape) != tuple(param.shape):
-                    raise ValueError(
-                        f"adapter tensor {key} has shape {tuple(value.shape)}, expected {tuple(param.shape)}"
-                    )
-                param.copy_(torch.from_numpy(np.asarray(value)))
-
-    def initial_state(self, seed: int) -> LoraState:
-        """The run's initial adapter (same as the server's, see :func:`initial_lora_state`)."""
-        return initial_lora_state(self.template, seed)
-
-    def save_adapter(self, state: LoraState, out_dir: Path) -> None:
-        """Save ``state`` with peft's own ``save_pretrained``."""
-        self.load_state(state)
-        self.model.save_pretrained(str(out_dir))
+        return get_peft_model(model, config, adapter_name=DEFAULT_SLOT)
 
 
 def load_adapter_model(model: ModelSettings, lora: LoraSettings) -> AdapterModel:
@@ -162,14 +95,16 @@ def load_adapter_model(model: ModelSettings, lora: LoraSettings) -> AdapterModel
     base.to(device)
     for param in base.parameters():
         param.requires_grad_(False)
-    peft_model = _attach_lora(base, lora_config(lora, path))
+    config = lora_config(lora, path)
+    peft_model = _attach_lora(base, config)
     peft_model.eval()
-    suffix = f".{ADAPTER}"
-    params = {name.replace(suffix, ""): param for name, param in peft_model.named_parameters() if "lora_" in name}
+    params = slot_parameters(peft_model, DEFAULT_SLOT)
     for param in params.values():
         # Adapters train in float32 even on a low-precision base.
         param.data = param.data.float()
-    return AdapterModel(model=peft_model, tokenizer=tokenizer, device=device, params=params)
+    return AdapterModel(
+        model=peft_model, tokenizer=tokenizer, device=device, lora_config=config, slots={DEFAULT_SLOT: params}
+    )
 
 
 _cache_lock = threading.Lock()

@@ -49,3 +49,22 @@ def test_table_lists_every_task_and_the_mean():
     lines = table.splitlines()
     assert lines[0].split()[:2] == ["task", "n"]
     assert lines[2].startswith("a") and lines[3].startswith("b") and lines[-1].startswith("mean")
+
+
+def test_seen_unseen_split_is_federation_level():
+    # Client 0 trains on a, client 1 on b; nobody trains on c (held out of all training).
+    evaluate = {
+        0: metrics({"a": (2, 1.0, 1), "b": (2, 0.0, 0), "c": (2, 0.5, 0)}),
+        1: metrics({"a": (2, 0.0, 0), "b": (2, 1.0, 1), "c": (2, 0.0, 0)}),
+    }
+    summary = summarize_evaluation(evaluate, unseen={"c"})
+    assert set(summary["seen_per_task"]) == {"a", "b"} and set(summary["unseen_per_task"]) == {"c"}
+    assert summary["seen_mean"]["score"] == pytest.approx(0.5)
+    assert summary["unseen_mean"]["score"] == pytest.approx(0.25)
+    # "other" is per client: it mixes tasks other clients trained on with the held-out one.
+    assert set(summary["other_per_task"]) == {"a", "b", "c"}
+    assert "seen_mean" not in summarize_evaluation(evaluate)  # only when the unseen set is known
+    record = RoundRecord(server_round=1, lr=0.1, evaluate=evaluate)
+    out = round_to_json(record, unseen=("c",))["evaluate"]
+    assert out["unseen_mean"]["score"] == pytest.approx(0.25) and out["mean"] == summary["mean"]
+    assert round_to_json(record, unseen=())["evaluate"]["unseen_per_task"] == {}
