@@ -1,0 +1,90 @@
+"""FL-TAC client: one adapter slot per local task, trained only on that task's samples.
+
+FL-TAC assumes clients know the task of every local sample (the true task
+labels of the data are used). At test time the task of a sample is known too
+(oracle task -> slot); for tasks the client never had, ``method.unseen_rule``
+decides (see :class:`strategies.fltac.FLTACConfig`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from flwr.app import RecordDict
+
+from clients.base import ClientMethod
+from fedrouter_app.aggregation import weighted_average
+from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.data.example import Example
+from fedrouter_app.evaluation import ExampleScore, text_loss
+from fedrouter_app.model.lora import LoraState
+from fedrouter_app.records import CONFIG
+from fedrouter_app.registry import register_client
+from fedrouter_app.training import TrainStats
+from strategies.fltac import INITIAL, cluster_name, slot_name
+
+
+@register_client("fltac")
+class FLTACClient(ClientMethod):
+    """Trains one slot per own task; evaluates each test task with its slot (or the unseen-task rule)."""
+
+    def slot_adapters(self, content: RecordDict) -> list[LoraState]:
+        """This client's slots: the cluster mean each last landed in, or the initial adapter."""
+        known = [int(k) for k in content.config_records[CONFIG]["fltac.slots"]]
+        adapters = []
+        for j in range(len(self.env.data.tasks)):
+            k = known[j] if j < len(known) else -1
+            adapters.append(self.env.read_adapter(content, cluster_name(k) if k >= 0 else INITIAL))
+        return adapters
+
+    def train(self, content: RecordDict, info: RoundInfo) -> RecordDict:
+        trained, parts, extra = {}, [], {}
+        for j, (task, start) in enumerate(zip(self.env.data.tasks, self.slot_adapters(content), strict=True)):
+            examples = [ex for ex in self.env.data.train if ex.task == task]
+            adapter, stats = self.env.train(start, info, examples=examples, stream=j)
+            trained[slot_name(j)] = adapter
+            parts.append(stats)
+            # The task name is diagnostics only (reports, the oracle rule); clustering never sees it.
+            extra.update({f"slot.{j}.size": len(examples), f"slot.{j}.task.{task}": 1.0})
+        extra["num-slots"] = len(trained)
+        return self.env.train_reply(TrainStats.merge(parts), trained, extra)
+
+    def evaluate(self, content: RecordDict, info: RoundInfo) -> RecordDict:
+        slots = self.slot_adapters(content)
+        own = dict(zip(self.env.data.tasks, slots, strict=True))
+        by_task: dict[str, list[Example]] = defaultdict(list)
+        for ex in self.env.data.test:
+            by_task[ex.task].append(ex)
+        scores: list[ExampleScore] = []
+        choice: dict[str, float] = {}
+        for task, examples in by_task.items():
+            if task in own:
+                adapter = own[task]
+            else:
+                adapter, k = self._unseen_adapter(task, examples, slots, content)
+                choice[f"unseen.{task}.cluster"] = k
+            scores += self.env.score(examples, adapter)
+        return self.env.evaluate_reply(scores, extra=choice)
+
+    def _unseen_adapter(
+        self, task: str, examples: list[Example], slots: list[LoraState], content: RecordDict
+    ) -> tuple[LoraState, int]:
+        config = content.config_records[CONFIG]
+        clusters = sorted(int(name.split(".")[1]) for name in content.array_records if name.startswith("cluster."))
+        rule = str(config["fltac.unseen-rule"])
+        if rule == "average" or not clusters:
+            return weighted_average(slots, [1.0] * len(slots)), -1
+        if rule == "oracle":
+            holders = dict(zip(config["fltac.oracle-tasks"], config["fltac.oracle-clusters"], strict=True))
+            if task in holders:
+                k = int(holders[task])
+                return self.env.read_adapter(content, cluster_name(k)), k
+        # Perplexity rule (and the oracle's fallback when no cluster holds the task): the task is known at
+        # test time, so pick the cluster adapter that finds the task's prompts least surprising.
+        prompts = [self.env.fmt.prompt(ex) for ex in examples]
+        losses = {}
+        for k in clusters:
+            model = self.env.load({"default": self.env.read_adapter(content, cluster_name(k))})
+            losses[k] = text_loss(model, prompts, batch_size=self.env.cfg.eval.batch_size)
+        best = min(losses, key=lambda k: (losses[k], k))
+        return self.env.read_adapter(content, cluster_name(best)), best

@@ -1,0 +1,192 @@
+"""FL-TAC: one adapter per (client, task) slot, clustered on the server (Ping et al., arXiv 2404.15384).
+
+Clients know which of their samples belong to which task and train one adapter
+per local task. The server flattens every adapter it receives, k-means them
+into K clusters (K = number of tasks), averages inside each cluster and sends
+every slot its cluster's mean. Clusters keep their identity across rounds
+(Hungarian matching of new means to old), so the server keeps K adapters and
+a (client, slot) -> cluster index, not one adapter per slot: a client that
+sat out rounds gets the current mean of the cluster its slot last landed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, RecordDict
+
+from fedrouter_app.aggregation import WeightedMean
+from fedrouter_app.clustering import kmeans, majority, match_clusters
+from fedrouter_app.model.lora import LoraState, LoraTemplate
+from fedrouter_app.records import CONFIG, InvalidReplyError, adapter_record
+from fedrouter_app.registry import MethodConfig, register_strategy
+from fedrouter_app.rounds import Reply
+from fedrouter_app.seeding import derive_seed
+from fedrouter_app.settings import RunConfig, one_of, require
+from strategies.base import Strategy
+
+INITIAL = "initial"
+UNSEEN_RULES = ("perplexity", "oracle", "average")
+
+
+def cluster_name(k: int) -> str:
+    """Record name of cluster ``k``'s adapter in instructions."""
+    return f"cluster.{k}"
+
+
+def slot_name(j: int) -> str:
+    """Record name of slot ``j``'s adapter in replies."""
+    return f"adapter.{j}"
+
+
+def flatten(state: LoraState) -> np.ndarray:
+    """All tensors of an adapter, sorted by name, as one vector (the clustering feature)."""
+    return np.concatenate([state[key].ravel() for key in sorted(state)])
+
+
+def cluster_adapters(
+    adapters: Sequence[LoraState], weights: Sequence[float], k: int, seed: int
+) -> tuple[list[LoraState], np.ndarray]:
+    """k-means on flattened adapters, then the weighted mean of each cluster.
+
+    With no more adapters than clusters, every adapter is its own cluster and
+    comes back unchanged (the authors' code does the same).
+
+    Returns
+    -------
+    means : list of LoraState
+        One mean per cluster, in label order.
+    labels : numpy.ndarray
+        Cluster of each adapter.
+    """
+    if len(adapters) <= k:
+        return [dict(a) for a in adapters], np.arange(len(adapters))
+    _, labels = kmeans(np.stack([flatten(a) for a in adapters]), k, seed)
+    means = []
+    for cluster in range(k):
+        mean = WeightedMean()
+        for adapter, weight, label in zip(adapters, weights, labels, strict=True):
+            if label == cluster:
+                mean.add(adapter, weight)
+        means.append(mean.result())
+    return means, labels
+
+
+@dataclass
+class FLTACConfig(MethodConfig):
+    """Settings of ``fltac``."""
+
+    n_clusters: int = field(metadata={"help": "K: server clusters (the number of tasks in the federation)."})
+    weighting: str = field(metadata={"help": "In-cluster mean: 'uniform' (paper) or 'num_examples' (authors' code)."})
+    unseen_rule: str = field(
+        metadata={
+            "help": "Adapter for a test task the client never had: 'perplexity' (the cluster with the lowest "
+            "prompt loss on that task's prompts), 'oracle' (the cluster mostly holding that task), or "
+            "'average' (the mean of the client's own slots)."
+        }
+    )
+
+    def validate(self) -> None:
+        require(self.n_clusters >= 1, "method.n_clusters must be >= 1")
+        one_of("method.weighting", self.weighting, ("uniform", "num_examples"))
+        one_of("method.unseen_rule", self.unseen_rule, UNSEEN_RULES)
+
+
+@register_strategy("fltac", config=FLTACConfig)
+class FLTAC(Strategy):
+    """Per-task slots on clients, k-means of adapters on the server, cluster means sent back per slot."""
+
+    def __init__(self, cfg: RunConfig, template: LoraTemplate) -> None:
+        super().__init__(cfg, template)
+        self.method: FLTACConfig = cfg.method
+        self.means: list[LoraState] = []
+        self.slot_cluster: dict[tuple[int, int], int] = {}
+        self.slot_task: dict[tuple[int, int], str] = {}
+
+    def _payload(self, client: int, clusters: Sequence[int]) -> RecordDict:
+        slots = sorted(j for (c, j) in self.slot_cluster if c == client)
+        payload = RecordDict({cluster_name(k): adapter_record(self.means[k]) for k in clusters})
+        # Slots the server has not seen yet (a new client) start from the initial adapter.
+        payload[INITIAL] = adapter_record(self.initial_adapter)
+        payload[CONFIG] = ConfigRecord({"fltac.slots": [self.slot_cluster[(client, j)] for j in slots] or [-1]})
+        return payload
+
+    def configure_train(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
+        return {
+            client: self._payload(client, sorted({k for (c, _), k in self.slot_cluster.items() if c == client}))
+            for client in clients
+        }
+
+    def check_train_reply(self, server_round: int, reply: Reply) -> None:
+        n = int(reply.metrics.get("num-slots", 0))
+        if n < 1:
+            raise InvalidReplyError("reply has no slots")
+        for j in range(n):
+            self.require_adapter(reply, slot_name(j))
+
+    def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any]:
+        items, adapters, weights = [], [], []
+        for reply in replies:
+            for j in range(int(reply.metrics["num-slots"])):
+                items.append((reply.client, j))
+                adapters.append(reply.adapters[slot_name(j)])
+                weights.append(reply.metrics[f"slot.{j}.size"] if self.method.weighting == "num_examples" else 1.0)
+                if task := _slot_task(reply.metrics, j):
+                    self.slot_task[(reply.client, j)] = task
+        if not adapters:
+            return {}
+        seed = derive_seed(self.cfg.seed, "fltac-kmeans", server_round)
+        means, labels = cluster_adapters(adapters, weights, self.method.n_clusters, seed)
+        ids = self._keep_identities(means)
+        for item, label in zip(items, labels, strict=True):
+            self.slot_cluster[item] = int(ids[label])
+        return {"slot_cluster": {f"{c}.{j}": k for (c, j), k in sorted(self.slot_cluster.items())}}
+
+    def _keep_identities(self, means: list[LoraState]) -> np.ndarray:
+        """Store this round's means under the ids of the previous clusters they are closest to."""
+        if self.means:
+            ids = match_clusters(np.stack([flatten(m) for m in self.means]), np.stack([flatten(m) for m in means]))
+        else:
+            ids = np.arange(len(means))
+        self.means += [self.initial_adapter] * (int(ids.max()) + 1 - len(self.means))
+        for new_index, k in enumerate(ids):
+            self.means[k] = means[new_index]
+        return ids
+
+    def configure_evaluate(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
+        holder = majority(self.cluster_tasks())
+        tasks = sorted(set(holder.values()))
+        oracle = {
+            "fltac.oracle-tasks": tasks or [""],
+            "fltac.oracle-clusters": [min(k for k, t in holder.items() if t == task) for task in tasks] or [-1],
+        }
+        payloads = {}
+        for client in clients:
+            payload = self._payload(client, range(len(self.means)))
+            payload[CONFIG] = ConfigRecord({**payload[CONFIG], "fltac.unseen-rule": self.method.unseen_rule, **oracle})
+            payloads[client] = payload
+        return payloads
+
+    def cluster_tasks(self) -> dict[int, dict[str, int]]:
+        """Slots per task in each cluster (from the task names clients report for diagnostics)."""
+        table: dict[int, dict[str, int]] = {}
+        for item, k in self.slot_cluster.items():
+            if task := self.slot_task.get(item):
+                row = table.setdefault(k, {})
+                row[task] = row.get(task, 0) + 1
+        return table
+
+    def adapters(self) -> dict[str, LoraState]:
+        return {f"cluster-{k}": mean for k, mean in enumerate(self.means)}
+
+    def summary(self) -> str:
+        m = self.method
+        return f"FLTAC(n_clusters={m.n_clusters}, weighting={m.weighting}, unseen_rule={m.unseen_rule})"
+
+
+def _slot_task(metrics: dict[str, float], j: int) -> str:
+    prefix = f"slot.{j}.task."
+    return next((key[len(prefix) :] for key in metrics if key.startswith(prefix)), "")
