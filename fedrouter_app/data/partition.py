@@ -3,19 +3,33 @@
 Each client builds only its own partition, from its partition id and the run
 config, so memory does not grow with the number of clients and the same code
 serves simulation and deployment.
+
+The scenario decides how many training examples of each task a client holds
+(:func:`train_counts`): ``window`` deals cyclic windows of tasks, ``dirichlet``
+splits every task over clients in Dirichlet proportions. Tasks in
+``scenario.unseen_tasks`` are never trained on; a client's test set holds its
+own tasks (``eval.scope=local``) or every task, unseen ones included
+(``global``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
 
 from fedrouter_app.data.example import Example, MetricKind
 from fedrouter_app.data.sources import make_source
-from fedrouter_app.settings import RunConfig
+from fedrouter_app.seeding import numpy_rng
+from fedrouter_app.settings import ConfigError, RunConfig
 
 # Stream indices of different clients never overlap: client i uses
 # [i * STRIDE, (i + 1) * STRIDE) of every task's stream.
 STRIDE = 1_000_000
+
+# Dirichlet draws tried before giving up on giving every client enough data.
+MAX_DRAWS = 1000
 
 
 @dataclass(frozen=True)
@@ -44,11 +58,80 @@ class ClientData:
     metrics: dict[str, MetricKind]
 
 
+def training_tasks(cfg: RunConfig) -> tuple[str, ...]:
+    """``data.tasks`` without ``scenario.unseen_tasks``, in order."""
+    unknown = [t for t in cfg.scenario.unseen_tasks if t not in cfg.data.tasks]
+    if unknown:
+        raise ConfigError(
+            f"scenario.unseen_tasks {', '.join(map(repr, unknown))} not in data.tasks; "
+            f"valid choices: {', '.join(cfg.data.tasks)}"
+        )
+    return tuple(t for t in cfg.data.tasks if t not in cfg.scenario.unseen_tasks)
+
+
+def train_counts(cfg: RunConfig, partition_id: int) -> dict[str, int]:
+    """Training examples of each task client ``partition_id`` holds (tasks with none are left out)."""
+    tasks = training_tasks(cfg)
+    scenario = cfg.scenario
+    if scenario.kind == "window":
+        m = scenario.tasks_per_client
+        window = [tasks[(partition_id + j) % len(tasks)] for j in range(m)]
+        return dict(zip(window, task_shares(scenario.train_examples_per_client, m), strict=True))
+    counts = dirichlet_counts(
+        cfg.seed,
+        cfg.num_clients,
+        tasks,
+        scenario.alpha,
+        scenario.train_examples_per_client,
+        scenario.min_train_examples,
+    )
+    return {task: int(n) for task, n in zip(tasks, counts[partition_id], strict=True) if n > 0}
+
+
 def client_tasks(cfg: RunConfig, partition_id: int) -> tuple[str, ...]:
-    """Tasks of client ``partition_id``: a cyclic window over ``data.tasks``."""
-    tasks = cfg.data.tasks
-    m = cfg.scenario.tasks_per_client
-    return tuple(tasks[(partition_id + j) % len(tasks)] for j in range(m))
+    """Tasks client ``partition_id`` trains on (its "own" tasks)."""
+    return tuple(train_counts(cfg, partition_id))
+
+
+def seen_tasks(cfg: RunConfig) -> tuple[str, ...]:
+    """Tasks that at least one client trains on, in ``data.tasks`` order."""
+    held = {task for client in range(cfg.num_clients) for task in client_tasks(cfg, client)}
+    return tuple(t for t in cfg.data.tasks if t in held)
+
+
+def unseen_tasks(cfg: RunConfig) -> tuple[str, ...]:
+    """Tasks no client trains on: the held-out ones and any a window scenario leaves uncovered."""
+    seen = set(seen_tasks(cfg))
+    return tuple(t for t in cfg.data.tasks if t not in seen)
+
+
+@lru_cache(maxsize=32)
+def dirichlet_counts(
+    seed: int, num_clients: int, tasks: tuple[str, ...], alpha: float, per_client: int, min_examples: int
+) -> np.ndarray:
+    """Examples of each task per client, ``[num_clients, len(tasks)]``, split by Dirichlet(alpha).
+
+    The federation holds ``num_clients * per_client`` examples, spread evenly
+    over tasks; each task's share is split over clients in proportions drawn
+    from Dirichlet(alpha), seeded by (seed, draw). Draws that leave a client
+    with fewer than ``min_examples`` are replaced by the next one.
+    """
+    totals = task_shares(num_clients * per_client, len(tasks))
+    for draw in range(MAX_DRAWS):
+        rng = numpy_rng(seed, "dirichlet", draw)
+        columns = []
+        for total in totals:
+            p = rng.dirichlet(np.full(num_clients, alpha))
+            columns.append(rng.multinomial(total, p / p.sum()))
+        counts = np.stack(columns, axis=1)
+        if counts.sum(axis=1).min() >= min_examples:
+            counts.setflags(write=False)
+            return counts
+    raise ConfigError(
+        f"no Dirichlet(alpha={alpha:g}) split in {MAX_DRAWS} draws gives each of the {num_clients} clients "
+        f"scenario.min_train_examples={min_examples} training examples; raise scenario.alpha or "
+        "scenario.train_examples_per_client, or lower scenario.min_train_examples or num_clients"
+    )
 
 
 def task_shares(total: int, n_tasks: int) -> list[int]:
@@ -62,10 +145,11 @@ def build_client_data(cfg: RunConfig, partition_id: int) -> ClientData:
     if not 0 <= partition_id < cfg.num_clients:
         raise ValueError(f"partition-id {partition_id} is outside [0, {cfg.num_clients}) (num_clients)")
     source = make_source(cfg.data, cfg.seed)
-    own = client_tasks(cfg, partition_id)
+    counts = train_counts(cfg, partition_id)
+    own = tuple(counts)
     offset = partition_id * STRIDE
     train: list[Example] = []
-    for task, share in zip(own, task_shares(cfg.scenario.train_examples_per_client, len(own)), strict=True):
+    for task, share in counts.items():
         train += source.examples(task, "train", range(offset, offset + share))
     test_tasks = own if cfg.eval.scope == "local" else tuple(cfg.data.tasks)
     test: list[Example] = []

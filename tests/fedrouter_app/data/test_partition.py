@@ -1,7 +1,17 @@
 import pytest
 
-from fedrouter_app.data.partition import STRIDE, build_client_data, client_tasks, task_shares
+from fedrouter_app.data.partition import (
+    STRIDE,
+    build_client_data,
+    client_tasks,
+    seen_tasks,
+    task_shares,
+    train_counts,
+    training_tasks,
+    unseen_tasks,
+)
 from fedrouter_app.data.synthetic import make_examples
+from fedrouter_app.settings import ConfigError
 
 
 def test_cyclic_task_windows(make_cfg):
@@ -52,3 +62,86 @@ def test_global_scope_tests_every_task(make_cfg):
 def test_bad_partition_id(make_cfg):
     with pytest.raises(ValueError, match="outside"):
         build_client_data(make_cfg(), 99)
+
+
+def test_dirichlet_split_is_seeded_and_leaves_no_client_without_data(make_cfg):
+    cfg = make_cfg("scenario=dirichlet", "num_clients=6", "scenario.alpha=0.3", "scenario.min_train_examples=8")
+    counts = [train_counts(cfg, c) for c in range(cfg.num_clients)]
+    assert counts == [train_counts(cfg, c) for c in range(cfg.num_clients)]
+    assert all(sum(c.values()) >= 8 for c in counts)
+    assert sum(sum(c.values()) for c in counts) == cfg.num_clients * cfg.scenario.train_examples_per_client
+    # Skewed: with a small alpha the clients' task mixes differ.
+    assert len({tuple(sorted(c.items())) for c in counts}) == cfg.num_clients
+    other_seed = make_cfg("scenario=dirichlet", "num_clients=6", "scenario.alpha=0.3", "seed=1")
+    assert [train_counts(other_seed, c) for c in range(6)] != counts
+
+
+def test_dirichlet_client_data_follows_the_counts(make_cfg):
+    cfg = make_cfg("scenario=dirichlet", "num_clients=5")
+    for client in range(cfg.num_clients):
+        data = build_client_data(cfg, client)
+        counts = train_counts(cfg, client)
+        assert data.tasks == client_tasks(cfg, client) == tuple(counts)
+        assert all(n > 0 for n in counts.values())
+        assert {t: sum(e.task == t for e in data.train) for t in data.tasks} == counts
+        assert {e.task for e in data.test} == set(data.tasks)  # eval.scope=local: own tasks only
+    assert build_client_data(cfg, 3) == build_client_data(cfg, 3)
+
+
+def test_dirichlet_that_cannot_feed_every_client_says_so(make_cfg):
+    # Every client would need exactly its average (32 of 32): no skewed draw gives that.
+    cfg = make_cfg("scenario=dirichlet", "num_clients=9", "scenario.alpha=0.05", "scenario.min_train_examples=32")
+    with pytest.raises(ConfigError, match=r"raise scenario.alpha"):
+        build_client_data(cfg, 0)
+
+
+UNSEEN = ("scenario=unseen", "scenario.unseen_tasks=[sort_chars,summarize]")
+
+
+def test_unseen_tasks_are_in_no_training_set(make_cfg):
+    cfg = make_cfg(*UNSEEN, "num_clients=8")
+    held_out = {"sort_chars", "summarize"}
+    assert set(training_tasks(cfg)) == set(cfg.data.tasks) - held_out
+    for client in range(cfg.num_clients):
+        data = build_client_data(cfg, client)
+        assert not held_out & set(data.tasks)
+        assert not held_out & {e.task for e in data.train}
+        assert not held_out & {e.task for e in data.test}  # eval.scope=local
+    assert set(unseen_tasks(cfg)) == held_out
+    assert set(seen_tasks(cfg)) == set(training_tasks(cfg))
+
+
+def test_unseen_tasks_are_in_global_test_sets(make_cfg):
+    cfg = make_cfg(*UNSEEN, "eval.scope=global")
+    for client in range(cfg.num_clients):
+        data = build_client_data(cfg, client)
+        assert {e.task for e in data.test} == set(cfg.data.tasks)
+        assert {"sort_chars", "summarize"} <= set(data.metrics) and not {"sort_chars", "summarize"} & set(data.tasks)
+
+
+def test_windows_skip_unseen_tasks(make_cfg):
+    cfg = make_cfg(*UNSEEN)
+    train = training_tasks(cfg)
+    assert client_tasks(cfg, 0) == (train[0], train[1])
+    assert client_tasks(cfg, len(train) - 1) == (train[-1], train[0])
+
+
+def test_windows_that_cover_few_tasks_leave_the_rest_unseen(make_cfg):
+    cfg = make_cfg("scenario=single", "num_clients=3")
+    assert unseen_tasks(cfg) == tuple(cfg.data.tasks[3:])
+    assert seen_tasks(cfg) == tuple(cfg.data.tasks[:3])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (("scenario=unseen", "scenario.unseen_tasks=[nope]"), "not in data.tasks"),
+        (("scenario=unseen", "scenario.tasks_per_client=7"), "tasks_per_client"),
+        (("scenario=dirichlet", "scenario.alpha=0"), "scenario.alpha"),
+        (("scenario.kind=random",), "scenario.kind"),
+    ],
+)
+def test_bad_scenarios_fail_in_one_line(make_cfg, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        cfg = make_cfg(*overrides)
+        build_client_data(cfg, 0)

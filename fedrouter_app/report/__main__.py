@@ -1,0 +1,29 @@
+"""``python -m fedrouter_app.report <sweep or run dirs> --out <dir> [--reference fedit]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fedrouter_app.report.build import build_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedrouter_app.report", description=__doc__)
+    parser.add_argument("paths", nargs="+", type=Path, help="sweep directories, job or run directories")
+    parser.add_argument("--out", type=Path, required=True, help="directory for report.md, report.json and figures")
+    parser.add_argument("--reference", default="fedit", help="method the gains are relative to (default: fedit)")
+    parser.add_argument("--no-plots", action="store_true", help="write the tables only")
+    args = parser.parse_args(argv)
+    try:
+        report = build_report(args.paths, args.out, reference=args.reference, with_figures=not args.no_plots)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Hydra multirun launcher: one in-process simulation per job.
+
+    python -m fedrouter_app.sweep -m method=fedrouter,fedit,local scenario=dual,unseen seed=0,1,2
+    python -m fedrouter_app.sweep -m method=all scenario=dual seed=0,1 num_rounds=3
+    python -m fedrouter_app.sweep -m sweep=compare
+
+Any key of ``conf/`` can be swept. ``method=all`` stands for every method in
+the registry (:func:`fedrouter_app.registry.method_names`); in config files
+(the presets under ``conf/sweep/``, which set run keys and Hydra's sweep
+parameters) the same list is ``${registered_methods:}``. Hydra's basic launcher
+runs the jobs one after another in this process; each job runs
+:func:`fedrouter_app.simulation.simulate` with its overrides and writes its run
+directory (``run/``: ``results.json``, ``config.yaml``) inside its Hydra job
+directory, next to ``job.json`` (status, overrides, seconds, and the error of
+a failed job). A failed job is recorded and the sweep goes on. Where sweeps go
+is set under ``hydra:`` in ``conf/config.yaml``; summarise one with
+``python -m fedrouter_app.report <sweep dir> --out <dir>``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from fedrouter_app.logs import get_logger
+from fedrouter_app.registry import method_names
+
+log = get_logger(__name__)
+
+JOB_FILE = "job.json"
+RUN_NAME = "run"
+ALL = "all"
+
+# Presets sweep "every registered method" with method: ${registered_methods:}.
+OmegaConf.register_new_resolver("registered_methods", lambda: ",".join(method_names()), replace=True)
+
+
+def expand_all_methods(args: Sequence[str]) -> list[str]:
+    """Replace ``method=all`` (also inside a comma list) by every registered method."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") == "method" and ALL in value.split(","):
+            names = [v for v in value.split(",") if v != ALL]
+            value = ",".join(dict.fromkeys([*names, *method_names()]))
+        out.append(f"{key}{sep}{value}" if sep else arg)
+    return out
+
+
+def job_overrides(config: DictConfig) -> list[list[str]]:
+    """Every job's overrides, as Hydra's basic sweeper will launch them (sweeper params, then the command line)."""
+    # Imported here: an internal module of Hydra, used only to count jobs for the progress bar.
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    return BasicSweeper.split_arguments(overrides, None)[0]
+
+
+class SweepProgress(Callback):
+    """Hydra callback: a tqdm bar over the jobs of a multirun (off when stderr is not a terminal)."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.failed = 0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            total: int | None = len(job_overrides(config))
+        except Exception:  # the count only feeds the bar; never stop a sweep over it
+            total = None
+        self.bar = tqdm(total=total, desc="sweep", unit="job", disable=None)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if self.bar is None:
+            return
+        record = Path(config.hydra.runtime.output_dir) / JOB_FILE
+        if record.exists() and json.loads(record.read_text()).get("status") != "completed":
+            self.failed += 1
+            self.bar.set_postfix(failed=self.failed, refresh=False)
+        self.bar.update(1)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_job(overrides: Sequence[str], job_dir: Path) -> dict[str, Any]:
+    """Run one job's simulation with its run directory under ``job_dir``; never raises.
+
+    Returns the job record, also written to ``job_dir/job.json``.
+    """
+    # Imported here so that `--help` and config errors answer without loading torch and Ray.
+    from fedrouter_app.simulation import simulate
+
+    record: dict[str, Any] = {"status": "running", "overrides": list(overrides), "job_dir": str(job_dir)}
+    start = time.perf_counter()
+    try:
+        run_dir = simulate([*overrides, f"output.dir={job_dir}", f"output.run_name={RUN_NAME}"])
+        record.update(status="completed", run_dir=str(run_dir))
+    except Exception as err:  # one failed job must not stop the sweep
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        log.error("job %s failed: %s", " ".join(overrides), record["error"])
+    record["seconds"] = round(time.perf_counter() - start, 2)
+    (job_dir / JOB_FILE).write_text(json.dumps(record, indent=1))
+    return record
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    """One Hydra job: simulate the run its overrides describe."""
+    hc = HydraConfig.get()
+    run_job(list(hc.overrides.task), Path(hc.runtime.output_dir))
+
+
+def cli() -> None:
+    """Entry point: expand ``method=all``, then hand over to Hydra."""
+    sys.argv = [sys.argv[0], *expand_all_methods(sys.argv[1:])]
+    main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,104 @@
+"""The Hydra sweep launcher and the report, end to end: a 2-job multirun on Flower's Ray runtime."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from fedrouter_app.config import CONF_DIR
+from fedrouter_app.registry import method_names
+from fedrouter_app.report.__main__ import main as report_main
+from fedrouter_app.sweep import expand_all_methods, job_overrides, run_job
+from tests.conftest import tiny_overrides
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def table_row(text: str, scenario: str, method: str) -> list[str]:
+    """Cells of ``method``'s row in ``scenario``'s Markdown table."""
+    section = text.split(f"### Scenario `{scenario}`", 1)[1].split("###", 1)[0]
+    line = next(row for row in section.splitlines() if row.startswith(f"| {method} |"))
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def test_two_job_sweep_and_its_report_agree_with_the_runs(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    overrides = tiny_overrides("num_rounds=1", "eval.at_start=false", "eval.scope=global", "output.save_adapters=false")
+    command = [sys.executable, "-m", "fedrouter_app.sweep", "-m", "method=fedit,local", *overrides]
+    command.append(f"hydra.sweep.dir={sweep_dir}")
+    done = subprocess.run(command, cwd=ROOT, env=os.environ, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    jobs = {json.loads(p.read_text())["overrides"][0]: json.loads(p.read_text()) for p in sweep_dir.glob("*/job.json")}
+    assert set(jobs) == {"method=fedit", "method=local"}
+    assert all(job["status"] == "completed" for job in jobs.values())
+    for job in jobs.values():
+        assert Path(job["run_dir"]).parent == Path(job["job_dir"])  # the run lives inside its Hydra job dir
+
+    out = tmp_path / "report"
+    assert report_main([str(sweep_dir), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    for method, job in (("fedit", jobs["method=fedit"]), ("local", jobs["method=local"])):
+        results = json.loads((Path(job["run_dir"]) / "results.json").read_text())
+        assert results["run"]["status"] == "completed"
+        final, cells = results["final"], table_row(text, "dual", method)
+        assert cells[1] == "0"  # one seed
+        assert cells[2] == f"{final['own_mean']['score']:.3f}"
+        assert cells[3] == f"{final['other_mean']['score']:.3f}"
+        assert cells[4] == f"{final['mean']['score']:.3f}"
+        assert cells[5] == f"{final['seen_mean']['score']:.3f}"
+        # Under dual, 4 clients train on 5 of the 8 tasks: the other 3 are unseen by the federation.
+        assert len(results["tasks"]["unseen"]) == 3
+        assert cells[6] == f"{final['unseen_mean']['score']:.3f}"
+        assert cells[7] == f"{final['mean']['loss']:.3f}"
+        up = sum(r["traffic"]["bytes_up"] for r in results["rounds"]) / 4  # 4 clients x 1 round
+        assert cells[9] == f"{up:,.0f}"
+    assert table_row(text, "dual", "local")[9] == "0"
+    assert table_row(text, "dual", "fedit")[-3] == "ref"
+    assert (out / "tasks-dual.png").exists() and (out / "curves-dual.png").exists()
+
+
+def test_method_all_expands_to_the_registry():
+    names = method_names()
+    assert expand_all_methods(["method=all", "seed=0,1"]) == [f"method={','.join(names)}", "seed=0,1"]
+    assert expand_all_methods(["method=local,all"])[0].split("=")[1].split(",") == list(
+        dict.fromkeys(["local", *names])
+    )
+    assert expand_all_methods(["scenario=all", "-m"]) == ["scenario=all", "-m"]
+
+
+def test_compare_preset_sweeps_every_method_scenario_and_seed():
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = compose("config", overrides=["sweep=compare"], return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    jobs = job_overrides(cfg)
+    assert len(jobs) == len(method_names()) * 2 * 3
+    assert {o for job in jobs for o in job if o.startswith("scenario=")} == {"scenario=dual", "scenario=unseen"}
+    assert all("sweep=compare" in job for job in jobs)
+
+
+def test_a_failed_job_is_recorded_and_does_not_raise(tmp_path, monkeypatch):
+    import fedrouter_app.simulation
+
+    def boom(overrides, **kwargs):
+        raise RuntimeError("no luck")
+
+    monkeypatch.setattr(fedrouter_app.simulation, "simulate", boom)
+    record = run_job(["method=fedit"], tmp_path)
+    saved = json.loads((tmp_path / "job.json").read_text())
+    assert record["status"] == saved["status"] == "failed"
+    assert saved["error"] == "RuntimeError: no luck" and saved["overrides"] == ["method=fedit"]
+
+
+@pytest.mark.parametrize("path", ["sweep/compare.yaml"])
+def test_presets_compose_for_single_runs(path, make_cfg):
+    cfg = make_cfg(f"sweep={Path(path).stem}", "scenario=unseen")
+    assert cfg.eval.scope == "global" and cfg.scenario.unseen_tasks
