@@ -1,0 +1,187 @@
+"""Scale benchmark: hundreds of clients on one machine, overhead, memory, bytes, model caching.
+
+Run from the repository root (about 10 minutes on 2 idle cores)::
+
+    FEDROUTER_CACHE=/tmp/fcache python -m bench.scale
+
+It prints a table and writes ``outputs/bench/scale.json`` (``--json``), with
+every part's log in ``scale.log`` beside it. Parts, each in its own process:
+
+1. ``bench.sim_run``: FedRouter on Flower's Ray simulation with 8, 64 and 500
+   clients (all, 25% and 10% per round), 2 one-CPU actors: wall time per
+   steady round, start-up, client calls per second, peak memory of the whole
+   process tree, bytes per client-round.
+2. ``bench.plain_loop``: the same steady rounds' client calls in 2 plain
+   processes; overhead ratio = simulation s/round / plain-loop s/round (wall
+   time), and the same ratio of CPU seconds, which other load on the machine
+   does not inflate.
+3. ``bench.model_cache``: SmolLM2-135M-shaped model, client calls with the
+   base model cached per worker vs reloaded per message.
+4. ``bench.server_scale``: FedRouter's server clustering 10,000 local centroids.
+
+Targets are printed beside the numbers, never asserted: timings depend on the
+machine and on what else runs on it, so the load average is recorded too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import smollm2_shaped_model, write_json
+
+TARGETS = {"overhead_small": 1.15, "overhead_large": 1.3, "memory_growth": 0.2, "cache_speedup": 5.0, "cluster_s": 2.0}
+
+
+def part(module: str, json_path: Path, log: Path, *args: str) -> dict[str, Any]:
+    """Run ``python -m <module> ... --json <json_path>`` with its output appended to ``log``."""
+    start = time.perf_counter()
+    print(f"  {module} {' '.join(args)} ...", end="", flush=True)
+    with log.open("a") as out:
+        out.write(f"\n===== {module} {' '.join(args)}\n")
+        out.flush()
+        subprocess.run(
+            [sys.executable, "-m", module, *args, "--json", str(json_path)], stdout=out, stderr=out, check=True
+        )
+    print(f" {time.perf_counter() - start:.0f} s", flush=True)
+    return json.loads(json_path.read_text())
+
+
+def model_bytes(overrides: list[str]) -> dict[str, int]:
+    """Bytes of the base model in float32 and of one LoRA adapter, from the config alone (meta device)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from fedrouter_app.config import load_run_config
+    from fedrouter_app.model.loading import lora_template, model_path
+    from fedrouter_app.model.lora import num_parameters
+
+    cfg = load_run_config(overrides)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path(cfg.model)))
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "model_parameters": params,
+        "model_bytes": 4 * params,
+        "adapter_bytes": 4 * num_parameters(lora_template(cfg.model, cfg.lora)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[8, 64, 500])
+    parser.add_argument("--workers", type=int, default=2, help="1-CPU Ray actors = plain-loop processes")
+    parser.add_argument("--json", type=Path, default=Path("outputs/bench/scale.json"))
+    args = parser.parse_args()
+    work = args.json.with_suffix("")
+    work.mkdir(parents=True, exist_ok=True)
+    log = args.json.with_name("scale.log")
+    log.write_text("")
+    cache = Path(os.environ.get("FEDROUTER_CACHE", Path.home() / ".cache" / "fedrouter")) / "bench"
+    start = time.perf_counter()
+    report: dict[str, Any] = {
+        "command": "python -m bench.scale " + " ".join(sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_before": os.getloadavg()},
+        "targets": TARGETS,
+        "federation": [],
+    }
+    print(f"scale benchmark on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+    for n in args.clients:
+        sim = part("bench.sim_run", work / f"sim-{n}.json", log, "--clients", str(n), "--num-cpus", str(args.workers))
+        plain = part(
+            "bench.plain_loop", work / f"plain-{n}.json", log, "--clients", str(n), "--workers", str(args.workers)
+        )
+        report["federation"].append(
+            {
+                "sim": sim,
+                "plain": plain,
+                "overhead_ratio": sim["seconds_per_round"] / plain["seconds_per_round"],
+                "cpu_overhead_ratio": sim["cpu_seconds_per_round"] / plain["cpu_seconds_per_round"],
+            }
+        )
+    report["model_cache"] = part("bench.model_cache", work / "model-cache.json", log)
+    report["server"] = part("bench.server_scale", work / "server.json", log)["rows"]
+    from fedrouter_app.config import load_run_config
+    from fedrouter_app.model.loading import model_path
+
+    smol = smollm2_shaped_model(cache, model_path(load_run_config([]).model))
+    report["bytes"] = {
+        "embedded": model_bytes([]),
+        "SmolLM2-135M-shaped": model_bytes(["model=hf", f"model.name={smol}"]),
+    }
+    report["machine"]["load_after"] = os.getloadavg()
+    report["seconds"] = time.perf_counter() - start
+    write_json(args.json, report)
+    print(format_report(report))
+    print(f"\nJSON: {args.json}   log: {log}   wall: {report['seconds'] / 60:.1f} min")
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The benchmark's tables as markdown."""
+    fed = report["federation"]
+    base = next(
+        (
+            f["sim"]["peak_pss_bytes"]
+            for f in fed
+            if f["sim"]["num_clients"] == min(x["sim"]["num_clients"] for x in fed)
+        ),
+        1,
+    )
+    lines = [
+        "| clients | per round | FL s/round | plain s/round | overhead ratio | CPU ratio | client calls/s "
+        "| start-up s | peak memory (PSS) | vs fewest | actors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for f in fed:
+        s, p = f["sim"], f["plain"]
+        per_round = s["client_calls"] // len(s["steady_rounds"])
+        lines.append(
+            f"| {s['num_clients']} | {per_round} | {s['seconds_per_round']:.2f} | {p['seconds_per_round']:.2f} | "
+            f"**{f['overhead_ratio']:.2f}** | {f['cpu_overhead_ratio']:.2f} | {s['calls_per_second']:.2f} | "
+            f"{s['startup_seconds']:.1f} | "
+            f"{s['peak_pss_bytes'] / 2**30:.2f} GiB | {s['peak_pss_bytes'] / base - 1:+.1%} | {s['client_actors']} |"
+        )
+    lines += [
+        "",
+        "| model | base model (float32) | LoRA tensors per client-round (down + up) | share |",
+        "| --- | --- | --- | --- |",
+    ]
+    measured = fed[0]["sim"]["tensor_bytes_per_client_round"] if fed else 0
+    for name, b in report["bytes"].items():
+        # FedRouter (round robin) sends one adapter down and gets one back per client-round.
+        per_round = measured if name == "embedded" and measured else 2 * b["adapter_bytes"]
+        lines.append(f"| {name} | {b['model_bytes']:,} B | {per_round:,.0f} B | {per_round / b['model_bytes']:.2%} |")
+    cache = report["model_cache"]
+    lines += [
+        "",
+        f"| {cache['model']}, 1 thread | cached s/call | reloaded s/call | speed-up |",
+        "| --- | --- | --- | --- |",
+    ]
+    for kind, c in cache["calls"].items():
+        lines.append(f"| {kind} | {c['cached_mean']:.3f} | {c['reload_mean']:.3f} | **{c['speedup']:.1f}x** |")
+    lines += [
+        "",
+        "| server clustering | local centroids | n_global | k-means s | report s | ARI | state B/client |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report["server"]:
+        lines.append(
+            f"| {r['model']} | {r['local_centroids']:,} | {r['n_global']} | **{r['cluster_seconds']:.2f}** | "
+            f"{r['report_seconds']:.2f} | {r['global_ari']:.3f} | {r['state_bytes_per_client']:,.0f} |"
+        )
+    load = report["machine"]
+    lines.append(
+        f"\nload average before {load['load_before'][0]:.2f}, after {load.get('load_after', [float('nan')])[0]:.2f}"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
