@@ -87,9 +87,9 @@ class FedRouterClient(ClientMethod):
     # Training.
 
     def train(self, content: RecordDict, info: RoundInfo) -> RecordDict:
-        if CLUSTERS not in self.env.state.array_records:
-            raise ValueError("asked to train before registering local clusters")
-        clusters = LocalClusters.from_record(self.env.state.array_records[CLUSTERS])
+        # Normally computed at registration; a restarted SuperNode has lost its state and recomputes
+        # the same clusters (the clustering is seeded by run seed and client).
+        clusters = self.local_clusters()
         config = content.config_records[CONFIG]
         assignment, local = list(config["fedrouter.map"]), list(config["fedrouter.train"])
         adapters, parts, extra = {}, [], {}

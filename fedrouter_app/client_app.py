@@ -8,16 +8,21 @@ state lives in ``context.state``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.base import DEFAULT_ACTION
+from fedrouter_app.checkpoint import CHECKPOINT_ROUND, RUN_KEY, STATE_MARKER, ClientStateStore
 from fedrouter_app.client_env import ClientEnv, client_data
 from fedrouter_app.config import config_fingerprint, load_run_config, overrides_from_run_config
+from fedrouter_app.logs import get_logger
 from fedrouter_app.records import CLIENT_ID, CONFIG, METRICS, NUM_EXAMPLES
 from fedrouter_app.registry import client_class, method_names
 from fedrouter_app.rounds import FINGERPRINT
+
+log = get_logger(__name__)
 
 
 def build_env(context: Context, overrides: Sequence[str]) -> ClientEnv:
@@ -48,19 +53,60 @@ def hello(msg: Message, env: ClientEnv) -> Message:
     return Message(RecordDict({METRICS: metrics}), reply_to=msg)
 
 
+def saved_state(env: ClientEnv, msg: Message) -> tuple[ClientStateStore, int, int] | None:
+    """This client's store of saved state, the message's round and the server's last checkpoint round.
+
+    None when the server does not ask clients to keep their state (checkpoints off).
+    """
+    config = msg.content.config_records.get(CONFIG) or {}
+    if RUN_KEY not in config or not env.cfg.checkpoint.client_state:
+        return None
+    run_key = str(config[RUN_KEY])
+    if not run_key.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"invalid run key {run_key!r}")
+    store = ClientStateStore(Path(env.cfg.checkpoint.client_dir), run_key, env.client_id)
+    return store, int(config.get("server-round", 0)), int(config.get(CHECKPOINT_ROUND, -1))
+
+
+def restore(env: ClientEnv, store: ClientStateStore, checkpoint_round: int) -> None:
+    """In a fresh context (a resumed run), load the newest state saved up to the server's last checkpoint."""
+    run_key = store.directory.parent.name
+    marker = env.state.config_records.get(STATE_MARKER)
+    if marker is not None and marker.get("key") == run_key:
+        return
+    if (saved := store.load(max_round=checkpoint_round)) is not None:
+        for name, record in saved.items():
+            env.state[name] = record
+        log.info("client %d: continues from its state saved for run %s", env.client_id, run_key)
+    env.state[STATE_MARKER] = ConfigRecord({"key": run_key})
+
+
 def make_client_app(overrides: Sequence[str] = ()) -> ClientApp:
     """A ClientApp that adds ``overrides`` to whatever the run config says."""
     app = ClientApp()
 
     def handle(msg: Message, context: Context) -> Message:
         env = build_env(context, overrides)
+        saved = saved_state(env, msg)
+        if saved is not None:
+            restore(env, saved[0], saved[2])
         category, _, action = msg.metadata.message_type.partition(".")
         method = client_class(env.cfg.method.name)(env)
         content = method.handle(category, action or DEFAULT_ACTION, msg.content)
+        if saved is not None:
+            saved[0].save(env.state, saved[1], saved[2])
         return Message(env.stamp(content), reply_to=msg)
 
     app.train()(handle)
     app.evaluate()(handle)
+
+    @app.query("close")
+    def query_close(msg: Message, context: Context) -> Message:
+        env = build_env(context, overrides)
+        saved = saved_state(env, msg)
+        if saved is not None:
+            saved[0].clear()
+        return Message(env.stamp(RecordDict()), reply_to=msg)
 
     @app.query("hello")
     def query_hello(msg: Message, context: Context) -> Message:

@@ -68,8 +68,8 @@ def _load_cached(overrides: tuple[str, ...]) -> RunConfig:
 
 
 def config_fingerprint(cfg: RunConfig) -> str:
-    """Hash of everything server and clients must agree on (outputs excluded)."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k != "output"}
+    """Hash of everything server and clients must agree on (outputs and checkpointing excluded)."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("output", "checkpoint")}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -125,6 +125,7 @@ def round_to_json(record: RoundRecord, unseen: Collection[str] | None = None) ->
         },
         "strategy": record.strategy,
         "failures": [asdict(f) for f in record.failures],
+        "joined": {str(c): node for c, node in sorted(record.joined.items())},
         "traffic": {
             "exchanges": [asdict(ex) for ex in record.traffic],
             "clients": {c: {phase: dict(b) for phase, b in v.items()} for c, v in sorted(by_client.items())},
@@ -145,6 +146,21 @@ class ResultsWriter:
             "rounds": [],
         }
         self.unseen: tuple[str, ...] = ()
+
+    @classmethod
+    def resume(cls, run_dir: Path, after_round: int, run_info: dict[str, Any]) -> ResultsWriter:
+        """Continue ``run_dir``'s results: keep rounds up to ``after_round``, note the resumption."""
+        writer = cls(run_dir, run_info)
+        try:
+            previous = json.loads(writer.path.read_text())
+        except (OSError, ValueError):
+            previous = {}
+        rounds = [r for r in previous.get("rounds", []) if r.get("round", 0) <= after_round]
+        resumed = [*previous.get("run", {}).get("resumed", []), {"after_round": after_round, "at": _now()}]
+        started = previous.get("run", {}).get("started_at", writer.data["run"]["started_at"])
+        writer.data["run"].update(started_at=started, resumed=resumed)
+        writer.data["rounds"] = rounds
+        return writer
 
     def on_run_start(self, cfg: RunConfig, strategy: Strategy, template: LoraTemplate) -> None:
         n = num_parameters(template)

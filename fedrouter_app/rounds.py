@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
+from fedrouter_app.checkpoint import CHECKPOINT_ROUND, RUN_KEY, last_checkpoint_round
 from fedrouter_app.logs import get_logger
 from fedrouter_app.model.lora import LoraState, LoraTemplate
 from fedrouter_app.records import (
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 HELLO = "query.hello"
+CLOSE = "query.close"
+CLOSE_TIMEOUT = 30.0
 FINGERPRINT = "config-fingerprint"
 
 
@@ -81,6 +85,7 @@ class Failure:
     phase: str
     client: int
     reason: str
+    node: int = 0  # Flower node id the message went to (0: unknown)
 
 
 @dataclass
@@ -111,6 +116,7 @@ class RoundRecord:
     traffic: list[Exchange] = field(default_factory=list)
     strategy: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    joined: dict[int, int] = field(default_factory=dict)  # client -> node id, for nodes that (re)joined this round
 
 
 class Callback(Protocol):
@@ -136,7 +142,12 @@ class Communicator:
         self.timeout = timeout
         self.node_of: dict[int, int] = {}
         self.connected: set[int] = set()
+        # Nodes whose last instruction got no reply (dead or unreachable); another node may take their partition.
+        self.lost: set[int] = set()
         self.record: RoundRecord | None = None
+        # Settings every message carries (run key and checkpoint round, when checkpoints are on).
+        self.common: dict[str, int | float | str] = {}
+        self.contacted: set[int] = set()
 
     @property
     def clients(self) -> list[int]:
@@ -154,29 +165,43 @@ class Communicator:
         Failures and traffic are added to the current round record.
         """
         phase = message_type
-        shared = ConfigRecord(dict(config or {}))
+        current = {"server-round": self.record.server_round} if self.record is not None else {}
+        shared = ConfigRecord({**current, **self.common, **(config or {})})
         messages, sent = [], {}
         for client, payload in payloads.items():
             content = RecordDict({**payload, CONFIG: _merged_config(payload, shared)})
             msg = Message(content, dst_node_id=self.node_of[client], message_type=message_type)
             messages.append(msg)
             sent[client] = content
+            self.contacted.add(client)
         replies: list[Reply] = []
         answered: set[int] = set()
-        client_of = {node: client for client, node in self.node_of.items()}
-        for msg in self.grid.send_and_receive(messages, timeout=self.timeout):
-            client = client_of.get(msg.metadata.src_node_id)
-            if client is None or client not in sent:
+        received = self.grid.send_and_receive(messages, timeout=self.timeout)
+        # Replies are matched to instructions by id (set when pushed): the SuperLink itself answers for a node
+        # that stopped sending heartbeats, with its own node id as the sender.
+        client_of = {msg.metadata.message_id: client for msg, client in zip(messages, sent, strict=True)}
+        for msg in received:
+            client = client_of.get(msg.metadata.reply_to_message_id)
+            if client is None or client in answered:
                 continue
             answered.add(client)
+            node = self.node_of[client]
             self._account(phase, client, sent[client], msg.content if not msg.has_error() else RecordDict())
+            if msg.has_error() and msg.error.code == ErrorCode.NODE_UNAVAILABLE:
+                self.lost.add(node)
+                self.reject(phase, client, f"node unavailable: {msg.error.reason}", node)
+                continue
             try:
+                if msg.metadata.src_node_id != node:
+                    raise InvalidReplyError(f"reply comes from node {msg.metadata.src_node_id}, not node {node}")
                 replies.append(self._validate(msg, client))
+                self.lost.discard(node)
             except InvalidReplyError as err:
-                self.reject(phase, client, str(err))
+                self.reject(phase, client, str(err), node)
         for client in sorted(set(sent) - answered):
+            self.lost.add(self.node_of[client])
             self._account(phase, client, sent[client], RecordDict())
-            self.reject(phase, client, f"no reply within {self.timeout:g} s")
+            self.reject(phase, client, f"no reply within {self.timeout:g} s", self.node_of[client])
         return sorted(replies, key=lambda r: r.client)
 
     def _validate(self, msg: Message, client: int) -> Reply:
@@ -211,11 +236,11 @@ class Communicator:
             )
         )
 
-    def reject(self, phase: str, client: int, reason: str) -> None:
+    def reject(self, phase: str, client: int, reason: str, node: int = 0) -> None:
         """Record that ``client``'s ``phase`` reply is unusable, and why."""
         log.warning("client %d: %s reply rejected: %s", client, phase, reason)
         if self.record is not None:
-            self.record.failures.append(Failure(phase=phase, client=client, reason=reason))
+            self.record.failures.append(Failure(phase=phase, client=client, reason=reason, node=node))
 
 
 def _merged_config(payload: RecordDict, shared: ConfigRecord) -> ConfigRecord:
@@ -260,9 +285,16 @@ def register_clients(comm: Communicator, fingerprint: str) -> None:
             continue
         client = int(msg.content.metric_records[METRICS][CLIENT_ID])
         previous = comm.node_of.get(client)
-        if previous is not None and previous in comm.connected and previous != node:
+        # A node that stopped answering may still be listed for a while (the SuperLink waits for missed
+        # heartbeats): a restarted SuperNode with the same partition id takes its place.
+        if previous is not None and previous in comm.connected and previous != node and previous not in comm.lost:
             raise RunAbortedError(f"nodes {previous} and {node} both claim partition-id {client}")
+        if previous is not None and previous != node:
+            log.warning("client %d rejoined on node %d (was node %d)", client, node, previous)
         comm.node_of[client] = node
+        comm.lost.discard(node)
+        if comm.record is not None:
+            comm.record.joined[client] = node
     if errors and not comm.clients:
         raise RunAbortedError(f"no client could start: {errors[0]}")
     for reason in sorted(set(errors)):
@@ -284,24 +316,36 @@ def run_federation(
     strategy: Strategy,
     fingerprint: str,
     callbacks: Sequence[Callback] = (),
+    run_key: str = "",
+    resume_after: int | None = None,
 ) -> None:
     """Run ``strategy`` for ``cfg.num_rounds`` rounds on the connected clients.
 
     Round 0 (when ``eval.at_start``) only evaluates the initial adapters; the
-    strategy's ``setup`` phase is recorded in the first round's record.
+    strategy's ``setup`` phase is recorded in the first round's record. With
+    ``resume_after=k`` the strategy holds the state of a checkpoint after round
+    ``k``: there is no setup, and the run goes on from round ``k + 1``.
+    ``run_key`` names the run to clients, which keep their state under it.
     """
     comm = Communicator(grid, strategy.template, cfg.round_timeout)
+    strategy.attach(comm)
     wait_for_nodes(grid, cfg.num_clients, cfg.node_wait_timeout)
     register_clients(comm, fingerprint)
     for cb in callbacks:
         cb.on_run_start(cfg, strategy, strategy.template)
+    keeps_client_state = bool(run_key) and cfg.checkpoint.every > 0 and cfg.checkpoint.client_state
     first = 0 if cfg.eval.at_start else 1
+    if resume_after is not None:
+        first = resume_after + 1
     for server_round in range(first, cfg.num_rounds + 1):
         start = time.perf_counter()
         lr = learning_rate(cfg.train.lr_schedule, cfg.train.lr, cfg.train.lr_min, max(server_round, 1), cfg.num_rounds)
         record = RoundRecord(server_round=server_round, lr=lr if server_round else 0.0)
         comm.record = record
-        if server_round == first:
+        if keeps_client_state:
+            durable = max(last_checkpoint_round(server_round - 1, cfg.checkpoint.every), resume_after or -1)
+            comm.common = {RUN_KEY: run_key, CHECKPOINT_ROUND: durable}
+        if server_round == first and resume_after is None:
             _note(record, "setup", strategy.setup(comm, comm.clients))
         if server_round > 0:
             register_clients(comm, fingerprint)
@@ -312,8 +356,26 @@ def run_federation(
         for cb in callbacks:
             cb.on_round_end(record)
     strategy.finish(comm, comm.clients)
+    if keeps_client_state:
+        close_clients(comm)
     for cb in callbacks:
         cb.on_run_end(strategy)
+
+
+def close_clients(comm: Communicator) -> None:
+    """Tell clients that got messages that the run is over, so they drop the state they kept for resuming.
+
+    Best effort: a client that misses it keeps a few files under ``checkpoint.client_dir``.
+    """
+    config = ConfigRecord(dict(comm.common))
+    messages = [
+        Message(RecordDict({CONFIG: config}), dst_node_id=comm.node_of[c], message_type=CLOSE)
+        for c in comm.clients
+        if c in comm.contacted
+    ]
+    for msg in comm.grid.send_and_receive(messages, timeout=min(comm.timeout, CLOSE_TIMEOUT)):
+        if msg.has_error():
+            log.debug("close: %s", msg.error.reason)
 
 
 def _round_config(cfg: RunConfig, server_round: int, lr: float) -> dict[str, int | float | str]:

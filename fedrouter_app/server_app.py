@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -18,10 +20,18 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import OmegaConf
 
+from fedrouter_app.checkpoint import (
+    CHECKPOINT_DIR,
+    Checkpoint,
+    Checkpointer,
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+)
 from fedrouter_app.config import config_fingerprint, load_run_config, overrides_from_run_config
 from fedrouter_app.logs import get_logger
 from fedrouter_app.model.loading import lora_config, lora_template, model_path
-from fedrouter_app.model.lora import save_peft_adapter
+from fedrouter_app.model.lora import LoraTemplate, save_peft_adapter
 from fedrouter_app.progress import RoundProgress, TensorBoardLog
 from fedrouter_app.registry import strategy_class
 from fedrouter_app.results import FinalTable, ProgressLog, ResultsWriter
@@ -56,13 +66,26 @@ def serve(grid: Grid, overrides: Sequence[str]) -> Path:
     cfg = load_run_config(overrides)
     template = lora_template(cfg.model, cfg.lora)
     strategy = strategy_class(cfg.method.name)(cfg, template)
-    run_dir = create_run_dir(cfg)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg.to_dict()))
-    log.info("run directory %s", run_dir)
-    writer = ResultsWriter(run_dir, run_info(cfg, overrides, run_dir))
+    fingerprint = config_fingerprint(cfg)
+    resume_after: int | None = None
+    if cfg.checkpoint.resume:
+        run_dir = Path(cfg.checkpoint.resume).expanduser().resolve()
+        checkpoint = find_checkpoint(run_dir, template, fingerprint)
+        strategy.load_state_dict(checkpoint.state)
+        run_key, resume_after = checkpoint.run_key, checkpoint.server_round
+        writer = ResultsWriter.resume(run_dir, resume_after, run_info(cfg, overrides, run_dir))
+        log.info("resuming %s after round %d", run_dir, resume_after)
+    else:
+        run_dir = create_run_dir(cfg)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg.to_dict()))
+        run_key = new_run_key(run_dir)
+        writer = ResultsWriter(run_dir, run_info(cfg, overrides, run_dir))
+        log.info("run directory %s", run_dir)
     try:
         callbacks = [ProgressLog(), writer, FinalTable(), RoundProgress(), TensorBoardLog(run_dir)]
-        run_federation(grid, cfg, strategy, config_fingerprint(cfg), callbacks)
+        if cfg.checkpoint.every > 0:
+            callbacks.append(Checkpointer(run_dir, run_key, fingerprint))
+        run_federation(grid, cfg, strategy, fingerprint, callbacks, run_key=run_key, resume_after=resume_after)
     except Exception as err:
         writer.fail(f"{type(err).__name__}: {err}")
         log.error("run failed: %s", err)
@@ -72,6 +95,27 @@ def serve(grid: Grid, overrides: Sequence[str]) -> Path:
             save_peft_adapter(state, lora_config(cfg.lora, model_path(cfg.model)), run_dir / "adapters" / name)
     log.info("results in %s", run_dir / "results.json")
     return run_dir
+
+
+def new_run_key(run_dir: Path) -> str:
+    """A name for the run that clients keep their state under: the run directory's, made unique."""
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', run_dir.name)}-{uuid.uuid4().hex[:8]}"
+
+
+def find_checkpoint(run_dir: Path, template: LoraTemplate, fingerprint: str) -> Checkpoint:
+    """The newest checkpoint of ``run_dir``, checked against this run's configuration."""
+    if not run_dir.is_dir():
+        raise CheckpointError(f"checkpoint.resume={run_dir} is not a directory")
+    path = latest_checkpoint(run_dir / CHECKPOINT_DIR)
+    if path is None:
+        raise CheckpointError(f"{run_dir} has no checkpoint to resume from (none written yet, or checkpoint.every=0)")
+    checkpoint = load_checkpoint(path, template)
+    if checkpoint.fingerprint != fingerprint:
+        raise CheckpointError(
+            f"{path} was written by a run with another configuration (fingerprint {checkpoint.fingerprint}, "
+            f"now {fingerprint}); resume with the overrides of that run ({run_dir / 'config.yaml'})"
+        )
+    return checkpoint
 
 
 def create_run_dir(cfg: RunConfig) -> Path:

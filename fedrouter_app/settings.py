@@ -217,6 +217,24 @@ class OutputSettings:
 
 
 @dataclass
+class CheckpointSettings:
+    """Server checkpoints, client state on the clients' disks, resuming."""
+
+    every: int = field(metadata={"help": "Write the server's state after every k-th round; 0 never."})
+    keep: int = field(metadata={"help": "Server checkpoints kept (the newest)."})
+    resume: str = field(metadata={"help": "Run directory to continue from its newest checkpoint; empty: a new run."})
+    client_state: bool = field(
+        metadata={"help": "Clients save their state (personal adapters, local clusters) on their own disk."}
+    )
+    client_dir: str = field(metadata={"help": "Where each node keeps its saved client state."})
+
+    def validate(self) -> None:
+        require(self.every >= 0, f"checkpoint.every must be >= 0, got {self.every}")
+        require(self.keep >= 1, f"checkpoint.keep must be >= 1, got {self.keep}")
+        require(not self.resume or self.every > 0, "checkpoint.resume needs checkpoint.every > 0 to keep checkpointing")
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; composed from ``conf/config.yaml``."""
 
@@ -235,6 +253,7 @@ class RunConfig:
     train: TrainSettings = field(metadata={"help": "Local training."})
     eval: EvalSettings = field(metadata={"help": "Evaluation."})
     output: OutputSettings = field(metadata={"help": "Outputs."})
+    checkpoint: CheckpointSettings = field(metadata={"help": "Checkpoints and resuming."})
 
     def validate(self) -> None:
         require(self.num_clients >= 1, f"num_clients must be >= 1, got {self.num_clients}")
@@ -243,7 +262,16 @@ class RunConfig:
             value = getattr(self, name)
             require(0.0 < value <= 1.0, f"{name} must be in (0, 1], got {value}")
         require(self.round_timeout > 0 and self.node_wait_timeout > 0, "timeouts must be positive")
-        for section in (self.method, self.model, self.lora, self.data, self.train, self.eval, self.output):
+        for section in (
+            self.method,
+            self.model,
+            self.lora,
+            self.data,
+            self.train,
+            self.eval,
+            self.output,
+            self.checkpoint,
+        ):
             section.validate()
         self.scenario.validate(self.data.tasks)
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from flwr.app import RecordDict
 
+from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.model.lora import LoraState, LoraTemplate, initial_lora_state
 from fedrouter_app.records import ADAPTER, InvalidReplyError, adapter_record
 from fedrouter_app.rounds import Communicator, Reply
@@ -46,6 +47,11 @@ class Strategy(ABC):
         self.cfg = cfg
         self.template = template
         self.initial_adapter: LoraState = initial_lora_state(template, cfg.seed)
+        self.comm: Communicator | None = None
+
+    def attach(self, comm: Communicator) -> None:
+        """Give the strategy the run's communicator (for phases of its own); called before ``setup``."""
+        self.comm = comm
 
     def setup(self, comm: Communicator, clients: Sequence[int]) -> dict[str, Any] | None:
         """Phase before the first round (e.g. a registration query); returns what to record."""
@@ -72,6 +78,17 @@ class Strategy(ABC):
 
     def finish(self, comm: Communicator, clients: Sequence[int]) -> None:
         """Phase after the last round (e.g. post-federated fine-tuning); nothing by default."""
+
+    def state_dict(self) -> StrategyState:
+        """Everything needed to continue the run after the current round (see :mod:`fedrouter_app.checkpoint`).
+
+        Random state is not part of it: every random choice derives from (seed, client, round).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support checkpoints")
+
+    def load_state_dict(self, state: StrategyState) -> None:
+        """Restore what :meth:`state_dict` returned; ``setup`` is not called again on resume."""
+        raise NotImplementedError(f"{type(self).__name__} does not support checkpoints")
 
     def adapters(self) -> dict[str, LoraState]:
         """Named adapters the server holds (saved at the end of a run)."""

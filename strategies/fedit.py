@@ -9,6 +9,7 @@ from typing import Any
 from flwr.app import RecordDict
 
 from fedrouter_app.aggregation import WeightedMean
+from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.model.lora import LoraState, LoraTemplate
 from fedrouter_app.records import NUM_EXAMPLES
 from fedrouter_app.registry import MethodConfig, register_strategy
@@ -58,6 +59,12 @@ class FedIT(Strategy):
 
     def configure_evaluate(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
         return self.configure_train(server_round, clients)
+
+    def state_dict(self) -> StrategyState:
+        return StrategyState(adapters={"global": self.global_adapter})
+
+    def load_state_dict(self, state: StrategyState) -> None:
+        self.global_adapter = state.adapters["global"]
 
     def adapters(self) -> dict[str, LoraState]:
         return {"global": self.global_adapter}

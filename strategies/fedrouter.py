@@ -18,6 +18,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedrouter_app.aggregation import WeightedMean
+from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.clustering import kmeans, majority, match_clusters, nearest, scores_from_counts
 from fedrouter_app.model.loading import hidden_size
 from fedrouter_app.model.lora import LoraState, LoraTemplate, copy_state
@@ -106,7 +107,6 @@ class FedRouter(Strategy):
         self.trained: dict[int, list[int]] = {}
         self.reclustered: dict[str, Any] = {}
         self.joined: dict[int, list[int]] = {}
-        self.comm: Communicator | None = None
         self.dim = hidden_size(cfg.model)
         # Oracle clients have one cluster per own task, which may exceed n_local.
         self.max_local = max(self.method.n_local, len(cfg.data.tasks))
@@ -114,7 +114,6 @@ class FedRouter(Strategy):
     # Registration and clustering.
 
     def setup(self, comm: Communicator, clients: Sequence[int]) -> dict[str, Any]:
-        self.comm = comm
         cohort = sample_clients(clients, self.method.registration_fraction, self.cfg.seed, 0, "register")
         self.register(cohort)
         if not self.registry:
@@ -127,7 +126,7 @@ class FedRouter(Strategy):
         """Collect local centroids of ``clients``; returns those that answered."""
         if not clients:
             return []
-        assert self.comm is not None, "setup() gives the strategy its communicator"
+        assert self.comm is not None, "the round loop attaches its communicator"
         replies = self.comm.send(REGISTER, {c: RecordDict() for c in clients})
         for reply in replies:
             try:
@@ -353,6 +352,36 @@ class FedRouter(Strategy):
             "local_mean": {m: float(np.nanmean([s[m] for s in local])) for m in ("ari", "purity")} if local else {},
             "local": {str(c): s for c, s in zip(sorted(self.registry), local, strict=True)},
         }
+
+    def state_dict(self) -> StrategyState:
+        clients = sorted(self.registry)
+        local = [self.registry[c].centroids for c in clients]
+        return StrategyState(
+            adapters=self.adapters(),
+            arrays={
+                "centroids": self.centroids,
+                "local_centroids": np.concatenate(local) if local else np.zeros((0, self.dim), np.float32),
+            },
+            meta={
+                "cluster_tasks": self.cluster_tasks,
+                "registry": [
+                    [c, self.registry[c].sizes, self.registry[c].tasks, self.registry[c].assignment] for c in clients
+                ],
+            },
+        )
+
+    def load_state_dict(self, state: StrategyState) -> None:
+        self.centroids = state.arrays["centroids"]
+        self.cluster_tasks = list(state.meta["cluster_tasks"])
+        self.bank = [state.adapters[f"cluster-{k}"] for k in range(len(self.centroids))]
+        local, start = state.arrays["local_centroids"], 0
+        self.registry = {}
+        for client, sizes, tasks, assignment in state.meta["registry"]:
+            n = len(sizes)
+            self.registry[int(client)] = ClientClusters(
+                centroids=local[start : start + n], sizes=sizes, tasks=tasks, assignment=assignment
+            )
+            start += n
 
     def adapters(self) -> dict[str, LoraState]:
         return {f"cluster-{k}": state for k, state in enumerate(self.bank)}

@@ -15,6 +15,7 @@ from typing import Any
 from flwr.app import RecordDict
 
 from fedrouter_app.aggregation import WeightedMean
+from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.model.lora import LoraState, LoraTemplate, is_lora_a
 from fedrouter_app.records import NUM_EXAMPLES, InvalidReplyError, adapter_record, read_adapter
 from fedrouter_app.registry import register_strategy
@@ -74,6 +75,12 @@ class FedSALoRA(Strategy):
     def configure_evaluate(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
         payload = RecordDict({LORA_A: adapter_record(self.shared_a)})
         return {client: payload for client in clients}
+
+    def state_dict(self) -> StrategyState:
+        return StrategyState(adapters={"shared-a": self.shared_a})
+
+    def load_state_dict(self, state: StrategyState) -> None:
+        self.shared_a = state.adapters["shared-a"]
 
     def summary(self) -> str:
         return f"FedSALoRA(weighting={self.cfg.method.weighting})"

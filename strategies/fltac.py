@@ -19,6 +19,7 @@ import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.aggregation import WeightedMean
+from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.clustering import kmeans, majority, match_clusters
 from fedrouter_app.model.lora import LoraState, LoraTemplate
 from fedrouter_app.records import CONFIG, InvalidReplyError, adapter_record
@@ -178,6 +179,15 @@ class FLTAC(Strategy):
                 row = table.setdefault(k, {})
                 row[task] = row.get(task, 0) + 1
         return table
+
+    def state_dict(self) -> StrategyState:
+        slots = [[c, j, k, self.slot_task.get((c, j), "")] for (c, j), k in sorted(self.slot_cluster.items())]
+        return StrategyState(adapters=self.adapters(), meta={"slots": slots})
+
+    def load_state_dict(self, state: StrategyState) -> None:
+        self.means = [state.adapters[f"cluster-{k}"] for k in range(len(state.adapters))]
+        self.slot_cluster = {(int(c), int(j)): int(k) for c, j, k, _ in state.meta["slots"]}
+        self.slot_task = {(int(c), int(j)): str(t) for c, j, _, t in state.meta["slots"] if t}
 
     def adapters(self) -> dict[str, LoraState]:
         return {f"cluster-{k}": mean for k, mean in enumerate(self.means)}

@@ -16,6 +16,7 @@ from typing import Any
 from flwr.app import RecordDict
 
 from fedrouter_app.aggregation import WeightedMean
+from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.model.lora import LoraState, LoraTemplate, initial_lora_state
 from fedrouter_app.records import NUM_EXAMPLES, InvalidReplyError, adapter_record
 from fedrouter_app.registry import MethodConfig, register_strategy
@@ -99,6 +100,12 @@ class IFCA(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any]:
         return {"assignment": {str(r.client): int(r.metrics[CHOSEN]) for r in replies if CHOSEN in r.metrics}}
+
+    def state_dict(self) -> StrategyState:
+        return StrategyState(adapters=self.adapters())
+
+    def load_state_dict(self, state: StrategyState) -> None:
+        self.clusters = [state.adapters[f"cluster-{k}"] for k in range(self.k)]
 
     def adapters(self) -> dict[str, LoraState]:
         return {f"cluster-{k}": state for k, state in enumerate(self.clusters)}

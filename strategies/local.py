@@ -8,6 +8,7 @@ from typing import Any
 
 from flwr.app import RecordDict
 
+from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.registry import MethodConfig, register_strategy
 from fedrouter_app.rounds import Reply
 from strategies.base import Strategy
@@ -36,3 +37,10 @@ class Local(Strategy):
 
     def configure_evaluate(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
         return {client: RecordDict() for client in clients}
+
+    def state_dict(self) -> StrategyState:
+        """The server holds nothing; each client's adapter is in the client's own saved state."""
+        return StrategyState()
+
+    def load_state_dict(self, state: StrategyState) -> None:
+        pass

@@ -17,6 +17,7 @@ from typing import Any
 from flwr.app import RecordDict
 
 from fedrouter_app.aggregation import WeightedMean
+from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.model.lora import LoraState, LoraTemplate
 from fedrouter_app.records import NUM_EXAMPLES, adapter_record
 from fedrouter_app.registry import MethodConfig, register_strategy
@@ -78,10 +79,8 @@ class TAP(Strategy):
         super().__init__(cfg, template)
         self.bank: dict[str, LoraState] = {}
         self.keys: dict[int, list[str]] = {}
-        self.comm: Communicator | None = None
 
     def setup(self, comm: Communicator, clients: Sequence[int]) -> dict[str, Any]:
-        self.comm = comm
         self.discover(clients)
         return {"keys": {str(c): k for c, k in sorted(self.keys.items())}}
 
@@ -90,7 +89,7 @@ class TAP(Strategy):
         new = [c for c in clients if c not in self.keys]
         if not new:
             return
-        assert self.comm is not None, "setup() gives the strategy its communicator"
+        assert self.comm is not None, "the round loop attaches its communicator"
         for reply in self.comm.send(KEYS, {c: RecordDict() for c in new}):
             tasks = sorted(k[len("key.") :] for k, v in reply.metrics.items() if k.startswith("key.") and v)
             self.keys[reply.client] = [SHARED, *(task_key(t) for t in tasks)]
@@ -122,6 +121,13 @@ class TAP(Strategy):
 
     def configure_evaluate(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
         return self._payloads(clients)
+
+    def state_dict(self) -> StrategyState:
+        return StrategyState(adapters=dict(self.bank), meta={"keys": {str(c): k for c, k in self.keys.items()}})
+
+    def load_state_dict(self, state: StrategyState) -> None:
+        self.bank = dict(state.adapters)
+        self.keys = {int(c): list(k) for c, k in state.meta["keys"].items()}
 
     def adapters(self) -> dict[str, LoraState]:
         return dict(self.bank)

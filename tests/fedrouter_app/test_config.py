@@ -18,7 +18,7 @@ def one_line_error(*overrides: str) -> str:
 def test_defaults_compose_into_typed_settings():
     cfg = load_run_config()
     assert isinstance(cfg, RunConfig)
-    assert cfg.method.name == "fedit" and cfg.scenario.name == "dual"
+    assert cfg.method.name == "fedrouter" and cfg.scenario.name == "dual"
     assert cfg.lora.target_modules and cfg.train.lr > 0
     assert dataclasses.is_dataclass(cfg.method)
 
@@ -57,7 +57,7 @@ def test_unknown_keys_list_the_valid_keys():
         ("num_clients=0", "num_clients"),
         ("data.tasks=[copy,nope]", "'nope'"),
         ("scenario.tasks_per_client=99", "tasks_per_client"),
-        ("method.weighting=median", "num_examples, uniform"),
+        ("method.weighting=median", "cluster_size, client_size, uniform"),
         ("eval.scope=everything", "eval.scope"),
         ("model.dtype=int8", "model.dtype"),
         ("train.lr_schedule=linear", "cosine"),

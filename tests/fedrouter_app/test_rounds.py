@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
-from flwr.app import Error, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 
 from fedrouter_app.client_app import make_client_app
 from fedrouter_app.config import config_fingerprint
@@ -86,7 +87,7 @@ def poison(target: int, how: str):
     ],
 )
 def test_bad_replies_are_rejected_and_the_rest_aggregated(make_cfg, how, reason):
-    cfg, _grid, comm, template = setup(make_cfg, fault=poison(2, how))
+    cfg, _grid, comm, template = setup(make_cfg, "method=fedit", fault=poison(2, how))
     strategy = strategy_class("fedit")(cfg, template)
     comm.record = RoundRecord(server_round=1, lr=1e-3)
     replies = comm.send("train", strategy.configure_train(1, comm.clients), {"server-round": 1, "lr": 1e-3})
@@ -98,7 +99,7 @@ def test_bad_replies_are_rejected_and_the_rest_aggregated(make_cfg, how, reason)
 
 
 def test_a_round_where_every_client_fails_aborts_with_the_reason(make_cfg):
-    cfg = make_cfg()
+    cfg = make_cfg("method=fedit")
 
     def fail_all(msg, reply):
         return (
@@ -107,17 +108,16 @@ def test_a_round_where_every_client_fails_aborts_with_the_reason(make_cfg):
             else reply
         )
 
-    grid = InProcessGrid(make_client_app(tiny_overrides()), cfg.num_clients, fault=fail_all)
+    grid = InProcessGrid(make_client_app(tiny_overrides("method=fedit")), cfg.num_clients, fault=fail_all)
     strategy = strategy_class("fedit")(cfg, lora_template(cfg.model, cfg.lora))
     with pytest.raises(RunAbortedError, match="out of memory"):
         run_federation(grid, cfg, strategy, config_fingerprint(cfg))
 
 
 def test_loop_sends_round_settings_and_counts_bytes(make_cfg):
-    cfg = make_cfg("eval.at_start=false", "num_rounds=2", "fraction_train=0.5")
-    grid = InProcessGrid(
-        make_client_app(tiny_overrides("eval.at_start=false", "num_rounds=2", "fraction_train=0.5")), 4
-    )
+    overrides = ("method=fedit", "eval.at_start=false", "num_rounds=2", "fraction_train=0.5")
+    cfg = make_cfg(*overrides)
+    grid = InProcessGrid(make_client_app(tiny_overrides(*overrides)), 4)
     strategy = strategy_class("fedit")(cfg, lora_template(cfg.model, cfg.lora))
     records: list[RoundRecord] = []
 
@@ -141,3 +141,84 @@ def test_loop_sends_round_settings_and_counts_bytes(make_cfg):
     for ex in records[0].traffic:
         assert ex.bytes_down == n_bytes
         assert ex.bytes_up == (n_bytes if ex.phase == "train" else 0)
+
+
+def superlink_says_unavailable(target: int):
+    """The SuperLink's own reply for a node that missed its heartbeats: an error sent by node 1."""
+
+    def fault(msg: Message, reply: Message):
+        if msg.metadata.dst_node_id != NODE_OFFSET + target or msg.metadata.message_type != "train":
+            return reply
+        error = Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="Error: Node Unavailable"), reply_to=msg)
+        error.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+        return error
+
+    return fault
+
+
+def test_a_node_the_superlink_declares_unavailable_is_recorded_with_its_node_id(make_cfg):
+    cfg, _grid, comm, template = setup(make_cfg, "method=fedit", fault=superlink_says_unavailable(1))
+    strategy = strategy_class("fedit")(cfg, template)
+    comm.record = RoundRecord(server_round=1, lr=1e-3)
+    replies = comm.send("train", strategy.configure_train(1, comm.clients), {"server-round": 1, "lr": 1e-3})
+    assert [r.client for r in replies] == [0, 2, 3]
+    (failure,) = comm.record.failures
+    assert (failure.client, failure.node) == (1, NODE_OFFSET + 1)
+    assert failure.reason.startswith("node unavailable")
+    assert comm.lost == {NODE_OFFSET + 1}
+
+
+def test_a_reply_from_another_node_is_rejected(make_cfg):
+    def forge(msg: Message, reply: Message):
+        if msg.metadata.dst_node_id == NODE_OFFSET + 3 and msg.metadata.message_type == "train":
+            reply.metadata.__dict__["_src_node_id"] = NODE_OFFSET + 0
+        return reply
+
+    cfg, _grid, comm, template = setup(make_cfg, "method=fedit", fault=forge)
+    comm.record = RoundRecord(server_round=1, lr=1e-3)
+    strategy = strategy_class("fedit")(cfg, template)
+    replies = comm.send("train", strategy.configure_train(1, comm.clients), {"server-round": 1, "lr": 1e-3})
+    assert [r.client for r in replies] == [0, 1, 2]
+    (failure,) = comm.record.failures
+    assert failure.client == 3 and "comes from node" in failure.reason
+
+
+def test_a_restarted_node_takes_over_the_partition_of_a_lost_one(make_cfg):
+    dead: set[int] = set()
+    cfg, grid, comm, template = setup(
+        make_cfg, "method=fedit", fault=lambda msg, reply: None if msg.metadata.dst_node_id in dead else reply
+    )
+    strategy = strategy_class("fedit")(cfg, template)
+    fingerprint = config_fingerprint(cfg)
+    # Node of client 2 dies: its reply never comes, yet the SuperLink still lists it (heartbeats not yet missed).
+    dead.add(NODE_OFFSET + 2)
+    comm.record = RoundRecord(server_round=1, lr=1e-3)
+    comm.send("train", strategy.configure_train(1, comm.clients), {"server-round": 1, "lr": 1e-3})
+    assert [f.client for f in comm.record.failures] == [2] and NODE_OFFSET + 2 in comm.lost
+    # The SuperNode restarts with the same partition id and gets a new node id.
+    new_node = NODE_OFFSET + 99
+    grid.contexts[new_node] = Context(
+        run_id=1,
+        node_id=new_node,
+        node_config={"partition-id": 2, "num-partitions": 4},
+        state=RecordDict(),
+        run_config={},
+    )
+    comm.record = RoundRecord(server_round=2, lr=1e-3)
+    register_clients(comm, fingerprint)
+    assert comm.node_of[2] == new_node and comm.record.joined == {2: new_node}
+    replies = comm.send("train", strategy.configure_train(2, comm.clients), {"server-round": 2, "lr": 1e-3})
+    assert [r.client for r in replies] == [0, 1, 2, 3] and not comm.record.failures
+
+
+def test_two_live_nodes_with_one_partition_id_still_abort(make_cfg):
+    _cfg, grid, comm, _template = setup(make_cfg, "method=fedit")
+    grid.contexts[NODE_OFFSET + 99] = Context(
+        run_id=1,
+        node_id=NODE_OFFSET + 99,
+        node_config={"partition-id": 2, "num-partitions": 4},
+        state=RecordDict(),
+        run_config={},
+    )
+    with pytest.raises(RunAbortedError, match="both claim partition-id 2"):
+        register_clients(comm, config_fingerprint(_cfg))
