@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    # Not fedrouter_app.model.embedded.cache_root(): importing it would load torch into this process.
     cache = args.cache or Path(os.environ.get("FEDROUTER_CACHE", Path.home() / ".cache" / "fedrouter"))
     overrides = list(args.overrides)
     if args.model == "smollm2":

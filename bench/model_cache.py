@@ -21,13 +21,13 @@ instructions and cluster them).
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.common import pin_threads, smollm2_shaped_model, write_json
+from fedrouter_app.model.embedded import cache_root
 
 CALLS = 3
 
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--calls", type=int, default=CALLS)
     args = parser.parse_args()
-    cache = Path(os.environ.get("FEDROUTER_CACHE", Path.home() / ".cache" / "fedrouter")) / "bench"
+    cache = cache_root() / "bench"
     write_json(args.json, run(cache, args.calls))
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import smollm2_shaped_model, write_json
+from fedrouter_app.model.embedded import cache_root
 
 TARGETS = {"overhead_small": 1.15, "overhead_large": 1.3, "memory_growth": 0.2, "cache_speedup": 5.0, "cluster_s": 2.0}
 
@@ -84,7 +85,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     log = args.json.with_name("scale.log")
     log.write_text("")
-    cache = Path(os.environ.get("FEDROUTER_CACHE", Path.home() / ".cache" / "fedrouter")) / "bench"
+    cache = cache_root() / "bench"
     start = time.perf_counter()
     report: dict[str, Any] = {
         "command": "python -m bench.scale " + " ".join(sys.argv[1:]),

@@ -13,7 +13,6 @@ it is also right. The per-client server state is measured as its pickled size.
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import smollm2_shaped_model, write_json
+from fedrouter_app.model.embedded import cache_root
 
 CLIENTS = 5000
 
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--clients", type=int, default=CLIENTS)
     args = parser.parse_args()
-    cache = Path(os.environ.get("FEDROUTER_CACHE", Path.home() / ".cache" / "fedrouter")) / "bench"
+    cache = cache_root() / "bench"
     write_json(args.json, {"rows": run(cache, args.clients)})
 
 

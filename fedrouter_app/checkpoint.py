@@ -175,11 +175,9 @@ class Checkpointer:
         self.strategy: Strategy | None = None
         self.every = 0
         self.keep = 1
-        self.num_rounds = 0
 
     def on_run_start(self, cfg: RunConfig, strategy: Strategy, template: LoraTemplate) -> None:
         self.strategy, self.every, self.keep = strategy, cfg.checkpoint.every, cfg.checkpoint.keep
-        self.num_rounds = cfg.num_rounds
 
     def on_round_end(self, record: RoundRecord) -> None:
         r = record.server_round
@@ -254,6 +252,7 @@ class ClientStateStore:
     """One client's saved ``context.state`` for one run, one directory per round."""
 
     def __init__(self, root: Path, run_key: str, client: int) -> None:
+        self.run_key = run_key
         self.directory = root.expanduser() / run_key / f"client-{client}"
 
     def _rounds(self) -> list[int]:

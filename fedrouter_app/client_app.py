@@ -70,7 +70,7 @@ def saved_state(env: ClientEnv, msg: Message) -> tuple[ClientStateStore, int, in
 
 def restore(env: ClientEnv, store: ClientStateStore, checkpoint_round: int) -> None:
     """In a fresh context (a resumed run), load the newest state saved up to the server's last checkpoint."""
-    run_key = store.directory.parent.name
+    run_key = store.run_key
     marker = env.state.config_records.get(STATE_MARKER)
     if marker is not None and marker.get("key") == run_key:
         return
