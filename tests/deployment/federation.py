@@ -58,6 +58,10 @@ class LocalFederation:
     node_auth : bool
         SuperNode authentication: the SuperLink only admits SuperNodes whose
         public key was registered with ``flwr supernode register``.
+    spare_keys : int
+        With ``node_auth``, extra registered key pairs ``supernode-spare-<i>``
+        (e.g. for a machine that replaces a crashed one: the SuperLink turns
+        away a second node with a key whose node it still counts as online).
     env : dict, optional
         Extra environment for every process (e.g. ``FEDROUTER_CACHE``).
     """
@@ -69,10 +73,12 @@ class LocalFederation:
         *,
         tls: bool = False,
         node_auth: bool = False,
+        spare_keys: int = 0,
         env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
         self.num_nodes = num_nodes
+        self.spare_keys = spare_keys
         self.tls = tls
         self.node_auth = node_auth
         self.port = free_port()
@@ -132,8 +138,8 @@ class LocalFederation:
         self.superlink = self.spawn(args, "superlink")
         self._wait_for_port(self.port, wait, self.superlink, "superlink")
         if self.node_auth:
-            for i in range(self.num_nodes):
-                self.flwr("supernode", "register", str(self.credentials / f"supernode-{i}.pub"), "deploy")
+            for key in self.registered_keys():
+                self.flwr("supernode", "register", f"{key}.pub", "deploy")
         for i in range(self.num_nodes):
             self.start_node(i)
         return self
@@ -158,9 +164,14 @@ class LocalFederation:
             args += ["--auth-supernode-private-key", str(key or self.credentials / f"supernode-{partition_id}")]
         return args
 
-    def start_node(self, partition_id: int) -> subprocess.Popen:
-        """Start (or restart) the SuperNode of ``partition_id``."""
-        proc = self.spawn(self.supernode_args(partition_id), f"supernode-{partition_id}")
+    def registered_keys(self) -> list[Path]:
+        """Private key paths of every key pair registered with the SuperLink (nodes' own, then spares)."""
+        own = [self.credentials / f"supernode-{i}" for i in range(self.num_nodes)]
+        return own + [self.credentials / f"supernode-spare-{i}" for i in range(self.spare_keys)]
+
+    def start_node(self, partition_id: int, key: Path | None = None) -> subprocess.Popen:
+        """Start (or restart) the SuperNode of ``partition_id`` (``key``: another registered key)."""
+        proc = self.spawn(self.supernode_args(partition_id, key), f"supernode-{partition_id}")
         self.nodes[partition_id] = proc
         return proc
 
@@ -277,6 +288,9 @@ class LocalFederation:
         )
         if result.returncode != 0:
             raise RuntimeError(f"{CREDENTIALS_SCRIPT.name} failed:\n{result.stdout}\n{result.stderr}")
+        for i in range(self.spare_keys):
+            key = self.credentials / f"supernode-spare-{i}"
+            subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(key)], check=True)
 
     def _write_cli_config(self) -> None:
         lines = ["[superlink]", 'default = "deploy"', "", "[superlink.deploy]", f'address = "127.0.0.1:{self.port}"']
