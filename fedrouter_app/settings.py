@@ -32,13 +32,24 @@ class LoraSettings:
     r: int = field(metadata={"help": "LoRA rank."})
     alpha: int = field(metadata={"help": "LoRA alpha; the update is scaled by alpha / r."})
     dropout: float = field(metadata={"help": "Dropout on the LoRA input during training."})
-    target_modules: list[str] | None = field(
-        metadata={"help": "Module names to adapt; null keeps peft's default for the architecture."}
+    # Any: OmegaConf's structured configs cannot type "a string or a list of strings".
+    target_modules: Any = field(
+        metadata={
+            "help": "Module names to adapt (a list); 'auto' or null: every linear layer of the blocks, named per "
+            "architecture (fedrouter_app/model/targets.py); 'all-linear': peft's own choice."
+        }
     )
 
     def validate(self) -> None:
         require(self.r >= 1, f"lora.r must be >= 1, got {self.r}")
         require(0.0 <= self.dropout < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout}")
+        targets = self.target_modules
+        require(
+            targets is None
+            or targets in ("auto", "all-linear")
+            or (isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)),
+            f"lora.target_modules must be 'auto', 'all-linear', null or a non-empty list of names; got {targets!r}",
+        )
 
 
 @dataclass
@@ -67,16 +78,34 @@ class EmbeddedModelSettings:
 class ModelSettings:
     """Which base model to load, and how."""
 
-    source: str = field(metadata={"help": "'embedded' (built in-process) or 'huggingface' (hub name or local path)."})
+    source: str = field(
+        metadata={
+            "help": "'embedded' (built in-process), 'huggingface' (hub name or local path) or 'gguf' (a GGUF file, "
+            "'<path>' or '<python package>:<file>', converted once to safetensors)."
+        }
+    )
     name: str = field(metadata={"help": "Hub name or local path of the model (a label for the embedded one)."})
     dtype: str = field(metadata={"help": "float32, bfloat16 or float16 for the frozen base weights."})
     device: str = field(metadata={"help": "'auto' (CUDA when present), 'cpu' or 'cuda[:i]'."})
     max_length: int = field(metadata={"help": "Maximum tokens of prompt plus response."})
     embedded: EmbeddedModelSettings | None = field(metadata={"help": "Recipe of the embedded model; null otherwise."})
+    quantization: str = field(
+        default="none", metadata={"help": "'none' or '4bit' (NF4 through bitsandbytes; CUDA only, the gpu extra)."}
+    )
+    autocast: str = field(
+        default="auto",
+        metadata={"help": "'auto' (bfloat16 on CUDA, off on CPU), 'off', 'bfloat16' or 'float16' (with loss scaling)."},
+    )
 
     def validate(self) -> None:
-        one_of("model.source", self.source, ("embedded", "huggingface"))
+        one_of("model.source", self.source, ("embedded", "huggingface", "gguf"))
         one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        one_of("model.quantization", self.quantization, ("none", "4bit"))
+        one_of("model.autocast", self.autocast, ("auto", "off", "bfloat16", "float16"))
+        require(
+            not (self.quantization == "4bit" and self.device == "cpu"),
+            "model.quantization=4bit needs a CUDA device (bitsandbytes); model.device is 'cpu'",
+        )
         require(self.max_length >= 8, f"model.max_length must be >= 8, got {self.max_length}")
         if self.source == "embedded":
             require(self.embedded is not None, "model.source=embedded needs model.embedded settings")

@@ -33,7 +33,10 @@ _ADDRESS = re.compile(r"^(auto|local|(ray://)?[A-Za-z0-9.\-_\[\]:]+:\d{1,5})$")
 
 
 def backend_config(
-    num_cpus: int | None = None, cpus_per_client: float = 1, ray_address: str | None = None
+    num_cpus: int | None = None,
+    cpus_per_client: float = 1,
+    ray_address: str | None = None,
+    gpus_per_client: float = 0.0,
 ) -> dict[str, Any]:
     """The Ray backend config of a simulation.
 
@@ -48,15 +51,22 @@ def backend_config(
     ray_address : str, optional
         Address of an existing Ray cluster: ``auto``, ``host:port`` or
         ``ray://host:port``.
+    gpus_per_client : float
+        GPUs per virtual client (Ray actor): a fraction shares one GPU, e.g.
+        0.25 runs four actors, each with its own copy of the base model, on
+        each GPU. 0 gives the actors no GPU reservation.
 
     Raises
     ------
     ValueError
-        On a malformed address, ``num_cpus`` given together with an address, or
-        non-positive CPU counts.
+        On a malformed address, ``num_cpus`` given together with an address,
+        non-positive CPU counts, or a negative or fractional-above-one GPU share.
     """
     if cpus_per_client <= 0:
         raise ValueError(f"cpus_per_client must be positive, got {cpus_per_client}")
+    # Ray accepts a share of one GPU or a whole number of GPUs, nothing between.
+    if gpus_per_client < 0 or (gpus_per_client > 1 and not float(gpus_per_client).is_integer()):
+        raise ValueError(f"gpus_per_client must be in [0, 1] or a whole number, got {gpus_per_client}")
     init_args: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
     if ray_address is not None:
         if not _ADDRESS.match(ray_address):
@@ -68,7 +78,17 @@ def backend_config(
         if num_cpus is not None and num_cpus < 1:
             raise ValueError(f"num_cpus must be >= 1, got {num_cpus}")
         init_args["num_cpus"] = num_cpus or os.cpu_count() or 1
-    return {"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0}, "init_args": init_args}
+    resources = {"num_cpus": cpus_per_client, "num_gpus": float(gpus_per_client)}
+    return {"client_resources": resources, "init_args": init_args}
+
+
+def default_gpus_per_client() -> float:
+    """``$FEDROUTER_GPUS_PER_CLIENT`` (e.g. 0.25 for a sweep on one GPU), else 0."""
+    value = os.environ.get("FEDROUTER_GPUS_PER_CLIENT", "").strip()
+    try:
+        return float(value) if value else 0.0
+    except ValueError:
+        raise ValueError(f"FEDROUTER_GPUS_PER_CLIENT must be a number, got {value!r}") from None
 
 
 def simulate(
@@ -77,6 +97,7 @@ def simulate(
     num_cpus: int | None = None,
     cpus_per_client: float = 1,
     ray_address: str | None = None,
+    gpus_per_client: float | None = None,
 ) -> Path:
     """Run one job in-process on Ray and return its run directory.
 
@@ -91,9 +112,15 @@ def simulate(
     ray_address : str, optional
         Run the clients on this existing Ray cluster (see :func:`backend_config`);
         default: ``$RAY_ADDRESS`` when set, else a new local Ray instance.
+    gpus_per_client : float, optional
+        GPU share per virtual client (see :func:`backend_config`); default
+        ``$FEDROUTER_GPUS_PER_CLIENT`` or 0. Concurrency is then also bounded
+        by ``GPUs // gpus_per_client``.
     """
+    gpus = default_gpus_per_client() if gpus_per_client is None else gpus_per_client
     # Honour Ray's own variable here too, so that num_cpus is not passed to a cluster that has its own.
-    config = backend_config(num_cpus, cpus_per_client, ray_address or os.environ.get("RAY_ADDRESS") or None)
+    address = ray_address or os.environ.get("RAY_ADDRESS") or None
+    config = backend_config(num_cpus, cpus_per_client, address, gpus_per_client=gpus)
     cfg = load_run_config(overrides)
     finished: list[Path] = []
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")

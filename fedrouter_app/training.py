@@ -171,6 +171,12 @@ def train_adapter(
     encoded: list[EncodedExample] = [encode_example(tokenizer, ex, fmt) for ex in examples]
     params = [p for slot in slots for p in adapter_model.slots[slot].values()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    # float16 autocast can underflow small gradients: scale the loss (a no-op otherwise). The scaler
+    # is new in every call, so it starts low: from torch's 2**16 the first steps of each call overflow
+    # and are skipped.
+    scaler = torch.amp.GradScaler(
+        adapter_model.device.type, init_scale=2.0**10, enabled=adapter_model.autocast_dtype == torch.float16
+    )
     generator = torch_generator(*seed_parts, "batches")
     seed_torch(*seed_parts, "dropout")
     model = adapter_model.model
@@ -197,10 +203,12 @@ def train_adapter(
                     )
                 if regularizer is not None:
                     total = total + regularizer()
-                total.backward()
+                scaler.scale(total).backward()
                 if max_grad_norm > 0:
+                    scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.item())
                 seen += len(rows)

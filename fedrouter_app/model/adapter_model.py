@@ -56,6 +56,9 @@ class AdapterModel:
         The config every slot is created with (same keys and shapes).
     slots : dict
         Slot name -> (peft key -> live parameter).
+    autocast_dtype : torch.dtype or None
+        The dtype the forward passes autocast to (set up at load time), or None.
+        Training scales the loss when it is float16.
     """
 
     model: PeftModel
@@ -63,6 +66,7 @@ class AdapterModel:
     device: torch.device
     lora_config: LoraConfig
     slots: dict[str, dict[str, torch.nn.Parameter]] = field(default_factory=dict)
+    autocast_dtype: torch.dtype | None = None
     _layers: list[LoraLayer] = field(default_factory=list, repr=False)
 
     @property

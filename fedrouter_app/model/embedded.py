@@ -18,7 +18,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -74,16 +74,25 @@ def ensure_embedded_model(spec: EmbeddedModelSpec) -> Path:
     Safe to call from many processes at once: one builds, the others wait on a
     file lock and then load the finished directory.
     """
-    target = cache_root() / "models" / spec.cache_key()
+    return build_once(cache_root() / "models" / spec.cache_key(), lambda out: build_embedded_model(spec, out))
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """Return ``target``, a model directory, after ``build(out_dir)`` made it if it was missing.
+
+    Safe from many processes at once (Ray actors starting together): one builds
+    into a temporary directory under a file lock and renames it into place, the
+    others wait on the lock and then find the finished directory.
+    """
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(target.with_suffix(".lock")):
         if (target / "config.json").exists():
             return target
-        log.info("building the embedded model once into %s", target)
+        log.info("building model once into %s", target)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            build_embedded_model(spec, Path(tmp) / "model")
+            build(Path(tmp) / "model")
             os.replace(Path(tmp) / "model", target)
     return target
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from functools import lru_cache
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -19,20 +20,26 @@ from transformers.utils import logging as hf_logging
 
 from fedrouter_app.logs import get_logger
 from fedrouter_app.model.adapter_model import DEFAULT_SLOT, AdapterModel, slot_parameters
+from fedrouter_app.model.device import DTYPES, autocast_dtype, quantization_kwargs, resolve_device, with_autocast
 from fedrouter_app.model.embedded import EmbeddedModelSpec, ensure_embedded_model
+from fedrouter_app.model.gguf import ensure_gguf_model
 from fedrouter_app.model.lora import LoraTemplate
+from fedrouter_app.model.targets import resolve_target_modules
 from fedrouter_app.settings import LoraSettings, ModelSettings
 
 log = get_logger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` means the first CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+__all__ = [
+    "DTYPES",
+    "AdapterModel",
+    "cached_adapter_model",
+    "hidden_size",
+    "load_adapter_model",
+    "lora_config",
+    "lora_template",
+    "model_path",
+    "resolve_device",
+]
 
 
 def model_path(settings: ModelSettings) -> str:
@@ -40,16 +47,29 @@ def model_path(settings: ModelSettings) -> str:
     if settings.source == "embedded":
         assert settings.embedded is not None
         return str(ensure_embedded_model(EmbeddedModelSpec(**vars(settings.embedded))))
+    if settings.source == "gguf":
+        return str(ensure_gguf_model(settings.name))
     return settings.name
 
 
+@lru_cache(maxsize=16)
+def _model_type(base_name: str) -> str:
+    return str(AutoConfig.from_pretrained(base_name).model_type)
+
+
 def lora_config(lora: LoraSettings, base_name: str) -> LoraConfig:
-    """The peft config of the run's adapters; ``base_name`` is what ``from_pretrained`` got."""
+    """The peft config of the run's adapters; ``base_name`` is what ``from_pretrained`` got.
+
+    ``lora.target_modules`` of ``auto`` (or null) becomes the architecture's
+    default names (:mod:`fedrouter_app.model.targets`), read from the config.
+    """
+    targets = lora.target_modules
+    model_type = _model_type(base_name) if targets is None or targets == "auto" else ""
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules) if lora.target_modules else None,
+        target_modules=resolve_target_modules(targets, model_type),
         bias="none",
         task_type="CAUSAL_LM",
         base_model_name_or_path=base_name,
@@ -83,27 +103,47 @@ def _attach_lora(model: torch.nn.Module, config: LoraConfig) -> PeftModel:
 
 
 def load_adapter_model(model: ModelSettings, lora: LoraSettings) -> AdapterModel:
-    """Load the base model and tokenizer, freeze it and attach one LoRA slot."""
-    path = model_path(model)
+    """Load the base model and tokenizer on the model's device, freeze it and attach one LoRA slot.
+
+    Raises
+    ------
+    ConfigError
+        For a device this process does not have, or 4-bit loading without CUDA
+        or bitsandbytes (checked before anything is loaded).
+    """
     device = resolve_device(model.device)
+    quantization = quantization_kwargs(model, device)
+    path = model_path(model)
     hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         # Reusing EOS as padding keeps the vocabulary (and so the payload) unchanged.
         tokenizer.pad_token = tokenizer.eos_token
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[model.dtype])
-    base.to(device)
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[model.dtype], **quantization)
+    if not quantization:
+        base.to(device)
     for param in base.parameters():
         param.requires_grad_(False)
+    amp = autocast_dtype(model.autocast, device)
+    if amp is not None:
+        with_autocast(base, device, amp)
+        if base.base_model is not base:
+            # Embedding calls the backbone directly, past the causal-LM forward.
+            with_autocast(base.base_model, device, amp)
     config = lora_config(lora, path)
     peft_model = _attach_lora(base, config)
     peft_model.eval()
     params = slot_parameters(peft_model, DEFAULT_SLOT)
     for param in params.values():
-        # Adapters train in float32 even on a low-precision base.
-        param.data = param.data.float()
+        # Adapters train in float32 even on a low-precision base, and sit on its device.
+        param.data = param.data.to(device, torch.float32)
     return AdapterModel(
-        model=peft_model, tokenizer=tokenizer, device=device, lora_config=config, slots={DEFAULT_SLOT: params}
+        model=peft_model,
+        tokenizer=tokenizer,
+        device=device,
+        lora_config=config,
+        slots={DEFAULT_SLOT: params},
+        autocast_dtype=amp,
     )
 
 
