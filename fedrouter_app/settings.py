@@ -113,18 +113,89 @@ class ModelSettings:
 
 
 @dataclass
+class TableSettings:
+    """One table of examples: a local file, a hub dataset or a BIG-bench task, mapped to (task, instruction, response).
+
+    The task of a row is ``task`` (one task for the whole table) or the value of
+    its ``task_field`` column. The instruction is ``prefix`` + the
+    ``instruction_field`` column (+ a blank line and the ``context_field``
+    column when set); the response is the ``response_field`` column. A named
+    ``mapping`` (e.g. ``qqp``) replaces the column mapping for hub datasets
+    whose rows need more than renaming.
+    """
+
+    path: str = field(
+        metadata={"help": "files: a file path or glob; hub: a dataset id; bigbench: a task path (e.g. gem/e2e_nlg)."}
+    )
+    task: str | None = field(default=None, metadata={"help": "Task name of every row; null: read task_field."})
+    task_field: str | None = field(default=None, metadata={"help": "Column holding the task name of each row."})
+    instruction_field: str = field(default="instruction", metadata={"help": "Column holding the instruction."})
+    context_field: str | None = field(default=None, metadata={"help": "Optional column appended to the instruction."})
+    response_field: str = field(default="response", metadata={"help": "Column holding the expected response."})
+    mapping: str = field(
+        default="columns",
+        metadata={"help": "Row mapping: 'columns' (the fields above) or a named one (fedrouter_app/data/mappings.py)."},
+    )
+    config: str | None = field(default=None, metadata={"help": "hub: the dataset's configuration name."})
+    train_split: str = field(default="train", metadata={"help": "hub: the split training examples come from."})
+    test_split: str | None = field(
+        default=None,
+        metadata={"help": "hub: the held-out split; null holds out data.test_fraction of the training rows."},
+    )
+    format: str = field(default="auto", metadata={"help": "files: json, jsonl, csv, parquet or auto (by suffix)."})
+    metric: str = field(
+        default="auto", metadata={"help": "exact, rouge or auto (exact when answers are at most 3 words)."}
+    )
+    prefix: str = field(default="", metadata={"help": "Text put before every instruction of the table."})
+    max_rows: int | None = field(default=None, metadata={"help": "Read at most this many rows per split; null: all."})
+
+    def validate(self) -> None:
+        require(bool(self.path), "data.tables: every table needs a path")
+        require(
+            (self.task is None) != (self.task_field is None),
+            f"data.tables ({self.path}): set exactly one of task (one task for the table) and task_field",
+        )
+        one_of("data.tables.format", self.format, ("auto", "json", "jsonl", "csv", "parquet"))
+        one_of("data.tables.metric", self.metric, ("auto", "exact", "rouge"))
+        require(self.max_rows is None or self.max_rows >= 2, "data.tables.max_rows must be >= 2 or null")
+
+
+@dataclass
 class DataSettings:
     """Where examples come from and how they become prompts."""
 
-    source: str = field(metadata={"help": "'synthetic' (the embedded generator)."})
+    source: str = field(
+        metadata={
+            "help": "'synthetic' (the embedded generator), 'files' (local JSON/JSONL/CSV/parquet), 'hub' (datasets "
+            "from the Hugging Face hub) or 'bigbench' (tasks read from the bigbench sdist, offline)."
+        }
+    )
     tasks: list[str] = field(metadata={"help": "Tasks in the federation, in a fixed order."})
     prefix_free: bool = field(metadata={"help": "Drop task keywords from instructions (synthetic only)."})
     prompt_template: str = field(metadata={"help": "Prompt text; '{instruction}' is replaced."})
     response_template: str = field(metadata={"help": "Target text; '{response}' is replaced."})
+    tables: list[TableSettings] = field(
+        default_factory=list, metadata={"help": "files, hub, bigbench: the tables examples are read from."}
+    )
+    test_fraction: float = field(
+        default=0.2, metadata={"help": "Share of a task's rows held out for testing when it has no test split."}
+    )
+    max_test_examples: int = field(default=500, metadata={"help": "Most rows a task holds out when carving."})
+    cache_dir: str = field(
+        default="", metadata={"help": "Parsed-data cache; empty: $FEDROUTER_CACHE/data (or ~/.cache/fedrouter/data)."}
+    )
+    archive: str = field(
+        default="",
+        metadata={"help": "bigbench: path of bigbench-1.0.0.tar.gz; empty: <cache>/bigbench/, fetched when missing."},
+    )
 
     def validate(self) -> None:
         from fedrouter_app.data.sources import known_tasks
 
+        for table in self.tables:
+            table.validate()
+        require(0.0 < self.test_fraction < 1.0, f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+        require(self.max_test_examples >= 1, "data.max_test_examples must be >= 1")
         known = known_tasks(self)
         unknown = [t for t in self.tasks if t not in known]
         require(not unknown, f"unknown task(s) {', '.join(map(repr, unknown))}; valid choices: {', '.join(known)}")

@@ -14,15 +14,20 @@ own tasks (``eval.scope=local``) or every task, unseen ones included
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
+from fedrouter_app.data.errors import TooFewSamplesError
 from fedrouter_app.data.example import Example, MetricKind
-from fedrouter_app.data.sources import make_source
+from fedrouter_app.data.sources import DataSource, make_source
 from fedrouter_app.seeding import numpy_rng
 from fedrouter_app.settings import ConfigError, RunConfig
+
+log = logging.getLogger(__name__)
 
 # Stream indices of different clients never overlap: client i uses
 # [i * STRIDE, (i + 1) * STRIDE) of every task's stream.
@@ -147,18 +152,80 @@ def build_client_data(cfg: RunConfig, partition_id: int) -> ClientData:
     source = make_source(cfg.data, cfg.seed)
     counts = train_counts(cfg, partition_id)
     own = tuple(counts)
-    offset = partition_id * STRIDE
+    n_test = cfg.scenario.test_examples_per_task
     train: list[Example] = []
     for task, share in counts.items():
-        train += source.examples(task, "train", range(offset, offset + share))
+        train += source.examples(task, "train", stream_positions(cfg, source, task, "train", partition_id, share))
     test_tasks = own if cfg.eval.scope == "local" else tuple(cfg.data.tasks)
     test: list[Example] = []
     for task in test_tasks:
-        test += source.examples(task, "test", range(offset, offset + cfg.scenario.test_examples_per_task))
-    return ClientData(
+        test += source.examples(task, "test", stream_positions(cfg, source, task, "test", partition_id, n_test))
+    data = ClientData(
         partition_id=partition_id,
         tasks=own,
         train=tuple(train),
         test=tuple(test),
         metrics={task: source.metric(task) for task in test_tasks},
     )
+    check_cluster_samples(cfg, data)
+    return data
+
+
+def stream_positions(
+    cfg: RunConfig, source: DataSource, task: str, split: str, partition_id: int, count: int
+) -> Sequence[int]:
+    """Positions of ``task``'s ``split`` stream that client ``partition_id`` reads.
+
+    An unbounded source (the generator) gives client i the range starting at
+    i * STRIDE. A finite one (with ``size``) lays clients out one after the
+    other, so clients hold disjoint examples while the pool lasts; beyond it
+    positions wrap around (and are logged once), so clients then share some.
+    """
+    size = getattr(source, "size", None)
+    if size is None:
+        offset = partition_id * STRIDE
+        return range(offset, offset + count)
+    if split == "train":
+        start = sum(train_counts(cfg, c).get(task, 0) for c in range(partition_id))
+        needed = sum(train_counts(cfg, c).get(task, 0) for c in range(cfg.num_clients))
+    else:
+        start = partition_id * count
+        needed = cfg.num_clients * count
+    available = size(task, split)
+    if needed > available:
+        _warn_once(task, split, needed, available)
+    return [(start + j) % available for j in range(count)]
+
+
+_warned: set[tuple[str, str, int, int]] = set()
+
+
+def _warn_once(task: str, split: str, needed: int, available: int) -> None:
+    if (task, split, needed, available) not in _warned:
+        _warned.add((task, split, needed, available))
+        log.warning(
+            "task %r: the federation reads %d %s examples but the pool holds %d; clients share some", task,
+            needed, split, available,
+        )  # fmt: skip
+
+
+def check_cluster_samples(cfg: RunConfig, data: ClientData) -> None:
+    """Refuse a client whose distinct training samples are fewer than the clusters it must form.
+
+    Methods that k-means a client's own samples declare the cluster count as
+    ``n_local`` in their config (FedRouter); with a finite source a client can
+    hold repeats of few rows, which k-means cannot split into that many
+    clusters, so this names the tasks and their origin instead of failing later.
+    """
+    n_local = getattr(cfg.method, "n_local", None)
+    if not isinstance(n_local, int):
+        return
+    distinct = len({(ex.instruction, ex.response) for ex in data.train})
+    if distinct < n_local:
+        per_task = {t: len({ex.instruction for ex in data.train if ex.task == t}) for t in data.tasks}
+        detail = ", ".join(f"{t!r}: {n}" for t, n in per_task.items())
+        raise TooFewSamplesError(
+            f"data.source={cfg.data.source} ({', '.join(t.path for t in cfg.data.tables) or cfg.data.source}): "
+            f"client {data.partition_id} holds {distinct} distinct training samples ({detail}), fewer than "
+            f"method.n_local={n_local} clusters; add rows to these tasks or lower method.n_local"
+        )

@@ -7,11 +7,12 @@ build their own partition from it, so no data ever crosses the network.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from fedrouter_app.data import synthetic
 from fedrouter_app.data.example import Example, MetricKind
+from fedrouter_app.settings import ConfigError
 
 if TYPE_CHECKING:
     from fedrouter_app.settings import DataSettings
@@ -50,13 +51,37 @@ class SyntheticSource:
         return synthetic.make_examples(self.seed, task, split, indices, prefix_free=self.prefix_free)
 
 
+def _synthetic(settings: DataSettings, seed: int) -> DataSource:
+    return SyntheticSource(seed, settings.prefix_free)
+
+
+def _tables(settings: DataSettings, seed: int) -> DataSource:
+    # Imported here: table sources pull in file readers (and, for the hub, datasets) only when used.
+    from fedrouter_app.data.tables import TableSource
+
+    return TableSource(settings, seed)
+
+
+# data.source -> factory. files, hub and bigbench differ only in how tables are read (data/tables.py).
+SOURCES: dict[str, Callable[[DataSettings, int], DataSource]] = {
+    "synthetic": _synthetic,
+    "files": _tables,
+    "hub": _tables,
+    "bigbench": _tables,
+}
+
+
 def make_source(settings: DataSettings, seed: int) -> DataSource:
     """The data source named by ``settings.source``."""
-    if settings.source == "synthetic":
-        return SyntheticSource(seed, settings.prefix_free)
-    raise ValueError(f"unknown data.source {settings.source!r}; valid choices: synthetic")
+    if settings.source not in SOURCES:
+        raise ConfigError(f"unknown data.source {settings.source!r}; valid choices: {', '.join(SOURCES)}")
+    return SOURCES[settings.source](settings, seed)
 
 
 def known_tasks(settings: DataSettings) -> list[str]:
-    """Tasks the configured source offers (the seed does not change the list)."""
+    """Tasks the configured source offers (the seed does not change the list).
+
+    Table sources read their tables here (once per process), so bad data stops
+    a run at start with a :class:`~fedrouter_app.data.errors.DataError`.
+    """
     return make_source(settings, seed=0).tasks()

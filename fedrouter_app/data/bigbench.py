@@ -1,0 +1,181 @@
+"""BIG-bench tasks read offline from the ``bigbench`` source distribution on PyPI (``data.source=bigbench``).
+
+The sdist (``bigbench-1.0.0.tar.gz``, 358 MB) carries every task's
+``task.json``. It is fetched once with ``pip download --no-deps`` (never
+installed: it requires TensorFlow), streamed at run time for the wanted tasks,
+and each task's parsed examples are cached as JSON under the data cache, the
+BIG-bench canary kept. Nothing extracted belongs in the repository.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from fedrouter_app.data.errors import DataError
+from fedrouter_app.data.rows import RawTable
+from fedrouter_app.settings import DataSettings, TableSettings
+
+VERSION = "1.0.0"
+SDIST = f"bigbench-{VERSION}.tar.gz"
+# The part of a member's path before the task path, e.g. bigbench-1.0.0/bigbench/benchmark_tasks/gem/e2e_nlg/task.json.
+TASKS_DIR = "/benchmark_tasks/"
+# pip 26.3 refuses sdists from PyPI that declare direct-URL dependencies (bigbench does: bleurt); an older pip
+# in a private directory downloads it.
+LEGACY_PIP = "pip<26.3"
+
+
+def cache_root(settings: DataSettings) -> Path:
+    """The data cache: ``data.cache_dir``, or ``$FEDROUTER_CACHE/data`` (default ``~/.cache/fedrouter/data``)."""
+    if settings.cache_dir:
+        return Path(settings.cache_dir).expanduser()
+    return Path(os.environ.get("FEDROUTER_CACHE", "~/.cache/fedrouter")).expanduser() / "data"
+
+
+def archive_path(settings: DataSettings) -> Path:
+    """Where the sdist is: ``data.archive`` or ``<cache>/bigbench/bigbench-1.0.0.tar.gz``."""
+    return Path(settings.archive).expanduser() if settings.archive else cache_root(settings) / "bigbench" / SDIST
+
+
+def read_bigbench(table: TableSettings, settings: DataSettings) -> list[RawTable]:
+    """One table = one BIG-bench task (``table.path``, e.g. ``arithmetic/2_digit_addition``)."""
+    task = load_task(settings, table.path)
+    rows = [{"instruction": ex["input"], "response": ex["target"]} for ex in task["examples"]]
+    return [RawTable(f"{archive_path(settings)}:{table.path}", "train", rows, ["instruction", "response"])]
+
+
+def load_task(settings: DataSettings, path: str) -> dict[str, Any]:
+    """A task's parsed examples ``{"canary", "examples": [{"input", "target"}]}``, from the cache or the sdist.
+
+    All tasks of ``data.tables`` missing from the cache are extracted in one
+    pass over the archive, under a lock so that parallel clients extract once.
+    """
+    cached = task_cache_file(settings, path)
+    if not cached.exists():
+        wanted = [t.path for t in settings.tables]
+        with locked(cache_root(settings) / "bigbench.lock"):
+            missing = [p for p in wanted if not task_cache_file(settings, p).exists()]
+            if missing:
+                archive = ensure_archive(settings)
+                for name, parsed in extract_tasks(archive, missing).items():
+                    write_json(task_cache_file(settings, name), parsed)
+    return json.loads(cached.read_text(encoding="utf-8"))
+
+
+def task_cache_file(settings: DataSettings, path: str) -> Path:
+    return cache_root(settings) / f"bigbench-{VERSION}" / (path.strip("/").replace("/", "__") + ".json")
+
+
+def ensure_archive(settings: DataSettings) -> Path:
+    """The sdist, downloaded with pip when missing (and ``data.archive`` is not set)."""
+    archive = archive_path(settings)
+    if archive.exists():
+        return archive
+    if settings.archive:
+        raise DataError(f"{archive}: unreadable file (data.archive names no file)")
+    fetch_archive(archive.parent)
+    if not archive.exists():
+        raise DataError(f"{archive}: pip download finished but left no {SDIST} there")
+    return archive
+
+
+def fetch_archive(dest: Path) -> None:
+    """``pip download --no-deps bigbench==1.0.0 -d dest``, with a clear error when the index is unreachable."""
+    dest.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", f"bigbench=={VERSION}", "-d", str(dest)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0 and "direct URL dependencies" in result.stderr:
+        legacy = dest / "pip-legacy"
+        install = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(legacy), LEGACY_PIP]
+        result = subprocess.run(install, capture_output=True, text=True, check=False)
+        if result.returncode == 0:
+            env = {**os.environ, "PYTHONPATH": str(legacy)}
+            result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    if result.returncode != 0:
+        tail = " ".join(result.stderr.strip().splitlines()[-1:])[:300]
+        raise DataError(
+            f"{dest / SDIST}: missing, and `pip download --no-deps bigbench=={VERSION}` failed ({tail}); on a machine "
+            f"that reaches the package index run `pip download --no-deps bigbench=={VERSION} -d <dir>` and set "
+            "data.archive=<dir>/" + SDIST
+        )
+
+
+def extract_tasks(archive: Path, paths: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Stream the archive once and parse the ``task.json`` of every task in ``paths``."""
+    wanted = {p.strip("/") for p in paths}
+    found: dict[str, dict[str, Any]] = {}
+    seen: list[str] = []
+    try:
+        with tarfile.open(archive, "r|gz") as tar:
+            for member in tar:
+                if not member.isfile() or TASKS_DIR not in member.name or not member.name.endswith("/task.json"):
+                    continue
+                name = member.name.split(TASKS_DIR, 1)[1][: -len("/task.json")]
+                seen.append(name)
+                if name in wanted:
+                    raw = json.load(tar.extractfile(member))
+                    found[name] = parse_task(raw, f"{archive}:{name}")
+    except (OSError, tarfile.TarError, EOFError) as err:
+        raise DataError(f"{archive}: unreadable archive ({err})") from None
+    for name in sorted(wanted - set(found)):
+        close = difflib.get_close_matches(name, seen, n=3)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise DataError(f"{archive}: no BIG-bench task {name!r}{hint}")
+    return found
+
+
+def parse_task(raw: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Inputs and single targets of a task.json; the canary string is kept with them."""
+    examples = []
+    for example in raw.get("examples", []):
+        target = parse_target(example)
+        if "input" in example and target:
+            examples.append({"input": str(example["input"]).strip(), "target": target})
+    if not examples:
+        raise DataError(f"{origin}: the task has no examples with an input and a target")
+    return {"canary": raw.get("canary", ""), "name": raw.get("name", ""), "examples": examples}
+
+
+def parse_target(example: dict[str, Any]) -> str:
+    """One target: ``target`` (its first item when a list or a list literal), else the best of ``target_scores``."""
+    target = example.get("target")
+    if target is None:
+        scores = example.get("target_scores") or {}
+        # max() keeps the first of equal scores, so ties resolve in the file's order.
+        return str(max(scores, key=lambda k: scores[k])).strip() if scores else ""
+    if isinstance(target, str) and target.startswith("[") and target.endswith("]"):
+        with suppress(ValueError, SyntaxError):
+            target = ast.literal_eval(target)
+    if isinstance(target, list | tuple):
+        target = target[0] if target else ""
+    return str(target).strip()
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+@contextmanager
+def locked(lock_file: Path) -> Iterator[None]:
+    """An exclusive lock across processes (Ray actors, the server) on one machine."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
