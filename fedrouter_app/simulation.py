@@ -78,6 +78,8 @@ def backend_config(
         if num_cpus is not None and num_cpus < 1:
             raise ValueError(f"num_cpus must be >= 1, got {num_cpus}")
         init_args["num_cpus"] = num_cpus or os.cpu_count() or 1
+        # A new instance even when `ray start` left a cluster on this machine (Ray would join it otherwise).
+        init_args["address"] = "local"
     resources = {"num_cpus": cpus_per_client, "num_gpus": float(gpus_per_client)}
     return {"client_resources": resources, "init_args": init_args}
 

@@ -27,10 +27,12 @@ import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Sequence
@@ -124,13 +126,14 @@ class SharedRayCluster(Callback):
     def __init__(self, start_timeout: float = 120.0) -> None:
         self.start_timeout = start_timeout
         self.head: subprocess.Popen | None = None
+        self.port = 0
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if os.environ.get("RAY_ADDRESS"):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
+        port = self.port = _free_port()
         args = [
             str(Path(sys.executable).parent / "ray"),
             "start",
@@ -140,6 +143,9 @@ class SharedRayCluster(Callback):
             f"--num-cpus={os.cpu_count() or 1}",
             "--include-dashboard=false",
             "--disable-usage-stats",
+            # A temp dir of its own, so that Ray's "latest cluster" file, which a plain ray.init() elsewhere on
+            # this machine would follow, never points at the sweep's cluster.
+            f"--temp-dir={self._temp_dir(port)}",
         ]
         with (sweep_dir / "ray.log").open("a") as log_file:
             self.head = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
@@ -171,6 +177,12 @@ class SharedRayCluster(Callback):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=10)
+        shutil.rmtree(self._temp_dir(self.port), ignore_errors=True)
+
+    @staticmethod
+    def _temp_dir(port: int) -> Path:
+        # Short: Ray puts Unix sockets under it, and their paths are limited to about 100 characters.
+        return Path(tempfile.gettempdir()) / f"fedrouter-ray-{port}"
 
 
 def _free_port() -> int:

@@ -9,7 +9,8 @@ def test_local_ray_gets_the_cpu_count():
     config = backend_config(num_cpus=2, cpus_per_client=1)
     assert config["client_resources"] == {"num_cpus": 1, "num_gpus": 0.0}
     assert config["init_args"]["num_cpus"] == 2
-    assert "address" not in config["init_args"]
+    # A new local instance, never a cluster that `ray start` left running on the machine.
+    assert config["init_args"]["address"] == "local"
 
 
 @pytest.mark.parametrize("address", ["auto", "10.0.0.5:6379", "head-node.example.org:6379", "ray://10.0.0.5:10001"])
