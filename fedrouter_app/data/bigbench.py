@@ -179,3 +179,26 @@ def locked(lock_file: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Fetch the sdist and cache the configured tasks ahead of a run.
+
+    ``python -m fedrouter_app.data.bigbench [hydra overrides]`` (default
+    ``data=bigbench``; e.g. ``sweep=real``) prints each task's pool sizes.
+    """
+    from fedrouter_app.config import load_run_config
+    from fedrouter_app.data.tables import load_pools
+
+    overrides = list(sys.argv[1:] if argv is None else argv) or ["data=bigbench"]
+    cfg = load_run_config(overrides)
+    if cfg.data.source != "bigbench":
+        raise SystemExit(f"data.source is {cfg.data.source!r}, not bigbench; pass data=bigbench or sweep=real")
+    for task, pools in load_pools(cfg.data).items():
+        sizes = f"train {len(pools.train):6d}  test {len(pools.test):4d}"
+        print(f"{task:20s} {sizes}  {pools.metric:5s}  {pools.origins[0]}")
+    print(f"cached under {task_cache_file(cfg.data, 'x').parent}")
+
+
+if __name__ == "__main__":
+    main()
