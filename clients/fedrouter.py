@@ -9,13 +9,14 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from clients.base import ClientMethod
+from fedrouter_app.centroid_privacy import cluster_means, merge_small_clusters, noisy_centroids
 from fedrouter_app.client_env import RoundInfo
 from fedrouter_app.clustering import contingency, kmeans, nearest, scores_from_counts
 from fedrouter_app.embedding import embed_texts
 from fedrouter_app.evaluation import ExampleScore
 from fedrouter_app.records import CONFIG, METRICS, matrix_record, read_matrix
 from fedrouter_app.registry import register_client
-from fedrouter_app.seeding import derive_seed
+from fedrouter_app.seeding import derive_seed, numpy_rng
 from fedrouter_app.training import TrainStats
 from strategies.fedrouter import CENTROIDS, ROUTER_MODES, global_adapter_name, local_adapter_name
 
@@ -80,9 +81,26 @@ class FedRouterClient(ClientMethod):
             centroids, labels = kmeans(
                 embeddings, method.n_local, derive_seed(self.env.cfg.seed, "local-kmeans", self.env.client_id)
             )
+        centroids, labels = self.shared_centroids(embeddings, centroids, labels)
         clusters = LocalClusters(centroids=centroids.astype(np.float32), labels=labels)
         self.env.state[CLUSTERS] = clusters.to_record()
         return clusters
+
+    def shared_centroids(
+        self, embeddings: np.ndarray, centroids: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Apply the privacy settings: merge clusters below ``min_cluster_size``, add centroid noise.
+
+        With the defaults (size 1, no noise) the clustering is returned unchanged.
+        """
+        method = self.env.cfg.method
+        merged = merge_small_clusters(embeddings, labels, method.min_cluster_size)
+        if not np.array_equal(merged, labels):
+            labels, centroids = merged, cluster_means(embeddings, merged)
+        if method.centroid_noise > 0:
+            rng = numpy_rng(self.env.cfg.seed, "centroid-noise", self.env.client_id)
+            centroids = noisy_centroids(embeddings, labels, method.centroid_clip, method.centroid_noise, rng)
+        return centroids, labels
 
     # Training.
 

@@ -35,7 +35,8 @@ class WeightedMean:
         for key, value in state.items():
             if value.shape != self._sums[key].shape:
                 raise ValueError(f"adapter tensor {key} has shape {value.shape}, expected {self._sums[key].shape}")
-            self._sums[key] += weight * value
+            # The product in float64 too: weight * float32 would round in float32 before the sum sees it.
+            self._sums[key] += weight * np.asarray(value, dtype=np.float64)
         self.total_weight += weight
         self.count += 1
 

@@ -17,6 +17,7 @@ from clients.base import DEFAULT_ACTION
 from fedrouter_app.checkpoint import CHECKPOINT_ROUND, RUN_KEY, STATE_MARKER, ClientStateStore
 from fedrouter_app.client_env import ClientEnv, client_data
 from fedrouter_app.config import config_fingerprint, load_run_config, overrides_from_run_config
+from fedrouter_app.dp import dp_clipping_mod
 from fedrouter_app.logs import get_logger
 from fedrouter_app.records import CLIENT_ID, CONFIG, METRICS, NUM_EXAMPLES
 from fedrouter_app.registry import client_class, method_names
@@ -83,7 +84,8 @@ def restore(env: ClientEnv, store: ClientStateStore, checkpoint_round: int) -> N
 
 def make_client_app(overrides: Sequence[str] = ()) -> ClientApp:
     """A ClientApp that adds ``overrides`` to whatever the run config says."""
-    app = ClientApp()
+    # Flower's fixedclipping_mod for dp.mode=client; a no-op unless the server sends a clipping norm.
+    app = ClientApp(mods=[dp_clipping_mod])
 
     def handle(msg: Message, context: Context) -> Message:
         env = build_env(context, overrides)

@@ -125,6 +125,7 @@ def round_to_json(record: RoundRecord, unseen: Collection[str] | None = None) ->
         },
         "strategy": record.strategy,
         "failures": [asdict(f) for f in record.failures],
+        "failure_counts": failure_counts(record),
         "joined": {str(c): node for c, node in sorted(record.joined.items())},
         "traffic": {
             "exchanges": [asdict(ex) for ex in record.traffic],
@@ -133,6 +134,18 @@ def round_to_json(record: RoundRecord, unseen: Collection[str] | None = None) ->
             "bytes_up": sum(ex.bytes_up for ex in record.traffic),
         },
     }
+
+
+def failure_counts(record: RoundRecord) -> dict[str, dict[str, int]]:
+    """Failures of a round by phase and kind, e.g. ``{"train": {"rejected": 1, "missing": 2}}``.
+
+    Kinds: ``rejected`` (a reply that failed a check), ``client-error`` (the
+    client raised), ``missing`` (no reply in time, or the node is gone).
+    """
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for failure in record.failures:
+        counts[failure.phase][failure.kind] += 1
+    return {phase: dict(kinds) for phase, kinds in sorted(counts.items())}
 
 
 class ResultsWriter:

@@ -3,8 +3,11 @@
 Per round: sample clients, ask the strategy for each client's payload, add the
 round's shared settings, send, validate the replies, hand the valid ones to
 the strategy, evaluate when due, and report to callbacks (logging, results,
-checkpoints). Every client reply is checked before a strategy sees it; bad or
-missing replies are recorded with their reason and the run goes on.
+checkpoints). Every client reply is checked before a strategy sees it: its size
+(from the bytes it holds, before anything is decoded), its metrics, its
+adapters, then what the strategy needs. Bad or missing replies are recorded
+with their reason and kind (:class:`Failure`), counted per round, and never
+reach an aggregate; the run goes on.
 
 Clients are known by partition id. A ``query.hello`` message at the start maps
 Flower node ids to partition ids and checks that every node composed the same
@@ -30,9 +33,13 @@ from fedrouter_app.records import (
     CLIENT_ID,
     CONFIG,
     METRICS,
+    NUM_EXAMPLES,
     InvalidReplyError,
+    check_evaluation_metrics,
     finite_metrics,
+    held_bytes,
     read_adapter,
+    read_count,
     tensor_bytes,
     wire_bytes,
 )
@@ -78,6 +85,13 @@ class Reply:
     content: RecordDict
 
 
+# Kinds of failure, as counted per round in the results.
+REJECTED = "rejected"  # a reply that arrived but failed a check
+CLIENT_ERROR = "client-error"  # the client raised; Flower returned its error
+MISSING = "missing"  # no reply in time, or the SuperLink declared the node unavailable
+FAILURE_KINDS = (REJECTED, CLIENT_ERROR, MISSING)
+
+
 @dataclass
 class Failure:
     """A message that produced no usable reply."""
@@ -86,6 +100,7 @@ class Failure:
     client: int
     reason: str
     node: int = 0  # Flower node id the message went to (0: unknown)
+    kind: str = REJECTED
 
 
 @dataclass
@@ -136,10 +151,16 @@ class Communicator:
     queries, post-training phases); the loop uses it for train and evaluate.
     """
 
-    def __init__(self, grid: Grid, template: LoraTemplate, timeout: float) -> None:
+    def __init__(
+        self, grid: Grid, template: LoraTemplate, timeout: float, max_reply_bytes: int = 0, num_clients: int = 0
+    ) -> None:
         self.grid = grid
         self.template = template
         self.timeout = timeout
+        # Largest array payload a reply may hold (0: no bound); see Strategy.max_reply_bytes.
+        self.max_reply_bytes = max_reply_bytes
+        # Partition ids nodes may claim are 0 .. num_clients - 1 (0: any non-negative id).
+        self.num_clients = num_clients
         self.node_of: dict[int, int] = {}
         self.connected: set[int] = set()
         # Nodes whose last instruction got no reply (dead or unreachable); another node may take their partition.
@@ -189,7 +210,10 @@ class Communicator:
             self._account(phase, client, sent[client], msg.content if not msg.has_error() else RecordDict())
             if msg.has_error() and msg.error.code == ErrorCode.NODE_UNAVAILABLE:
                 self.lost.add(node)
-                self.reject(phase, client, f"node unavailable: {msg.error.reason}", node)
+                self.reject(phase, client, f"node unavailable: {msg.error.reason}", node, MISSING)
+                continue
+            if msg.has_error():
+                self.reject(phase, client, f"client error: {msg.error.reason}", node, CLIENT_ERROR)
                 continue
             try:
                 if msg.metadata.src_node_id != node:
@@ -201,13 +225,17 @@ class Communicator:
         for client in sorted(set(sent) - answered):
             self.lost.add(self.node_of[client])
             self._account(phase, client, sent[client], RecordDict())
-            self.reject(phase, client, f"no reply within {self.timeout:g} s", self.node_of[client])
+            self.reject(phase, client, f"no reply within {self.timeout:g} s", self.node_of[client], MISSING)
         return sorted(replies, key=lambda r: r.client)
 
     def _validate(self, msg: Message, client: int) -> Reply:
-        if msg.has_error():
-            raise InvalidReplyError(f"client error: {msg.error.reason}")
         content = msg.content
+        # Before anything is decoded: a reply may not hold more than the method can need.
+        size = held_bytes(content)
+        if self.max_reply_bytes and size > self.max_reply_bytes:
+            raise InvalidReplyError(
+                f"reply holds {size} bytes of arrays, more than the limit of {self.max_reply_bytes} (max_reply_bytes)"
+            )
         if METRICS not in content.metric_records:
             raise InvalidReplyError("reply has no metrics record")
         metrics = finite_metrics(content.metric_records[METRICS], "reply")
@@ -236,11 +264,11 @@ class Communicator:
             )
         )
 
-    def reject(self, phase: str, client: int, reason: str, node: int = 0) -> None:
-        """Record that ``client``'s ``phase`` reply is unusable, and why."""
+    def reject(self, phase: str, client: int, reason: str, node: int = 0, kind: str = REJECTED) -> None:
+        """Record that ``client``'s ``phase`` reply is unusable, why, and what kind of failure it was."""
         log.warning("client %d: %s reply rejected: %s", client, phase, reason)
         if self.record is not None:
-            self.record.failures.append(Failure(phase=phase, client=client, reason=reason, node=node))
+            self.record.failures.append(Failure(phase=phase, client=client, reason=reason, node=node, kind=kind))
 
 
 def _merged_config(payload: RecordDict, shared: ConfigRecord) -> ConfigRecord:
@@ -283,7 +311,11 @@ def register_clients(comm: Communicator, fingerprint: str) -> None:
         if msg.has_error():
             errors.append(msg.error.reason)
             continue
-        client = int(msg.content.metric_records[METRICS][CLIENT_ID])
+        try:
+            client = _hello_partition(msg, comm.num_clients)
+        except InvalidReplyError as err:
+            errors.append(f"node {node}: {err}")
+            continue
         previous = comm.node_of.get(client)
         # A node that stopped answering may still be listed for a while (the SuperLink waits for missed
         # heartbeats): a restarted SuperNode with the same partition id takes its place.
@@ -299,6 +331,17 @@ def register_clients(comm: Communicator, fingerprint: str) -> None:
         raise RunAbortedError(f"no client could start: {errors[0]}")
     for reason in sorted(set(errors)):
         log.warning("a client failed to start: %s", reason)
+
+
+def _hello_partition(msg: Message, num_clients: int) -> int:
+    """The partition id a hello reply claims, checked."""
+    if METRICS not in msg.content.metric_records:
+        raise InvalidReplyError("hello reply has no metrics record")
+    metrics = finite_metrics(msg.content.metric_records[METRICS], "hello")
+    client = read_count(metrics, CLIENT_ID)
+    if num_clients and client >= num_clients:
+        raise InvalidReplyError(f"hello reply claims partition-id {client}, not in [0, {num_clients})")
+    return client
 
 
 def sample_clients(clients: Sequence[int], fraction: float, seed: int, server_round: int, phase: str) -> list[int]:
@@ -327,7 +370,8 @@ def run_federation(
     ``k``: there is no setup, and the run goes on from round ``k + 1``.
     ``run_key`` names the run to clients, which keep their state under it.
     """
-    comm = Communicator(grid, strategy.template, cfg.round_timeout)
+    limit = strategy.max_reply_bytes()
+    comm = Communicator(grid, strategy.template, cfg.round_timeout, max_reply_bytes=limit, num_clients=cfg.num_clients)
     strategy.attach(comm)
     wait_for_nodes(grid, cfg.num_clients, cfg.node_wait_timeout)
     register_clients(comm, fingerprint)
@@ -394,6 +438,8 @@ def _train(comm: Communicator, cfg: RunConfig, strategy: Strategy, record: Round
     valid = []
     for reply in replies:
         try:
+            # Every method's aggregate may weigh by it; a client with no data has nothing to contribute.
+            read_count(reply.metrics, NUM_EXAMPLES, minimum=1)
             strategy.check_train_reply(r, reply)
         except InvalidReplyError as err:
             comm.reject(MessageType.TRAIN, reply.client, str(err))
@@ -410,6 +456,14 @@ def _evaluate(comm: Communicator, cfg: RunConfig, strategy: Strategy, record: Ro
     r = record.server_round
     sampled = sample_clients(comm.clients, cfg.fraction_evaluate, cfg.seed, r, "evaluate")
     replies = comm.send(MessageType.EVALUATE, strategy.configure_evaluate(r, sampled), _round_config(cfg, r, record.lr))
+    valid = []
     for reply in replies:
+        try:
+            check_evaluation_metrics(reply.metrics, cfg.data.tasks)
+            strategy.check_evaluate_reply(r, reply)
+        except InvalidReplyError as err:
+            comm.reject(MessageType.EVALUATE, reply.client, str(err))
+            continue
+        valid.append(reply)
         record.evaluate[reply.client] = reply.metrics
-    _note(record, "evaluate", strategy.aggregate_evaluate(r, replies))
+    _note(record, "evaluate", strategy.aggregate_evaluate(r, valid))

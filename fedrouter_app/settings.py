@@ -335,6 +335,28 @@ class CheckpointSettings:
 
 
 @dataclass
+class DPSettings:
+    """Central differential privacy of the aggregate, by Flower's own fixed-clipping wrappers.
+
+    Applies to methods whose server averages one adapter (``fedit`` and the
+    methods built on its server). Each client's update (reply minus the adapter
+    it was sent) is clipped to L2 norm ``clipping_norm``, on the server
+    (``mode=server``) or by Flower's ``fixedclipping_mod`` on the client
+    (``mode=client``); the mean gets Gaussian noise of standard deviation
+    ``noise_multiplier * clipping_norm / sampled clients``.
+    """
+
+    mode: str = field(metadata={"help": "'off', 'server' (server clips) or 'client' (clients clip, Flower's mod)."})
+    noise_multiplier: float = field(metadata={"help": "z: noise std is z * clipping_norm / number of sampled clients."})
+    clipping_norm: float = field(metadata={"help": "L2 bound on each client's update (all LoRA tensors together)."})
+
+    def validate(self) -> None:
+        one_of("dp.mode", self.mode, ("off", "server", "client"))
+        require(self.noise_multiplier >= 0, f"dp.noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        require(self.clipping_norm > 0, f"dp.clipping_norm must be > 0, got {self.clipping_norm}")
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; composed from ``conf/config.yaml``."""
 
@@ -345,6 +367,12 @@ class RunConfig:
     fraction_evaluate: float = field(metadata={"help": "Fraction of clients evaluated per evaluation round."})
     round_timeout: float = field(metadata={"help": "Seconds to wait for replies in one round."})
     node_wait_timeout: float = field(metadata={"help": "Seconds to wait at start for num_clients nodes to connect."})
+    max_reply_bytes: int = field(
+        metadata={
+            "help": "Largest array payload (bytes, as received) a client reply may hold; larger replies are rejected "
+            "before decoding. 0: derived from the adapter size and what the method's replies carry."
+        }
+    )
     method: Any = field(metadata={"help": "Method settings (the method's own dataclass)."})
     model: ModelSettings = field(metadata={"help": "Base model."})
     lora: LoraSettings = field(metadata={"help": "LoRA shape."})
@@ -354,6 +382,7 @@ class RunConfig:
     eval: EvalSettings = field(metadata={"help": "Evaluation."})
     output: OutputSettings = field(metadata={"help": "Outputs."})
     checkpoint: CheckpointSettings = field(metadata={"help": "Checkpoints and resuming."})
+    dp: DPSettings = field(metadata={"help": "Central differential privacy of averaged adapters."})
 
     def validate(self) -> None:
         require(self.num_clients >= 1, f"num_clients must be >= 1, got {self.num_clients}")
@@ -362,6 +391,7 @@ class RunConfig:
             value = getattr(self, name)
             require(0.0 < value <= 1.0, f"{name} must be in (0, 1], got {value}")
         require(self.round_timeout > 0 and self.node_wait_timeout > 0, "timeouts must be positive")
+        require(self.max_reply_bytes >= 0, f"max_reply_bytes must be >= 0 (0: derived), got {self.max_reply_bytes}")
         for section in (
             self.method,
             self.model,
@@ -371,9 +401,14 @@ class RunConfig:
             self.eval,
             self.output,
             self.checkpoint,
+            self.dp,
         ):
             section.validate()
         self.scenario.validate(self.data.tasks)
+        # Method settings that depend on the rest of the run (e.g. clusters against examples per client).
+        check_run = getattr(self.method, "validate_run", None)
+        if check_run is not None:
+            check_run(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (for YAML dumps and run records)."""
@@ -397,4 +432,5 @@ SECTIONS: dict[str, type] = {
     "train": TrainSettings,
     "eval": EvalSettings,
     "output": OutputSettings,
+    "dp": DPSettings,
 }

@@ -16,13 +16,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 from flwr.app import RecordDict
 
 from fedrouter_app.checkpoint import StrategyState
-from fedrouter_app.model.lora import LoraState, LoraTemplate, initial_lora_state
+from fedrouter_app.model.lora import LoraState, LoraTemplate, initial_lora_state, num_parameters
 from fedrouter_app.records import ADAPTER, InvalidReplyError, adapter_record
 from fedrouter_app.rounds import Communicator, Reply
-from fedrouter_app.settings import RunConfig
+from fedrouter_app.settings import ConfigError, RunConfig
+
+# Room in a reply beyond its adapters: serialization headers and small arrays (e.g. FedRouter's centroids).
+REPLY_SLACK_BYTES = 1 << 20
 
 
 class Strategy(ABC):
@@ -42,12 +46,19 @@ class Strategy(ABC):
     """
 
     method_name: ClassVar[str]
+    # Whether the server folds replies into one adapter by a weighted mean, so Flower's DP wrappers apply (dp.mode).
+    supports_dp: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig, template: LoraTemplate) -> None:
         self.cfg = cfg
         self.template = template
         self.initial_adapter: LoraState = initial_lora_state(template, cfg.seed)
         self.comm: Communicator | None = None
+        if cfg.dp.mode != "off" and not self.supports_dp:
+            raise ConfigError(
+                f"dp.mode={cfg.dp.mode} needs a method whose server averages one adapter (fedit and the methods on "
+                f"its server: fedprox, ditto, feddpa, fedavg_ft); {cfg.method.name!r} is not one"
+            )
 
     def attach(self, comm: Communicator) -> None:
         """Give the strategy the run's communicator (for phases of its own); called before ``setup``."""
@@ -63,6 +74,26 @@ class Strategy(ABC):
 
     def check_train_reply(self, server_round: int, reply: Reply) -> None:
         """Raise :class:`InvalidReplyError` if ``reply`` lacks what aggregation needs."""
+
+    def check_evaluate_reply(self, server_round: int, reply: Reply) -> None:
+        """Raise :class:`InvalidReplyError` if ``reply`` lacks what ``aggregate_evaluate`` reads."""
+
+    def max_reply_adapters(self) -> int:
+        """The most adapters one reply of this method carries (bounds reply size)."""
+        return 1
+
+    def max_reply_bytes(self) -> int:
+        """Largest array payload accepted in one reply, checked before anything is decoded.
+
+        ``max_reply_bytes`` in the config when set; else one adapter more than
+        the method's replies carry, plus :data:`REPLY_SLACK_BYTES`: generous
+        for honest clients, and a hard stop for a reply that would fill the
+        server's memory.
+        """
+        if self.cfg.max_reply_bytes:
+            return self.cfg.max_reply_bytes
+        adapter = num_parameters(self.template) * np.dtype(np.float32).itemsize
+        return (self.max_reply_adapters() + 1) * adapter + REPLY_SLACK_BYTES
 
     @abstractmethod
     def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any] | None:

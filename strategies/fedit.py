@@ -6,12 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import RecordDict
+from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.aggregation import WeightedMean
 from fedrouter_app.checkpoint import StrategyState
+from fedrouter_app.dp import KEY_CLIPPING_NORM, check_clipped, dp_mean
 from fedrouter_app.model.lora import LoraState, LoraTemplate
-from fedrouter_app.records import NUM_EXAMPLES
+from fedrouter_app.records import CONFIG, NUM_EXAMPLES
 from fedrouter_app.registry import MethodConfig, register_strategy
 from fedrouter_app.rounds import Reply
 from fedrouter_app.settings import RunConfig, one_of
@@ -34,31 +35,59 @@ class FedIT(Strategy):
 
     Every sampled client receives the global adapter, trains it on its data and
     sends it back; the server replaces the global adapter with the mean of the
-    replies, weighted by the clients' training-set sizes (or uniformly).
+    replies, weighted by the clients' training-set sizes (or uniformly). With
+    ``dp.mode`` set, Flower's fixed-clipping DP wrappers do the averaging (see
+    :mod:`fedrouter_app.dp`).
     """
+
+    supports_dp = True
 
     def __init__(self, cfg: RunConfig, template: LoraTemplate) -> None:
         super().__init__(cfg, template)
         self.global_adapter = self.initial_adapter
+        self.num_sampled = 0
 
     def configure_train(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
+        self.num_sampled = len(clients)
         payload = self.adapter_payload(self.global_adapter)
+        if self.cfg.dp.mode == "client":
+            # What Flower's client-side wrapper adds to an instruction: the norm fixedclipping_mod clips to.
+            payload[CONFIG] = ConfigRecord({KEY_CLIPPING_NORM: self.cfg.dp.clipping_norm})
         return {client: payload for client in clients}
 
     def check_train_reply(self, server_round: int, reply: Reply) -> None:
-        self.require_adapter(reply)
+        adapter = self.require_adapter(reply)
+        if self.cfg.dp.mode == "client":
+            check_clipped(adapter, self.global_adapter, self.cfg.dp.clipping_norm)
 
     def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any] | None:
+        weights = [
+            reply.metrics[NUM_EXAMPLES] if self.cfg.method.weighting == "num_examples" else 1.0 for reply in replies
+        ]
+        states = [self.require_adapter(reply) for reply in replies]
+        if not states:
+            return None
+        if self.cfg.dp.mode != "off":
+            self.global_adapter = dp_mean(
+                self.cfg.dp,
+                self.global_adapter,
+                states,
+                weights,
+                self.num_sampled,
+                self.template,
+                self.cfg.seed,
+                server_round,
+            )
+            return None
         mean = WeightedMean()
-        for reply in replies:
-            weight = reply.metrics[NUM_EXAMPLES] if self.cfg.method.weighting == "num_examples" else 1.0
-            mean.add(self.require_adapter(reply), weight)
-        if mean.count:
-            self.global_adapter = mean.result()
+        for state, weight in zip(states, weights, strict=True):
+            mean.add(state, weight)
+        self.global_adapter = mean.result()
         return None
 
     def configure_evaluate(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
-        return self.configure_train(server_round, clients)
+        payload = self.adapter_payload(self.global_adapter)
+        return {client: payload for client in clients}
 
     def state_dict(self) -> StrategyState:
         return StrategyState(adapters={"global": self.global_adapter})

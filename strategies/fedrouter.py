@@ -22,7 +22,15 @@ from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.clustering import kmeans, majority, match_clusters, nearest, scores_from_counts
 from fedrouter_app.model.loading import hidden_size
 from fedrouter_app.model.lora import LoraState, LoraTemplate, copy_state
-from fedrouter_app.records import CONFIG, NUM_EXAMPLES, InvalidReplyError, adapter_record, matrix_record, read_matrix
+from fedrouter_app.records import (
+    CONFIG,
+    NUM_EXAMPLES,
+    InvalidReplyError,
+    adapter_record,
+    matrix_record,
+    read_count,
+    read_matrix,
+)
 from fedrouter_app.registry import MethodConfig, register_strategy
 from fedrouter_app.rounds import Communicator, Reply, sample_clients
 from fedrouter_app.seeding import derive_seed
@@ -68,6 +76,24 @@ class FedRouterConfig(MethodConfig):
         metadata={"help": "Clients report true-task counts per cluster (evaluation metadata: ARI, purity, routing)."}
     )
     embed_batch_size: int = field(metadata={"help": "Texts per forward pass when embedding."})
+    min_cluster_size: int = field(
+        metadata={
+            "help": "Privacy: a local cluster with fewer training samples is merged into its nearest other cluster "
+            "before registration, so no shared centroid summarises fewer samples; 1 shares every cluster."
+        }
+    )
+    centroid_clip: float = field(
+        metadata={
+            "help": "Privacy: L2 bound C on each sample embedding before a shared centroid is computed (only with "
+            "centroid_noise > 0); one sample then moves a cluster's sum by at most C."
+        }
+    )
+    centroid_noise: float = field(
+        metadata={
+            "help": "Privacy: noise multiplier z; each shared centroid (mean of n clipped embeddings) gets Gaussian "
+            "noise of std z * C / n per coordinate (the Gaussian mechanism on the cluster's sum); 0 shares exact means."
+        }
+    )
 
     def validate(self) -> None:
         require(self.n_local >= 1 and self.n_global >= 1, "method.n_local and method.n_global must be >= 1")
@@ -80,6 +106,27 @@ class FedRouterConfig(MethodConfig):
         require(
             self.clustering != "oracle" or self.report_task_stats,
             "method.clustering=oracle needs method.report_task_stats=true (the true tasks)",
+        )
+        require(self.min_cluster_size >= 1, f"method.min_cluster_size must be >= 1, got {self.min_cluster_size}")
+        require(self.centroid_noise >= 0, f"method.centroid_noise must be >= 0, got {self.centroid_noise}")
+        require(self.centroid_clip > 0, f"method.centroid_clip must be > 0, got {self.centroid_clip}")
+
+    def validate_run(self, cfg: RunConfig) -> None:
+        """Clusters against what the scenario gives each client, checked before any client starts."""
+        if self.clustering == "oracle":
+            return
+        scenario = cfg.scenario
+        fewest = scenario.train_examples_per_client if scenario.kind == "window" else scenario.min_train_examples
+        require(
+            self.n_local <= fewest,
+            f"method.n_local={self.n_local} exceeds the {fewest} training examples a client may hold "
+            f"(scenario.{'train_examples_per_client' if scenario.kind == 'window' else 'min_train_examples'})",
+        )
+        registered = max(1, round(self.registration_fraction * cfg.num_clients))
+        require(
+            self.n_global <= self.n_local * registered,
+            f"method.n_global={self.n_global} exceeds the {self.n_local * registered} local centroids the "
+            f"registration gives (method.n_local={self.n_local} x {registered} registering clients)",
         )
 
 
@@ -142,17 +189,21 @@ class FedRouter(Strategy):
             reply.content.array_records[CENTROIDS], CENTROIDS, max_rows=self.max_local, cols=self.dim
         )
         n = centroids.shape[0]
-        sizes = [int(reply.metrics.get(f"cluster.{j}.size", 0)) for j in range(n)]
-        if min(sizes) < 1:
-            raise InvalidReplyError("registration reply lacks a positive size for every cluster")
-        tasks = [
-            {
-                key.split(".task.", 1)[1]: int(v)
-                for key, v in reply.metrics.items()
-                if key.startswith(f"cluster.{j}.task.")
-            }
-            for j in range(n)
-        ]
+        # A cluster smaller than min_cluster_size should never have been shared (clients merge those away).
+        smallest = self.method.min_cluster_size
+        try:
+            sizes = [read_count(reply.metrics, f"cluster.{j}.size", minimum=smallest) for j in range(n)]
+        except InvalidReplyError as err:
+            raise InvalidReplyError(f"registration needs a positive size >= {smallest} per cluster: {err}") from None
+        tasks: list[dict[str, int]] = [{} for _ in range(n)]
+        for key in reply.metrics:
+            cluster, _, task = key.partition(".task.")
+            if not task:
+                continue
+            j = cluster.removeprefix("cluster.")
+            if not cluster.startswith("cluster.") or not j.isdigit() or int(j) >= n or task not in self.cfg.data.tasks:
+                raise InvalidReplyError(f"registration metric {key[:80]!r} names no shared cluster and run task")
+            tasks[int(j)][task] = read_count(reply.metrics, key)
         return ClientClusters(centroids=centroids, sizes=sizes, tasks=tasks)
 
     def cluster_globally(self) -> None:
@@ -166,7 +217,8 @@ class FedRouter(Strategy):
         else:
             if len(points) < self.method.n_global:
                 raise RuntimeError(
-                    f"method.n_global={self.method.n_global} exceeds the {len(points)} local clusters registered"
+                    f"method.n_global={self.method.n_global} exceeds the {len(points)} local clusters registered "
+                    f"(clients that failed registration, or clusters merged below method.min_cluster_size, share none)"
                 )
             self.centroids, labels = kmeans(points, self.method.n_global, derive_seed(self.cfg.seed, "global-kmeans"))
         self._set_assignment(items, labels)
@@ -250,9 +302,21 @@ class FedRouter(Strategy):
         )
         return payload
 
+    def max_reply_adapters(self) -> int:
+        return self.max_local
+
     def check_train_reply(self, server_round: int, reply: Reply) -> None:
         for j in self.trained.get(reply.client, []):
             self.require_adapter(reply, local_adapter_name(j))
+
+    def check_evaluate_reply(self, server_round: int, reply: Reply) -> None:
+        """Routing counts must be ``route.<mode>.<own|other>.<task>.<cluster>`` with a count; else rejected."""
+        for key in reply.metrics:
+            if key.startswith("route."):
+                parsed = _route_key(key)
+                if parsed is None or parsed[2] not in self.cfg.data.tasks or not 0 <= parsed[3] < len(self.bank):
+                    raise InvalidReplyError(f"routing metric {key[:80]!r} names no router, run task and cluster")
+                read_count(reply.metrics, key)
 
     def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any]:
         means: dict[int, WeightedMean] = defaultdict(WeightedMean)
@@ -304,10 +368,11 @@ class FedRouter(Strategy):
             hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
             for reply in replies:
                 for key, value in reply.metrics.items():
-                    if not key.startswith(f"route.{mode}."):
+                    parsed = _route_key(key)
+                    if parsed is None or parsed[0] != mode:
                         continue
-                    whose, rest = key[len(f"route.{mode}.") :].split(".", 1)
-                    task, k = rest.rsplit(".", 1)
+                    _, whose, task, cluster = parsed
+                    k = str(cluster)
                     confusion[task][k] += int(value)
                     if task in right.values():
                         for group in (whose, "all"):
@@ -392,3 +457,13 @@ class FedRouter(Strategy):
             f"FedRouter(n_local={m.n_local}, n_global={m.n_global}, clustering={m.clustering}, "
             f"schedule={m.schedule}, weighting={m.weighting}, router={m.router})"
         )
+
+
+def _route_key(key: str) -> tuple[str, str, str, int] | None:
+    """``route.<mode>.<own|other>.<task>.<cluster>`` as (mode, whose, task, cluster); None if malformed."""
+    parts = key.split(".")
+    if len(parts) < 5 or parts[0] != "route" or parts[1] not in ROUTER_MODES or parts[2] not in ("own", "other"):
+        return None
+    if not parts[-1].isdigit():
+        return None
+    return parts[1], parts[2], ".".join(parts[3:-1]), int(parts[-1])

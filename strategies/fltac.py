@@ -22,7 +22,7 @@ from fedrouter_app.aggregation import WeightedMean
 from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.clustering import kmeans, majority, match_clusters
 from fedrouter_app.model.lora import LoraState, LoraTemplate
-from fedrouter_app.records import CONFIG, InvalidReplyError, adapter_record
+from fedrouter_app.records import CONFIG, InvalidReplyError, adapter_record, read_count
 from fedrouter_app.registry import MethodConfig, register_strategy
 from fedrouter_app.rounds import Reply
 from fedrouter_app.seeding import derive_seed
@@ -121,12 +121,19 @@ class FLTAC(Strategy):
             for client in clients
         }
 
+    def max_reply_adapters(self) -> int:
+        # One slot per task the client holds.
+        return len(self.cfg.data.tasks)
+
     def check_train_reply(self, server_round: int, reply: Reply) -> None:
-        n = int(reply.metrics.get("num-slots", 0))
-        if n < 1:
-            raise InvalidReplyError("reply has no slots")
+        n = read_count(reply.metrics, "num-slots", minimum=1)
+        if n > self.max_reply_adapters():
+            raise InvalidReplyError(f"reply claims {n} slots; a client holds at most {self.max_reply_adapters()} tasks")
         for j in range(n):
             self.require_adapter(reply, slot_name(j))
+            read_count(reply.metrics, f"slot.{j}.size", minimum=1)
+            if (task := _slot_task(reply.metrics, j)) and task not in self.cfg.data.tasks:
+                raise InvalidReplyError(f"slot {j} names task {task[:40]!r}, not a task of this run")
 
     def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any]:
         items, adapters, weights = [], [], []

@@ -98,6 +98,10 @@ class IFCA(Strategy):
     def configure_evaluate(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
         return self.configure_train(server_round, clients)
 
+    def check_evaluate_reply(self, server_round: int, reply: Reply) -> None:
+        if CHOSEN in reply.metrics:
+            self.chosen(reply)
+
     def aggregate_evaluate(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any]:
         return {"assignment": {str(r.client): int(r.metrics[CHOSEN]) for r in replies if CHOSEN in r.metrics}}
 

@@ -28,6 +28,9 @@ class Local(Strategy):
     in its own state across rounds and evaluates with it.
     """
 
+    def max_reply_adapters(self) -> int:
+        return 0  # replies carry metrics only
+
     def configure_train(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
         return {client: RecordDict() for client in clients}
 

@@ -92,6 +92,11 @@ class TAP(Strategy):
         assert self.comm is not None, "the round loop attaches its communicator"
         for reply in self.comm.send(KEYS, {c: RecordDict() for c in new}):
             tasks = sorted(k[len("key.") :] for k, v in reply.metrics.items() if k.startswith("key.") and v)
+            # Keys become server adapters: only the run's tasks, or a client could make the server hold any number.
+            unknown = [t for t in tasks if t not in self.cfg.data.tasks]
+            if unknown:
+                self.comm.reject(KEYS, reply.client, f"keys name tasks not in this run: {unknown[:3]}")
+                continue
             self.keys[reply.client] = [SHARED, *(task_key(t) for t in tasks)]
 
     def _payloads(self, clients: Sequence[int]) -> dict[int, RecordDict]:
@@ -105,6 +110,10 @@ class TAP(Strategy):
 
     def configure_train(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
         return self._payloads(clients)
+
+    def max_reply_adapters(self) -> int:
+        # The shared LoRA and one per task the client holds.
+        return 1 + len(self.cfg.data.tasks)
 
     def check_train_reply(self, server_round: int, reply: Reply) -> None:
         for key in self.keys.get(reply.client, [SHARED]):

@@ -1,9 +1,12 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
 from clients.fedrouter import CLUSTERS, FedRouterClient, LocalClusters
 from fedrouter_app.records import CONFIG, adapter_record, matrix_record, read_adapter
+from fedrouter_app.settings import ConfigError
 from strategies.fedrouter import CENTROIDS, global_adapter_name, local_adapter_name
 
 DUAL = ("method=fedrouter", "scenario=dual", "scenario.train_examples_per_client=48")
@@ -31,7 +34,12 @@ def test_oracle_clusters_are_the_true_tasks(make_env):
 
 
 def test_too_many_local_clusters_is_a_clear_error(make_env):
-    env = make_env(*DUAL, "method.n_local=64", "scenario.train_examples_per_client=8")
+    # Refused with the config when the scenario says so ...
+    with pytest.raises(ConfigError, match=r"n_local=64 exceeds the 8 training examples"):
+        make_env(*DUAL, "method.n_local=64", "scenario.train_examples_per_client=8")
+    # ... and by the client itself when its data holds fewer (e.g. a data source smaller than the scenario says).
+    env = make_env(*DUAL, "scenario.train_examples_per_client=8")
+    env.cfg = replace(env.cfg, method=replace(env.cfg.method, n_local=64))
     with pytest.raises(ValueError, match=r"fewer than method\.n_local=64"):
         FedRouterClient(env).handle("query", "register", RecordDict())
 

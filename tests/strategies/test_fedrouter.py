@@ -6,6 +6,7 @@ from flwr.app import RecordDict
 
 from fedrouter_app.records import CONFIG, InvalidReplyError, read_adapter, read_matrix
 from fedrouter_app.rounds import Reply
+from fedrouter_app.settings import ConfigError
 from strategies.fedrouter import CENTROIDS, ClientClusters, FedRouter, global_adapter_name, local_adapter_name
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
@@ -171,6 +172,10 @@ def test_registration_replies_are_checked(make_cfg):
 
 
 def test_too_many_global_clusters_is_a_clear_error(make_cfg):
-    strategy = make(make_cfg, "method.n_global=9")
-    with pytest.raises(RuntimeError, match="n_global=9 exceeds the 3 local clusters"):
+    # More than the registration can give (4 clients x 2 local clusters) is refused before the run starts ...
+    with pytest.raises(ConfigError, match=r"n_global=9 exceeds the 8 local centroids"):
+        make(make_cfg, "method.n_global=9")
+    # ... and more than the clients that did register gave, when clustering.
+    strategy = make(make_cfg, "method.n_global=4")
+    with pytest.raises(RuntimeError, match="n_global=4 exceeds the 3 local clusters"):
         strategy.cluster_globally()

@@ -1,0 +1,33 @@
+"""Bad configuration fails at start with one line that says what is wrong (the README's bad-input table)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedrouter_app.config import load_run_config
+from fedrouter_app.settings import ConfigError
+from tests.conftest import TINY
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["method=fedavgg"], "unknown method 'fedavgg'; valid choices: "),
+        (["scenario=quad"], "unknown scenario 'quad'; valid choices: "),
+        (["train.learning_rate=1"], "unknown config key 'train.learning_rate'; valid keys under 'train': "),
+        (["method.n_local=40"], "method.n_local=40 exceeds the 32 training examples a client may hold"),
+        (["method.n_global=9"], "method.n_global=9 exceeds the 8 local centroids the registration gives"),
+        (["scenario.train_examples_per_client=0"], "must be >= scenario.min_train_examples"),
+        (["scenario.min_train_examples=0"], "scenario.min_train_examples must be >= 1"),
+        (["method.min_cluster_size=0"], "method.min_cluster_size must be >= 1"),
+        (["method.centroid_noise=-1"], "method.centroid_noise must be >= 0"),
+        (["dp.mode=loud"], "dp.mode must be one of off, server, client"),
+        (["dp.clipping_norm=0"], "dp.clipping_norm must be > 0"),
+        (["max_reply_bytes=-1"], "max_reply_bytes must be >= 0"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_run_config([*TINY, *overrides])
+    text = str(info.value)
+    assert message in text and "\n" not in text
