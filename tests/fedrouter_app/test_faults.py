@@ -167,13 +167,16 @@ def test_bad_evaluation_metrics_are_rejected_and_kept_out_of_the_results(fault_c
     assert summary["evaluate"]["mean"]["score"] == 0.5
 
 
-def test_a_hello_without_metrics_does_not_crash_registration(fault_cfg):
-    def mute_hello(msg: Message, reply: Message) -> Message:
+@pytest.mark.parametrize(
+    "hello", [RecordDict(), RecordDict({METRICS: MetricRecord({CLIENT_ID: 99})})], ids=["no-metrics", "bad-id"]
+)
+def test_a_bad_hello_keeps_that_node_out_and_the_run_going(fault_cfg, hello):
+    def bad_hello(msg: Message, reply: Message) -> Message:
         if msg.metadata.message_type == "query.hello" and msg.metadata.dst_node_id == 1000 + BAD:
-            return Message(RecordDict(), reply_to=msg)
+            return Message(hello, reply_to=msg)
         return reply
 
-    grid = InProcessGrid(scripted_client(None, fault_cfg.data.tasks[0]), fault_cfg.num_clients, fault=mute_hello)
+    grid = InProcessGrid(scripted_client(None, fault_cfg.data.tasks[0]), fault_cfg.num_clients, fault=bad_hello)
     keep = Keep()
     run_federation(grid, fault_cfg, FedIT(fault_cfg, TEMPLATE), "fp", [keep])
     assert all(sorted(r.train) == [0, 1, 2] for r in keep.records)
