@@ -146,6 +146,6 @@ def test_the_shipped_configs_read_their_tasks(tmp_path, preset):
     cfg = build_run_config(raw)
     pools = load_pools(cfg.data)
     assert list(pools) == cfg.data.tasks and len(pools) >= 6
-    assert pools["sentiment"].train[0].instruction.startswith("Sentiment (positive, negative")
+    assert pools["sentiment"].train[0].instruction.startswith("Sentiment (positive/negative")
     if preset == "sweep=real":
         assert cfg.model.source == "gguf" and cfg.num_clients == 6 and cfg.eval.scope == "global"
