@@ -17,6 +17,7 @@ last round it has checkpointed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
 from collections.abc import Mapping
@@ -280,5 +281,8 @@ class ClientStateStore:
     def clear(self) -> None:
         """Forget this run's state (the run is over)."""
         shutil.rmtree(self.directory, ignore_errors=True)
-        if self.directory.parent.is_dir() and not any(self.directory.parent.iterdir()):
-            self.directory.parent.rmdir()
+        # Other workers of the same node clear their clients at the same moment: whoever finds the run's
+        # folder empty removes it, and losing that race (gone already, or refilled) is fine.
+        with contextlib.suppress(OSError):
+            if not any(self.directory.parent.iterdir()):
+                self.directory.parent.rmdir()

@@ -127,7 +127,7 @@ def test_windows_skip_unseen_tasks(make_cfg):
 
 
 def test_windows_that_cover_few_tasks_leave_the_rest_unseen(make_cfg):
-    cfg = make_cfg("scenario=single", "num_clients=3")
+    cfg = make_cfg("method=fedit", "scenario=single", "num_clients=3")
     assert unseen_tasks(cfg) == tuple(cfg.data.tasks[3:])
     assert seen_tasks(cfg) == tuple(cfg.data.tasks[:3])
 
