@@ -20,13 +20,11 @@ import argparse
 import json
 import tempfile
 import time
-import uuid
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context, Error, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+# The in-process grid of the tests: clients answer one after the other in this process, through the real apps.
+from tests.inprocess import run_inprocess
 
 NOISE = (0.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0)
 SHORT = (
@@ -42,45 +40,10 @@ SHORT = (
 )
 
 
-class LoopGrid:
-    """A Grid that answers each message by calling the ClientApp in this process."""
-
-    def __init__(self, client_app: Any, num_nodes: int) -> None:
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
-        self.client_app = client_app
-        self.contexts = {
-            100 + i: Context(
-                run_id=1,
-                node_id=100 + i,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
-                state=RecordDict(),
-                run_config={},
-            )
-            for i in range(num_nodes)
-        }
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        replies = []
-        for msg in messages:
-            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # the SuperLink sets it in a real run
-            try:
-                replies.append(self.client_app(msg, self.contexts[msg.metadata.dst_node_id]))
-            except Exception as err:  # a client that raises answers with an error, as in Flower
-                replies.append(Message(Error(code=1, reason=f"{type(err).__name__}: {err}"), reply_to=msg))
-        return replies
-
-
 def run_one(overrides: list[str], num_clients: int) -> dict[str, Any]:
     """One short run; its registration ARI and routing accuracy."""
-    from fedrouter_app.client_app import make_client_app
-    from fedrouter_app.server_app import serve
-
     start = time.perf_counter()
-    run_dir = serve(LoopGrid(make_client_app(overrides), num_clients), overrides)
-    results = json.loads((run_dir / "results.json").read_text())
+    results, _, _ = run_inprocess(overrides, num_clients)
     first, last = results["rounds"][0], results["rounds"][-1]
     routing = last["strategy"]["evaluate"]["routing"]
     return {
