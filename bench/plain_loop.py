@@ -8,10 +8,13 @@ method's handler), in ``workers`` plain processes with one thread each, the
 parallelism of the simulation's 1-CPU actors, and at their scheduling priority
 (Ray starts its workers with niceness 15: on a machine shared with other work,
 a plain process at niceness 0 would get more CPU than an actor and make the
-simulation look slower than it is). Calls are dealt round-robin to the
-workers. Model loads, partitions and FedRouter's registration happen before
-the clock starts, as the simulation's start-up does them before its steady
-rounds. No Flower, no Ray, no server: what the simulation adds on top
+simulation look slower than it is). Rounds run one after another, as they
+must in any federated loop (a round's calls need the previous round's
+aggregate): within a round, each worker takes the next call not yet taken, as
+the simulation's idle actors take the next message, and the round ends when its
+last call does. Model loads, partitions and FedRouter's registration happen
+before the clock starts, as the simulation's start-up does them before its
+steady rounds. No Flower, no Ray, no server: what the simulation adds on top
 of this is its overhead.
 """
 
@@ -31,7 +34,7 @@ from bench.common import NUM_ROUNDS, STEADY_ROUNDS, pin_threads, workload, write
 RAY_WORKER_NICENESS = int(os.environ.get("RAY_worker_niceness", 15))  # noqa: SIM112 (Ray's spelling)
 
 
-def _worker(rank: int, workers: int, num_clients: int, barrier: Any, out: Any) -> None:
+def _worker(rank: int, num_clients: int, barrier: Any, next_call: Any, out: Any) -> None:
     pin_threads(1)
     os.nice(max(0, RAY_WORKER_NICENESS - os.nice(0)))
     import torch
@@ -50,11 +53,8 @@ def _worker(rank: int, workers: int, num_clients: int, barrier: Any, out: Any) -
     with tempfile.TemporaryDirectory(prefix="fedrouter-bench-") as tmp:
         overrides = workload(num_clients, tmp)
         cfg = load_run_config(overrides)
-        calls = [
-            (r, c)
-            for r in STEADY_ROUNDS
-            for c in sample_clients(range(num_clients), cfg.fraction_train, cfg.seed, r, "train")
-        ][rank::workers]
+        population = range(num_clients)
+        rounds = {r: sample_clients(population, cfg.fraction_train, cfg.seed, r, "train") for r in STEADY_ROUNDS}
         contexts = {
             c: Context(
                 run_id=0,
@@ -63,7 +63,7 @@ def _worker(rank: int, workers: int, num_clients: int, barrier: Any, out: Any) -
                 state=RecordDict(),
                 run_config={},
             )
-            for c in sorted({c for _, c in calls})
+            for c in sorted({c for clients in rounds.values() for c in clients})
         }
         category, action = REGISTER.split(".")
         for context in contexts.values():  # the simulation's start-up: registration (and the model load)
@@ -71,36 +71,50 @@ def _worker(rank: int, workers: int, num_clients: int, barrier: Any, out: Any) -
             client_class(cfg.method.name)(env).handle(category, action, RecordDict())
         adapter = env.initial_adapter()
         barrier.wait(timeout=1800)
-        start, cpu = time.perf_counter(), time.process_time()
-        for r, c in calls:
-            env = build_env(contexts[c], overrides)
-            lr = learning_rate(cfg.train.lr_schedule, cfg.train.lr, cfg.train.lr_min, r, NUM_ROUNDS)
-            n_local = int(env.state.array_records["fedrouter.clusters"]["centroids"].shape[0])
-            # What the server sends: the adapter of the local cluster trained this round (round robin).
-            # Which global adapter it is changes values only, not the work.
-            content = RecordDict(
-                {
-                    global_adapter_name(0): adapter_record(adapter),
-                    CONFIG: ConfigRecord(
-                        {
-                            "server-round": r,
-                            "num-rounds": NUM_ROUNDS,
-                            "lr": lr,
-                            "fedrouter.map": [0] * n_local,
-                            "fedrouter.train": [(r - 1) % n_local],
-                        }
-                    ),
-                }
-            )
-            env.stamp(client_class(cfg.method.name)(env).handle("train", DEFAULT_ACTION, content))
-        out.put((rank, time.perf_counter() - start, len(calls), time.process_time() - cpu))
+        start, cpu, done = time.perf_counter(), time.process_time(), 0
+        for r, clients in rounds.items():
+            while (c := _claim(next_call, clients)) is not None:
+                done += 1
+                env = build_env(contexts[c], overrides)
+                lr = learning_rate(cfg.train.lr_schedule, cfg.train.lr, cfg.train.lr_min, r, NUM_ROUNDS)
+                n_local = int(env.state.array_records["fedrouter.clusters"]["centroids"].shape[0])
+                # What the server sends: the adapter of the local cluster trained this round (round robin).
+                # Which global adapter it is changes values only, not the work.
+                content = RecordDict(
+                    {
+                        global_adapter_name(0): adapter_record(adapter),
+                        CONFIG: ConfigRecord(
+                            {
+                                "server-round": r,
+                                "num-rounds": NUM_ROUNDS,
+                                "lr": lr,
+                                "fedrouter.map": [0] * n_local,
+                                "fedrouter.train": [(r - 1) % n_local],
+                            }
+                        ),
+                    }
+                )
+                env.stamp(client_class(cfg.method.name)(env).handle("train", DEFAULT_ACTION, content))
+            # The round ends when its last call does; then one worker rewinds the shared counter.
+            if barrier.wait(timeout=1800) == 0:
+                next_call.value = 0
+            barrier.wait(timeout=1800)
+        out.put((rank, time.perf_counter() - start, done, time.process_time() - cpu))
+
+
+def _claim(next_call: Any, clients: list[int]) -> int | None:
+    """The round's next client no worker has taken yet, or None when all are taken."""
+    with next_call.get_lock():
+        index = next_call.value
+        next_call.value += 1
+    return clients[index] if index < len(clients) else None
 
 
 def run(num_clients: int, workers: int) -> dict[str, Any]:
     """Time the steady rounds' client calls in ``workers`` plain processes."""
     ctx = mp.get_context("spawn")
-    barrier, out = ctx.Barrier(workers), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(w, workers, num_clients, barrier, out)) for w in range(workers)]
+    barrier, next_call, out = ctx.Barrier(workers), ctx.Value("i", 0), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(w, num_clients, barrier, next_call, out)) for w in range(workers)]
     for proc in procs:
         proc.start()
     done = [out.get(timeout=3600) for _ in procs]

@@ -11,6 +11,13 @@ as actors on an existing Ray cluster instead, e.g. one started with
 ``ray start --head`` on one machine and ``ray start --address=<head>:6379`` on
 the others: the ServerApp stays in this process, and each worker machine holds
 one base model per actor, never one per client.
+
+The actors outlive the call: the next ``simulate`` in this process with the
+same backend settings reuses them, base model loaded and all
+(:mod:`fedrouter_app.actor_pool`); ``keep_actors=False`` stops them at the end.
+Flower's runtime polls for messages only on nodes that have one waiting
+(:mod:`fedrouter_app.message_poll`), so a round's overhead does not grow with
+the number of virtual clients.
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ from typing import Any
 
 from flwr.simulation import run_simulation
 
+from fedrouter_app.actor_pool import keeping_actors, release_actors
 from fedrouter_app.client_app import make_client_app
 from fedrouter_app.config import load_run_config
+from fedrouter_app.message_poll import pending_nodes_only
 from fedrouter_app.server_app import make_server_app
 
 # "auto" (find the local cluster), "local" (start a new one), "host:port" (GCS
@@ -100,6 +109,7 @@ def simulate(
     cpus_per_client: float = 1,
     ray_address: str | None = None,
     gpus_per_client: float | None = None,
+    keep_actors: bool = True,
 ) -> Path:
     """Run one job in-process on Ray and return its run directory.
 
@@ -118,6 +128,11 @@ def simulate(
         GPU share per virtual client (see :func:`backend_config`); default
         ``$FEDROUTER_GPUS_PER_CLIENT`` or 0. Concurrency is then also bounded
         by ``GPUs // gpus_per_client``.
+    keep_actors : bool
+        Leave the Ray actors (each holding a base model) and Ray running for
+        the next call in this process, which reuses them when its backend
+        settings are the same; :func:`fedrouter_app.actor_pool.release_actors`
+        or the end of the process stops them. False: stop them at the end.
     """
     gpus = default_gpus_per_client() if gpus_per_client is None else gpus_per_client
     # Honour Ray's own variable here too, so that num_cpus is not passed to a cluster that has its own.
@@ -126,12 +141,15 @@ def simulate(
     cfg = load_run_config(overrides)
     finished: list[Path] = []
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    run_simulation(
-        server_app=make_server_app(overrides, on_finish=finished.append),
-        client_app=make_client_app(overrides),
-        num_supernodes=cfg.num_clients,
-        backend_config=config,
-    )
+    with keeping_actors(), pending_nodes_only():
+        run_simulation(
+            server_app=make_server_app(overrides, on_finish=finished.append),
+            client_app=make_client_app(overrides),
+            num_supernodes=cfg.num_clients,
+            backend_config=config,
+        )
+    if not keep_actors:
+        release_actors()
     if not finished:
         raise RuntimeError("the simulation ended without completing the run; see the log above")
     return finished[0]

@@ -16,23 +16,16 @@ a failed job). A failed job is recorded and the sweep goes on. Where sweeps go
 is set under ``hydra:`` in ``conf/config.yaml``; summarise one with
 ``python -m fedrouter_app.report <sweep dir> --out <dir>``.
 
-The jobs of a multirun share one local Ray cluster (:class:`SharedRayCluster`),
-started once with the sweep instead of once per job, unless ``RAY_ADDRESS``
-already names a cluster to use.
+The jobs share Ray and its actors: each job hands its actors, base model
+loaded, to the next (:mod:`fedrouter_app.actor_pool`), and :class:`KeptActors`
+stops them when the multirun ends. ``RAY_ADDRESS`` runs the jobs on an existing
+cluster.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Sequence
@@ -110,91 +103,18 @@ class SweepProgress(Callback):
             self.bar.close()
 
 
-class SharedRayCluster(Callback):
-    """Hydra callback: one local Ray cluster for every job of a multirun.
+class KeptActors(Callback):
+    """Hydra callback: stop the Ray actors the jobs of a multirun handed on to one another, when it ends.
 
-    Flower's Ray backend shuts Ray down at the end of every simulation, so a
-    sweep whose jobs each start their own Ray instance pays Ray's start-up and
-    shut-down (several seconds on 2 cores) per job. Instead the sweep starts a
-    head node once (``ray start --head --block``, in a process group of its
-    own, logged to ``<sweep dir>/ray.log``) and points the jobs at it through
-    ``RAY_ADDRESS``, which :func:`fedrouter_app.simulation.simulate` honours;
-    ``ray.shutdown()`` in a job then only disconnects that job. Nothing is
-    started when ``RAY_ADDRESS`` is already set (the jobs use that cluster).
+    Every job runs in this process, so each reuses the previous job's actors,
+    base model loaded (:mod:`fedrouter_app.actor_pool`), instead of paying for
+    new ones; the last job leaves them for this callback.
     """
 
-    def __init__(self, start_timeout: float = 120.0) -> None:
-        self.start_timeout = start_timeout
-        self.head: subprocess.Popen | None = None
-        self.port = 0
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if os.environ.get("RAY_ADDRESS"):
-            return
-        sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        port = self.port = _free_port()
-        args = [
-            str(Path(sys.executable).parent / "ray"),
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            f"--num-cpus={os.cpu_count() or 1}",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            # A temp dir of its own, so that Ray's "latest cluster" file, which a plain ray.init() elsewhere on
-            # this machine would follow, never points at the sweep's cluster.
-            f"--temp-dir={self._temp_dir(port)}",
-        ]
-        with (sweep_dir / "ray.log").open("a") as log_file:
-            self.head = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        atexit.register(self.stop)  # also on Ctrl-C or a crash, when on_multirun_end is not called
-        deadline = time.monotonic() + self.start_timeout
-        while not _listening(port):
-            if self.head.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the sweep's Ray head did not start; see {sweep_dir / 'ray.log'}")
-            time.sleep(0.2)
-        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-        log.info("sweep jobs share the Ray cluster at 127.0.0.1:%d", port)
-
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self.stop()
+        from fedrouter_app.actor_pool import release_actors
 
-    def stop(self) -> None:
-        """Stop the head node and every Ray process it started (idempotent)."""
-        if self.head is None:
-            return
-        head, self.head = self.head, None
-        os.environ.pop("RAY_ADDRESS", None)
-        # `ray start --block` stops the processes it started when it gets SIGTERM.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=10)
-        shutil.rmtree(self._temp_dir(self.port), ignore_errors=True)
-
-    @staticmethod
-    def _temp_dir(port: int) -> Path:
-        # Short: Ray puts Unix sockets under it, and their paths are limited to about 100 characters.
-        return Path(tempfile.gettempdir()) / f"fedrouter-ray-{port}"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-        return True
-    return False
+        release_actors()
 
 
 def run_job(overrides: Sequence[str], job_dir: Path) -> dict[str, Any]:
