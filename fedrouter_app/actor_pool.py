@@ -49,6 +49,7 @@ class KeptActors:
     ray_settings: str
     actor_settings: str
     pool: BasicActorPool
+    ray_node: str  # this process's Ray node: another one (Ray shut down and started again) means stale handles
 
 
 _lock = threading.Lock()
@@ -84,6 +85,10 @@ def release_actors() -> None:
 atexit.register(release_actors)
 
 
+def _ray_node() -> str:
+    return str(ray.get_runtime_context().get_node_id())
+
+
 def _reusable(pool: BasicActorPool) -> bool:
     """Every actor of ``pool`` answers, and the cluster still fits exactly that many."""
     try:
@@ -110,6 +115,8 @@ class KeptRayBackend(raybackend.RayBackend):
 
     def build(self, app_fn: Callable[[], ClientApp]) -> None:
         kept = _pop_kept()
+        if kept is not None and kept.ray_node != _ray_node():
+            kept = None  # Ray was shut down since (by someone else): its actors are gone with it
         if kept is not None and kept.actor_settings == self.actor_settings and _reusable(kept.pool):
             self.pool = kept.pool
             self.app_fn = app_fn
@@ -126,7 +133,7 @@ class KeptRayBackend(raybackend.RayBackend):
             super().terminate()
             return
         with _lock:
-            previous, _kept = _kept, KeptActors(self.ray_settings, self.actor_settings, self.pool)
+            previous, _kept = _kept, KeptActors(self.ray_settings, self.actor_settings, self.pool, _ray_node())
         if previous is not None and previous.pool is not self.pool:
             _kill(previous.pool)
 

@@ -58,6 +58,14 @@ def test_a_dead_actor_is_replaced():
     assert len(kept_actor_ids()) == 2
 
 
+def test_a_run_after_ray_was_shut_down_starts_afresh():
+    run("method=local")
+    before = kept_actor_ids()
+    ray.shutdown()
+    assert run("method=local")["run"]["status"] == "completed"
+    assert len(kept_actor_ids()) == 2 and not set(kept_actor_ids()) & set(before)
+
+
 def test_keep_actors_false_stops_them():
     run("method=local", keep_actors=False)
     assert actor_pool._kept is None
