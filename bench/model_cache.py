@@ -85,24 +85,27 @@ def run(cache: Path, calls: int = CALLS) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "calls": {},
     }
-    kinds = {"train": ("fedit", "train"), "evaluate": ("fedit", "evaluate"), "register": ("fedrouter", REGISTER)}
-    for kind, (method, message_type) in kinds.items():
-        kind_cfg = load_run_config([f"method={method}", *overrides])
+
+    def seconds(env_class: type[ClientEnv], method: str, message_type: str, server_round: int) -> float:
+        """One client call, timed from building its environment to its stamped reply."""
         category, _, action = message_type.partition(".")
-        row: dict[str, list[float]] = {}
+        content = RecordDict(
+            {ADAPTER: adapter, CONFIG: ConfigRecord({"server-round": server_round, "num-rounds": calls, "lr": 1e-3})}
+        )
+        method_cfg = load_run_config([f"method={method}", *overrides])
+        start = time.perf_counter()
+        env = env_class(cfg=method_cfg, data=data, state=RecordDict())
+        env.stamp(client_class(method)(env).handle(category, action or DEFAULT_ACTION, content))
+        return time.perf_counter() - start
+
+    kinds = {"train": ("fedit", "train"), "evaluate": ("fedit", "evaluate"), "register": ("fedrouter", REGISTER)}
+    for kind, call in kinds.items():
         # One untimed call first: one-time costs of the call itself (the ROUGE scorer, lazy imports) belong to neither.
-        for mode, env_class in (("warm-up", ClientEnv), ("cached", ClientEnv), ("reload", ReloadingEnv)):
-            row[mode] = []
-            for r in range(1, (1 if mode == "warm-up" else calls) + 1):
-                content = RecordDict(
-                    {ADAPTER: adapter, CONFIG: ConfigRecord({"server-round": r, "num-rounds": calls, "lr": 1e-3})}
-                )
-                start = time.perf_counter()
-                env = env_class(cfg=kind_cfg, data=data, state=RecordDict())
-                env.stamp(client_class(method)(env).handle(category, action or DEFAULT_ACTION, content))
-                row[mode].append(time.perf_counter() - start)
-                del env
-        del row["warm-up"]
+        seconds(ClientEnv, *call, 1)
+        row = {
+            mode: [seconds(env_class, *call, r) for r in range(1, calls + 1)]
+            for mode, env_class in (("cached", ClientEnv), ("reload", ReloadingEnv))
+        }
         cached, reload = (sum(row[m]) / calls for m in ("cached", "reload"))
         out["calls"][kind] = {**row, "cached_mean": cached, "reload_mean": reload, "speedup": reload / cached}
     return out

@@ -43,7 +43,7 @@ READY_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
-class KeptActors:
+class KeptPool:
     """Actors a finished run left, and the settings they were made with."""
 
     ray_settings: str
@@ -53,14 +53,14 @@ class KeptActors:
 
 
 _lock = threading.Lock()
-_kept: KeptActors | None = None
+_kept: KeptPool | None = None
 
 
 def _settings(config: Any) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
-def _pop_kept() -> KeptActors | None:
+def _pop_kept() -> KeptPool | None:
     global _kept
     with _lock:
         kept, _kept = _kept, None
@@ -133,7 +133,7 @@ class KeptRayBackend(raybackend.RayBackend):
             super().terminate()
             return
         with _lock:
-            previous, _kept = _kept, KeptActors(self.ray_settings, self.actor_settings, self.pool, _ray_node())
+            previous, _kept = _kept, KeptPool(self.ray_settings, self.actor_settings, self.pool, _ray_node())
         if previous is not None and previous.pool is not self.pool:
             _kill(previous.pool)
 
