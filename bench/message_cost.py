@@ -5,8 +5,8 @@ process for every message, so each message pays the imports, the config, the
 client's data and the base model load again (in simulation a Ray actor pays
 them once). This measures those phases in fresh processes, as a message would:
 
-- ``imports``: ``import fedrouter_app.client_app`` (torch, transformers, peft,
-  flwr, every method);
+- ``imports``: ``import fedrouter_app.client_handler`` (torch, transformers, peft,
+  flwr, every method: what a ClientApp without a warm worker imports);
 - ``config``: composing the run config with Hydra;
 - ``data``: building the client's partition;
 - ``model``: tokenizer + ``from_pretrained`` (safetensors, memory-mapped) +
@@ -49,7 +49,7 @@ PHASES = ("interpreter", "imports", "config", "data", "model")
 CHILD = """
 import json, sys, time
 t = time.perf_counter()
-import fedrouter_app.client_app
+import fedrouter_app.client_handler
 from fedrouter_app.client_env import client_data
 from fedrouter_app.config import load_run_config
 from fedrouter_app.model.loading import cached_adapter_model

@@ -3,7 +3,7 @@
 ``python -m bench.plain_loop --clients 500 --workers 2 --json out.json`` replays
 the training calls of the benchmark's steady rounds (the same clients, sampled
 by the same seeded function, the same data, steps, batches and seeds) through
-the same client code (:func:`fedrouter_app.client_app.build_env` and the
+the same client code (:func:`fedrouter_app.client_handler.build_env` and the
 method's handler), in ``workers`` plain processes with one thread each, the
 parallelism of the simulation's 1-CPU actors, and at their scheduling priority
 (Ray starts its workers with niceness 15: on a machine shared with other work,
@@ -41,7 +41,7 @@ def _worker(rank: int, num_clients: int, barrier: Any, next_call: Any, out: Any)
     from flwr.app import ConfigRecord, Context, RecordDict
 
     from clients.base import DEFAULT_ACTION
-    from fedrouter_app.client_app import build_env
+    from fedrouter_app.client_handler import build_env
     from fedrouter_app.config import load_run_config
     from fedrouter_app.records import CONFIG, adapter_record
     from fedrouter_app.registry import client_class

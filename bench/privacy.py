@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 # The in-process grid of the tests: clients answer one after the other in this process, through the real apps.
-from tests.inprocess import run_inprocess
+from fedrouter_app.inprocess import run_inprocess
 
 NOISE = (0.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0)
 SHORT = (

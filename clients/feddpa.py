@@ -107,6 +107,7 @@ class FedDPAClient(ClientMethod):
                 batch_size=self.env.cfg.eval.batch_size,
                 pooling=method.representation,
                 mixing={LOCAL_SLOT: 1.0},
+                by_length=self.env.cfg.speed.eval_batching,
             )
 
         omega = instance_weights(embed(test), embed([train[i] for i in picks]), method.max_weight)

@@ -68,7 +68,12 @@ class FedRouterClient(ClientMethod):
             return LocalClusters.from_record(self.env.state.array_records[CLUSTERS])
         train = self.env.data.train
         method = self.env.cfg.method
-        embeddings = embed_texts(self.env.model(), [ex.instruction for ex in train], batch_size=method.embed_batch_size)
+        embeddings = embed_texts(
+            self.env.model(),
+            [ex.instruction for ex in train],
+            batch_size=method.embed_batch_size,
+            by_length=self.env.cfg.speed.eval_batching,
+        )
         if method.clustering == "oracle":
             labels = np.array([self.env.data.tasks.index(ex.task) for ex in train], dtype=np.int64)
             centroids = np.stack([embeddings[labels == j].mean(axis=0) for j in range(len(self.env.data.tasks))])
@@ -134,17 +139,12 @@ class FedRouterClient(ClientMethod):
             "global": nearest(embeddings, centroids),
             "local": nearest(embeddings, centroids, candidates=assignment),
         }
-        wanted: dict[int, set[int]] = defaultdict(set)
-        for route in routes.values():
-            for i, k in enumerate(route):
-                wanted[int(k)].add(i)
         test = self.env.data.test
-        scored: dict[tuple[int, int], ExampleScore] = {}
-        for k, rows in sorted(wanted.items()):
-            order = sorted(rows)
-            adapter = self.env.read_adapter(content, global_adapter_name(k))
-            for i, score in zip(order, self.env.score([test[i] for i in order], adapter), strict=True):
-                scored[(i, k)] = score
+        # Every (sample, cluster) pair either router asks for, scored once, all in one set of batches.
+        pairs = sorted({(i, int(k)) for route in routes.values() for i, k in enumerate(route)})
+        adapters = {k: self.env.read_adapter(content, global_adapter_name(k)) for k in sorted({k for _, k in pairs})}
+        rows = self.env.score_routed([test[i] for i, _ in pairs], [k for _, k in pairs], adapters)
+        scored: dict[tuple[int, int], ExampleScore] = dict(zip(pairs, rows, strict=True))
         views = {f"router-{mode}": [scored[(i, int(k))] for i, k in enumerate(routes[mode])] for mode in ROUTER_MODES}
         counts: dict[str, float] = defaultdict(float)
         for mode, route in routes.items():
@@ -161,6 +161,7 @@ class FedRouterClient(ClientMethod):
             self.env.model(),
             [ex.instruction for ex in self.env.data.test],
             batch_size=self.env.cfg.method.embed_batch_size,
+            by_length=self.env.cfg.speed.eval_batching,
         )
         self.env.state[TEST_EMBEDDINGS] = ArrayRecord({"embeddings": Array(embeddings)})
         return embeddings

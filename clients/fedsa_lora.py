@@ -7,7 +7,7 @@ from flwr.app import RecordDict
 from clients.base import ClientMethod
 from fedrouter_app.client_env import RoundInfo
 from fedrouter_app.model.lora import LoraState, LoraTemplate, is_lora_a, is_lora_b
-from fedrouter_app.records import adapter_record, read_adapter
+from fedrouter_app.records import adapter_record, local_adapter_record, read_adapter, read_local_adapter
 from fedrouter_app.registry import register_client
 from strategies.fedsa_lora import LORA_A, a_template
 
@@ -26,7 +26,7 @@ class FedSALoRAClient(ClientMethod):
         if record is None:
             initial = self.env.initial_adapter()
             return {key: initial[key] for key in self.b_template()}
-        return read_adapter(record, self.b_template())
+        return read_local_adapter(record, self.b_template())
 
     def combined(self, content: RecordDict) -> LoraState:
         """The full adapter: received ``A`` tensors and this client's ``B`` tensors."""
@@ -37,7 +37,7 @@ class FedSALoRAClient(ClientMethod):
 
     def train(self, content: RecordDict, info: RoundInfo) -> RecordDict:
         adapter, stats = self.env.train(self.combined(content), info)
-        self.env.state[OWN_B] = adapter_record({key: v for key, v in adapter.items() if is_lora_b(key)})
+        self.env.state[OWN_B] = local_adapter_record({key: v for key, v in adapter.items() if is_lora_b(key)})
         reply = self.env.train_reply(stats)
         reply[LORA_A] = adapter_record({key: v for key, v in adapter.items() if is_lora_a(key)})
         return reply

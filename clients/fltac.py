@@ -16,7 +16,7 @@ from clients.base import ClientMethod
 from fedrouter_app.aggregation import weighted_average
 from fedrouter_app.client_env import RoundInfo
 from fedrouter_app.data.example import Example
-from fedrouter_app.evaluation import ExampleScore, text_loss
+from fedrouter_app.evaluation import text_loss
 from fedrouter_app.model.lora import LoraState
 from fedrouter_app.records import CONFIG
 from fedrouter_app.registry import register_client
@@ -55,15 +55,14 @@ class FLTACClient(ClientMethod):
         by_task: dict[str, list[Example]] = defaultdict(list)
         for ex in self.env.data.test:
             by_task[ex.task].append(ex)
-        scores: list[ExampleScore] = []
+        adapters: dict[str, LoraState] = dict(own)
         choice: dict[str, float] = {}
         for task, examples in by_task.items():
-            if task in own:
-                adapter = own[task]
-            else:
-                adapter, k = self._unseen_adapter(task, examples, slots, content)
+            if task not in own:
+                adapters[task], k = self._unseen_adapter(task, examples, slots, content)
                 choice[f"unseen.{task}.cluster"] = k
-            scores += self.env.score(examples, adapter)
+        test = self.env.data.test
+        scores = self.env.score_routed(test, [ex.task for ex in test], adapters)
         return self.env.evaluate_reply(scores, extra=choice)
 
     def _unseen_adapter(
@@ -85,6 +84,6 @@ class FLTACClient(ClientMethod):
         losses = {}
         for k in clusters:
             model = self.env.load({"default": self.env.read_adapter(content, cluster_name(k))})
-            losses[k] = text_loss(model, prompts, batch_size=self.env.cfg.eval.batch_size)
+            losses[k] = text_loss(model, prompts, batch_size=self.env.cfg.eval.batch_size, speed=self.env.cfg.speed)
         best = min(losses, key=lambda k: (losses[k], k))
         return self.env.read_adapter(content, cluster_name(best)), best

@@ -130,11 +130,13 @@ class TAPClient(ClientMethod):
     def evaluate(self, content: RecordDict, info: RoundInfo) -> RecordDict:
         regular = self.regular(content)
         personal = self.personal()
-        views = {"regular": self.score(regular)}
+        models = {"regular": regular}
         if info.server_round == info.num_rounds and personal is not None:
-            personal, teacher = self.distil(regular, personal, info)
-            views["teacher"] = self.score(teacher)
-        primary = self.score(personal) if personal is not None else views["regular"]
+            personal, models["teacher"] = self.distil(regular, personal, info)
+        if personal is not None:
+            models["personal"] = personal
+        views = self.score_views(models)
+        primary = views.pop("personal", views["regular"])
         return self.env.evaluate_reply(primary, views=views)
 
     def distil(
@@ -169,3 +171,22 @@ class TAPClient(ClientMethod):
             others=slots,
             mixing=self.mixing(),
         )
+
+    def score_views(self, models: Mapping[str, Mapping[str, LoraState]]) -> dict[str, list[ExampleScore]]:
+        """Scores of the test set under each model, every model's rows in one set of batches."""
+        if not self.env.cfg.speed.eval_batching:
+            return {name: self.score(model) for name, model in models.items()}
+        test = self.env.data.test
+        rows = [ex for _ in models for ex in test]
+        states: dict[str, LoraState] = {}
+        weights: dict[str, torch.Tensor] = {}
+        for v, model in enumerate(models.values()):
+            view = slice(v * len(test), (v + 1) * len(test))
+            prefix = f"view{v}"
+            for key, state in model.items():
+                slot = self.slot(key, prefix)
+                states[slot] = state
+                weights[slot] = torch.zeros(len(rows))
+                weights[slot][view] = self.mixing(prefix)(test)[slot]
+        scores = self.env.score_mixed(rows, states, weights)
+        return {name: scores[v * len(test) : (v + 1) * len(test)] for v, name in enumerate(models)}

@@ -1,124 +1,111 @@
-"""The ClientApp: every message goes to the run's method, with a ClientEnv.
+"""The ClientApp: a thin front that hands each message to whoever does the node's work.
 
-Handlers are generic: the method named in the config decides what a message
-means. The base model is cached per process (see ``model.loading``); client
-state lives in ``context.state``.
+Imported by every ClientApp process Flower starts (on the deployment runtime,
+one per message), so it imports nothing heavy: no torch, transformers or peft
+(``python -X importtime -c "import fedrouter_app.client_app"``).
+
+- Where the node's config names a warm worker (``--node-config
+  "worker='/path/node0.sock'"``), the message and the node's context travel to
+  it over a local authenticated channel, and its reply and the node's new
+  state come back (:mod:`fedrouter_app.worker_client`). A worker that is not
+  running is started; one that dies is replaced and the message sent again.
+- Otherwise (and in simulation) this process does the work itself, as the
+  worker would (:mod:`fedrouter_app.client_handler`, imported on first use).
+
+Either way the message meets the same handler, so a node with and without a
+worker gives the same replies, bit for bit.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
+from flwr.app.metadata import validate_message_type
+from flwr.client.mod.utils import make_ffn
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable, Mod
 
-from clients.base import DEFAULT_ACTION
-from fedrouter_app.checkpoint import CHECKPOINT_ROUND, RUN_KEY, STATE_MARKER, ClientStateStore
-from fedrouter_app.client_env import ClientEnv, client_data
-from fedrouter_app.config import config_fingerprint, load_run_config, overrides_from_run_config
-from fedrouter_app.dp import dp_clipping_mod
+from fedrouter_app.client_logs import client_label, in_deployment_clientapp, label_client_logs
+from fedrouter_app.client_mods import dp_clipping_mod
 from fedrouter_app.logs import get_logger
-from fedrouter_app.records import CLIENT_ID, CONFIG, METRICS, NUM_EXAMPLES
-from fedrouter_app.registry import client_class, method_names
-from fedrouter_app.rounds import FINGERPRINT
+from fedrouter_app.message_timing import record_timing
+from fedrouter_app.node_threads import apply_cpus, node_cpus
+from fedrouter_app.worker_channel import WorkerAddress
+from fedrouter_app.worker_client import CodeMismatchError, forward
 
 log = get_logger(__name__)
+# When this module started to load: the per-message timings count the imports from here.
+_IMPORTED_AT = time.time()
+_IMPORT_SECONDS = 0.0
+_warned_mismatch: set[str] = set()
 
 
-def build_env(context: Context, overrides: Sequence[str]) -> ClientEnv:
-    """The environment of one message: config, this node's partition, its state."""
-    all_overrides = (*overrides_from_run_config(context.run_config), *overrides)
-    cfg = load_run_config(all_overrides)
-    partition_id = int(context.node_config["partition-id"])
-    num_partitions = int(context.node_config.get("num-partitions", cfg.num_clients))
-    if num_partitions != cfg.num_clients:
-        raise ValueError(
-            f"node has num-partitions={num_partitions} but the config says num_clients={cfg.num_clients}; "
-            "make them agree (federation num-supernodes or --node-config)"
-        )
-    return ClientEnv(cfg=cfg, data=client_data(cfg, repr(all_overrides), partition_id), state=context.state)
+class ForwardingClientApp(ClientApp):
+    """A ClientApp that sends every valid message type to one handler (wrapped in the app's mods).
 
-
-def hello(msg: Message, env: ClientEnv) -> Message:
-    """Answer the server's registration: partition id, data sizes, config check."""
-    expected = msg.content.config_records[CONFIG].get(FINGERPRINT)
-    if expected != (mine := config_fingerprint(env.cfg)):
-        raise ValueError(
-            f"client config fingerprint {mine} differs from the server's {expected}: "
-            "this node runs a different app version or configuration"
-        )
-    metrics = MetricRecord(
-        {CLIENT_ID: env.client_id, NUM_EXAMPLES: len(env.data.train), "num-test-examples": len(env.data.test)}
-    )
-    return Message(RecordDict({METRICS: metrics}), reply_to=msg)
-
-
-def saved_state(env: ClientEnv, msg: Message) -> tuple[ClientStateStore, int, int] | None:
-    """This client's store of saved state, the message's round and the server's last checkpoint round.
-
-    None when the server does not ask clients to keep their state (checkpoints off).
+    Flower's ClientApp dispatches on handlers registered per message type; the
+    message types a method adds are only known to the method's code, which
+    this light front does not import, so one handler takes them all and the
+    method refuses what it does not handle.
     """
-    config = msg.content.config_records.get(CONFIG) or {}
-    if RUN_KEY not in config or not env.cfg.checkpoint.client_state:
-        return None
-    run_key = str(config[RUN_KEY])
-    if not run_key.replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"invalid run key {run_key!r}")
-    store = ClientStateStore(Path(env.cfg.checkpoint.client_dir), run_key, env.client_id)
-    return store, int(config.get("server-round", 0)), int(config.get(CHECKPOINT_ROUND, -1))
+
+    def __init__(self, handler: ClientAppCallable, mods: list[Mod] | None = None) -> None:
+        super().__init__(mods=mods)
+        # Flower's own way of wrapping mods around a handler.
+        self._handler = make_ffn(handler, list(mods or []))
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        if not validate_message_type(message.metadata.message_type):
+            raise ValueError(f"Invalid message type: {message.metadata.message_type}")
+        return self._handler(message, context)
 
 
-def restore(env: ClientEnv, store: ClientStateStore, checkpoint_round: int) -> None:
-    """In a fresh context (a resumed run), load the newest state saved up to the server's last checkpoint."""
-    run_key = store.run_key
-    marker = env.state.config_records.get(STATE_MARKER)
-    if marker is not None and marker.get("key") == run_key:
-        return
-    if (saved := store.load(max_round=checkpoint_round)) is not None:
-        for name, record in saved.items():
-            env.state[name] = record
-        log.info("client %d: continues from its state saved for run %s", env.client_id, run_key)
-    env.state[STATE_MARKER] = ConfigRecord({"key": run_key})
+def handle(msg: Message, context: Context, overrides: Sequence[str] = ()) -> Message:
+    """Do ``msg``'s work here or on the node's worker; ``context.state`` is updated in place."""
+    started = time.time()
+    cpus = node_cpus(context.node_config)
+    address = WorkerAddress.from_node_config(context.node_config)
+    timing: dict[str, float] = {}
+    reply: Message | None = None
+    if address is not None:
+        try:
+            result = forward(address, msg, context, overrides, cpus)
+        except CodeMismatchError as err:
+            if str(address.socket) not in _warned_mismatch:
+                _warned_mismatch.add(str(address.socket))
+                log.warning("%s; doing the work in the ClientApp process (restart that worker to use it)", err)
+        else:
+            context.state.clear()
+            context.state.update(result.state)
+            reply = Message(result.content, reply_to=msg)
+            timing = {"worker": 1.0, **{f"worker_{k}": v for k, v in result.timing.items()}}
+    if reply is None:
+        apply_cpus(cpus)
+        before = time.perf_counter()
+        from fedrouter_app.client_handler import handle_message
+
+        imported = time.perf_counter()
+        reply = handle_message(msg, context, overrides)
+        timing = {"worker": 0.0, "handler_import": imported - before, "work": time.perf_counter() - imported}
+    record_timing(msg, context, {"imports": _IMPORT_SECONDS, "started": started, **timing}, _IMPORTED_AT)
+    return reply
 
 
 def make_client_app(overrides: Sequence[str] = ()) -> ClientApp:
     """A ClientApp that adds ``overrides`` to whatever the run config says."""
+
+    def handler(msg: Message, context: Context) -> Message:
+        if not in_deployment_clientapp():
+            return handle(msg, context, overrides)
+        label_client_logs()
+        with client_label(context.run_id, context.node_config.get("partition-id", "?")):
+            return handle(msg, context, overrides)
+
     # Flower's fixedclipping_mod for dp.mode=client; a no-op unless the server sends a clipping norm.
-    app = ClientApp(mods=[dp_clipping_mod])
-
-    def handle(msg: Message, context: Context) -> Message:
-        env = build_env(context, overrides)
-        saved = saved_state(env, msg)
-        if saved is not None:
-            restore(env, saved[0], saved[2])
-        category, _, action = msg.metadata.message_type.partition(".")
-        method = client_class(env.cfg.method.name)(env)
-        content = method.handle(category, action or DEFAULT_ACTION, msg.content)
-        if saved is not None:
-            saved[0].save(env.state, saved[1], saved[2])
-        return Message(env.stamp(content), reply_to=msg)
-
-    app.train()(handle)
-    app.evaluate()(handle)
-
-    @app.query("close")
-    def query_close(msg: Message, context: Context) -> Message:
-        env = build_env(context, overrides)
-        saved = saved_state(env, msg)
-        if saved is not None:
-            saved[0].clear()
-        return Message(env.stamp(RecordDict()), reply_to=msg)
-
-    @app.query("hello")
-    def query_hello(msg: Message, context: Context) -> Message:
-        return hello(msg, build_env(context, overrides))
-
-    extra = {a for name in method_names() for a in client_class(name).actions}
-    for message_type in sorted(extra):
-        category, action = message_type.split(".")
-        getattr(app, category)(action)(handle)
-    return app
+    return ForwardingClientApp(handler, mods=[dp_clipping_mod])
 
 
 app = make_client_app()
+_IMPORT_SECONDS = time.time() - _IMPORTED_AT

@@ -9,20 +9,32 @@ message. Per-client memory across rounds lives in ``context.state``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
+from fedrouter_app.data.choices import answer_choices
 from fedrouter_app.data.encoding import PromptFormat
 from fedrouter_app.data.example import Example
 from fedrouter_app.data.partition import ClientData, build_client_data
 from fedrouter_app.evaluation import ExampleScore, mean_loss, score_examples, summarize
-from fedrouter_app.model.adapter_model import DEFAULT_SLOT, AdapterModel
+from fedrouter_app.model.adapter_model import DEFAULT_SLOT, AdapterModel, Mixing
 from fedrouter_app.model.loading import cached_adapter_model
 from fedrouter_app.model.lora import LoraState
-from fedrouter_app.records import ADAPTER, CLIENT_ID, CONFIG, METRICS, NUM_EXAMPLES, adapter_record, read_adapter
+from fedrouter_app.records import (
+    ADAPTER,
+    CLIENT_ID,
+    CONFIG,
+    METRICS,
+    NUM_EXAMPLES,
+    adapter_record,
+    local_adapter_record,
+    read_adapter,
+    read_local_adapter,
+)
 from fedrouter_app.settings import RunConfig
 from fedrouter_app.training import MixingFn, Regularizer, Teacher, TrainStats, train_adapter
 
@@ -30,6 +42,12 @@ from fedrouter_app.training import MixingFn, Regularizer, Teacher, TrainStats, t
 TRAIN_LOSS = "train-loss"
 TRAIN_STEPS = "train-steps"
 TRAIN_SECONDS = "train-seconds"
+TRAIN_TOKENS = "train-tokens"
+# Every reply: token positions that entered the model while handling the message (all passes, padding included).
+FORWARD_TOKENS = "forward-tokens"
+
+# Slot names of the adapters rows are routed to (one batch, per-row mixing).
+ROUTE_SLOT = "route_{}"
 
 
 @dataclass(frozen=True)
@@ -87,6 +105,8 @@ class ClientEnv:
     cfg: RunConfig
     data: ClientData
     state: RecordDict
+    _tokens_at_start: int | None = field(default=None, repr=False)
+    _trained: list[TrainStats] = field(default_factory=list, repr=False)
 
     @property
     def client_id(self) -> int:
@@ -98,7 +118,22 @@ class ClientEnv:
 
     def model(self) -> AdapterModel:
         """The process's base model with its LoRA slot."""
-        return cached_adapter_model(self.cfg.model, self.cfg.lora)
+        model = cached_adapter_model(self.cfg.model, self.cfg.lora)
+        if self._tokens_at_start is None:
+            self._tokens_at_start = model.forward_tokens
+        return model
+
+    def forward_tokens(self) -> int:
+        """Token positions the model has computed for this message so far."""
+        if self._tokens_at_start is None:
+            return 0
+        return cached_adapter_model(self.cfg.model, self.cfg.lora).forward_tokens - self._tokens_at_start
+
+    def choices(self) -> dict[str, tuple[str, ...]]:
+        """Candidate answers of closed-answer tasks under ``eval.answer_mode=choices`` (else none)."""
+        if self.cfg.eval.answer_mode != "choices":
+            return {}
+        return answer_choices(self.cfg.data, self.cfg.seed, self.cfg.eval.max_choices)
 
     def initial_adapter(self) -> LoraState:
         """The run's initial adapter (identical to the server's)."""
@@ -177,7 +212,9 @@ class ClientEnv:
             mixing=mixing,
             regularizer=regularizer(model) if regularizer else None,
             teacher=teacher,
+            speed=self.cfg.speed,
         )
+        self._trained.append(stats)
         return {slot: model.state(slot) for slot in trainable}, stats
 
     def score(
@@ -189,14 +226,50 @@ class ClientEnv:
         mixing: MixingFn | None = None,
     ) -> list[ExampleScore]:
         """Score ``examples`` with ``adapter`` (combined with ``others`` as ``mixing`` says)."""
+        states = {DEFAULT_SLOT: adapter, **(others or {})}
+        return self.score_mixed(examples, states, mixing(examples) if mixing else None)
+
+    def score_mixed(
+        self, examples: Sequence[Example], states: Mapping[str, LoraState], weights: Mixing | None
+    ) -> list[ExampleScore]:
+        """Score rows with ``states`` loaded into their slots, mixed per row as ``weights`` says.
+
+        ``weights`` maps slots to a float or to a tensor with one weight per
+        row (None: the default slot alone), so rows may each use their own
+        adapters; an example may appear in several rows.
+        """
         return score_examples(
-            self.load({DEFAULT_SLOT: adapter, **(others or {})}),
+            self.load(states),
             examples,
             self.fmt,
             batch_size=self.cfg.eval.batch_size,
             max_new_tokens=self.cfg.eval.max_new_tokens,
-            mixing=mixing,
+            weights=weights,
+            choices=self.choices(),
+            stop=self.cfg.eval.stop_strings,
+            speed=self.cfg.speed,
         )
+
+    def score_routed(
+        self, examples: Sequence[Example], routes: Sequence[Hashable], adapters: Mapping[Hashable, LoraState]
+    ) -> list[ExampleScore]:
+        """Score row i with ``adapters[routes[i]]``.
+
+        With ``speed.eval_batching`` every row runs in one set of
+        batches, each under its own adapter; otherwise (the reference path)
+        each adapter scores its rows in a pass of its own.
+        """
+        keys = list(dict.fromkeys(routes))
+        if not self.cfg.speed.eval_batching:
+            scores: list[ExampleScore | None] = [None] * len(examples)
+            for key in keys:
+                rows = [i for i, r in enumerate(routes) if r == key]
+                for i, score in zip(rows, self.score([examples[i] for i in rows], adapters[key]), strict=True):
+                    scores[i] = score
+            return [s for s in scores if s is not None]
+        slots = {key: ROUTE_SLOT.format(j) for j, key in enumerate(keys)}
+        weights = {slots[key]: torch.tensor([float(r == key) for r in routes]) for key in keys}
+        return self.score_mixed(examples, {slots[key]: adapters[key] for key in keys}, weights)
 
     def loss(
         self,
@@ -208,7 +281,14 @@ class ClientEnv:
     ) -> float:
         """Teacher-forced loss of ``adapter`` on ``examples`` (e.g. to pick among adapters)."""
         model = self.load({DEFAULT_SLOT: adapter, **(others or {})})
-        return mean_loss(model, examples, self.fmt, batch_size=self.cfg.eval.batch_size, mixing=mixing)
+        return mean_loss(
+            model,
+            examples,
+            self.fmt,
+            batch_size=self.cfg.eval.batch_size,
+            weights=mixing(examples) if mixing else None,
+            speed=self.cfg.speed,
+        )
 
     def load(self, states: Mapping[str, LoraState]) -> AdapterModel:
         """The model with ``states`` loaded into their slots."""
@@ -233,6 +313,7 @@ class ClientEnv:
                 TRAIN_LOSS: stats.mean_loss if stats.steps else 0.0,
                 TRAIN_STEPS: stats.steps,
                 TRAIN_SECONDS: stats.seconds,
+                TRAIN_TOKENS: stats.tokens,
                 **(extra or {}),
             }
         )
@@ -269,6 +350,12 @@ class ClientEnv:
         """Add this client's id to a reply's metrics (every reply carries it)."""
         metrics = content.metric_records.get(METRICS, MetricRecord())
         metrics[CLIENT_ID] = self.client_id
+        metrics[FORWARD_TOKENS] = self.forward_tokens()
+        if self._trained:
+            # Every training call of the message counts (a method may report only part of it as its result,
+            # e.g. TAP's regular model, or train during evaluation, e.g. TAP's distillation).
+            metrics[TRAIN_STEPS] = sum(s.steps for s in self._trained)
+            metrics[TRAIN_TOKENS] = sum(s.tokens for s in self._trained)
         content[METRICS] = metrics
         return content
 
@@ -277,8 +364,8 @@ class ClientEnv:
     def load_adapter_state(self, name: str) -> LoraState | None:
         """An adapter kept in ``context.state`` under ``name``, if any."""
         record = self.state.array_records.get(name)
-        return None if record is None else read_adapter(record, self.model().template)
+        return None if record is None else read_local_adapter(record, self.model().template)
 
     def save_adapter_state(self, name: str, adapter: LoraState) -> None:
         """Keep ``adapter`` in ``context.state`` for later rounds."""
-        self.state[name] = adapter_record(adapter)
+        self.state[name] = local_adapter_record(adapter)

@@ -34,13 +34,28 @@ OmegaConf.register_new_resolver("len", lambda value: len(value), replace=True)
 
 
 def _n_training_tasks(*, _root_: DictConfig) -> int:
-    """Tasks some client may train on: ``data.tasks`` minus ``scenario.unseen_tasks``."""
+    """Tasks some client trains on: ``data.tasks`` minus ``scenario.unseen_tasks``, and of those, in a window
+    scenario with fewer clients than tasks, only the ones the clients' windows reach."""
     held_out = set(_root_.scenario.get("unseen_tasks") or [])
-    return sum(1 for task in _root_.data.tasks if task not in held_out)
+    n = sum(1 for task in _root_.data.tasks if task not in held_out)
+    if _root_.scenario.get("kind") != "window" or OmegaConf.is_interpolation(_root_.scenario, "tasks_per_client"):
+        return n  # every task is dealt out (dirichlet), or the window is itself "every task" (iid)
+    per_client = _root_.scenario.get("tasks_per_client")
+    return n if per_client is None else min(n, int(_root_.num_clients) + int(per_client) - 1)
 
 
 # ${n_training_tasks:} in conf/: e.g. one global cluster per task that is trained on.
 OmegaConf.register_new_resolver("n_training_tasks", _n_training_tasks, replace=True)
+
+
+def _tasks_per_client(default: int, *, _root_: DictConfig) -> int:
+    """``scenario.tasks_per_client`` where the scenario fixes it (window scenarios), else ``default``."""
+    value = _root_.scenario.get("tasks_per_client")
+    return int(value) if value is not None else int(default)
+
+
+# ${tasks_per_client:2} in conf/: e.g. one local cluster per task a client holds (FedRouter's n_local).
+OmegaConf.register_new_resolver("tasks_per_client", _tasks_per_client, replace=True)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("method", "scenario", "model", "data")

@@ -23,9 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
-from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
-from flwr.clientapp.mod import fixedclipping_mod
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideFixedClipping,
@@ -33,8 +31,9 @@ from flwr.serverapp.strategy import (
 )
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, get_norm
 
+from fedrouter_app.client_mods import dp_clipping_mod
 from fedrouter_app.model.lora import LoraState, LoraTemplate
-from fedrouter_app.records import ADAPTER, CONFIG, InvalidReplyError, adapter_record, read_adapter
+from fedrouter_app.records import ADAPTER, InvalidReplyError, adapter_record, read_adapter
 from fedrouter_app.seeding import derive_seed
 from fedrouter_app.settings import DPSettings
 
@@ -106,15 +105,3 @@ def check_clipped(state: LoraState, sent: LoraState, clipping_norm: float) -> No
     # float32 rounding after clipping can leave the norm a hair above it.
     if norm > clipping_norm * (1 + 1e-4):
         raise InvalidReplyError(f"update norm {norm:.4g} exceeds dp.clipping_norm={clipping_norm:g}: not clipped")
-
-
-def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Flower's ``fixedclipping_mod`` on training instructions that carry a clipping norm; others pass through.
-
-    The server adds the norm only with ``dp.mode=client``, so the ClientApp can
-    always carry this mod.
-    """
-    config = msg.content.config_records.get(CONFIG)
-    if msg.metadata.message_type == MessageType.TRAIN and config is not None and KEY_CLIPPING_NORM in config:
-        return fixedclipping_mod(msg, context, call_next)
-    return call_next(msg, context)

@@ -27,6 +27,7 @@ def embed_texts(
     pooling: str = "mean",
     max_length: int = 1024,
     mixing: Mixing | None = None,
+    by_length: bool = True,
 ) -> np.ndarray:
     """Pooled last hidden state (after the final norm) of each text, float32.
 
@@ -44,6 +45,9 @@ def embed_texts(
         Texts are truncated to their first ``max_length`` tokens.
     mixing : mapping, optional
         Adapter slots active during the pass; by default none (the frozen base).
+    by_length : bool
+        Batch texts of similar token length together (less padding; each
+        text's embedding does not depend on its batch).
 
     Returns
     -------
@@ -56,9 +60,11 @@ def embed_texts(
     # The backbone alone: its last hidden state is what we pool, and skipping
     # the LM head saves the vocabulary-sized projection.
     backbone = model.get_base_model().base_model
+    tokens = [prompt_ids(tokenizer, text)[:max_length] for text in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(tokens[i])) if by_length else list(range(len(texts)))
     chunks = []
     for start in range(0, len(texts), batch_size):
-        ids = [prompt_ids(tokenizer, text)[:max_length] for text in texts[start : start + batch_size]]
+        ids = [tokens[i] for i in order[start : start + batch_size]]
         batch = {k: v.to(adapter_model.device) for k, v in collate_prompts(ids, tokenizer.pad_token_id).items()}
         adapters = adapter_model.mixing(mixing) if mixing is not None else model.disable_adapter()
         with adapters:
@@ -71,4 +77,6 @@ def embed_texts(
         chunks.append(pooled.cpu().numpy())
     if not chunks:
         return np.zeros((0, backbone.config.hidden_size), dtype=np.float32)
-    return np.concatenate(chunks).astype(np.float32)
+    out = np.empty((len(texts), chunks[0].shape[1]), dtype=np.float32)
+    out[order] = np.concatenate(chunks)
+    return out

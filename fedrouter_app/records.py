@@ -1,9 +1,18 @@
 """What travels in messages: record names, LoRA tensors in ArrayRecords, and checks.
 
-Adapters travel as an ``ArrayRecord`` keyed by peft parameter name, float32.
+An adapter travels packed, as an ``ArrayRecord`` of ONE float32 1-D array:
+every LoRA tensor flattened and concatenated in sorted key order. Flower 1.41
+moves each Array of a message as its own object (one request per hop), so a
+message's start-up time grows with its number of arrays; packed, an adapter
+costs one. Both ends know the adapter template (key -> shape), so the layout
+needs no metadata; the array's key, ``lora.<layout>``, names a fingerprint of
+the template's keys and shapes, so an adapter packed for another layout (say
+the ``B`` half instead of the ``A`` half) is refused even when its length fits.
 Everything that arrives from a client is checked against the expected adapter
-template before it is used: key set, dtype and shape are read from the array
+template before it is used: key, dtype and length are read from the array
 metadata before any bytes are decoded, and decoded values must be finite.
+Adapters a client keeps in its own ``context.state`` (which never travels as
+separate objects) stay one array per tensor (:func:`local_adapter_record`).
 Arrays are decoded with ``allow_pickle=False``; nothing received is evaluated.
 A reply's size is bounded before anything in it is decoded (:func:`held_bytes`),
 and a payload that does not decode (another serialization type, damaged bytes,
@@ -12,6 +21,7 @@ an object array) is an invalid reply, not a crash.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 
@@ -46,13 +56,96 @@ def decode(array: Array, what: str) -> np.ndarray:
         raise InvalidReplyError(f"{what} does not decode: {type(err).__name__}: {str(err)[:120]}") from None
 
 
+# Key prefix of the one packed array of an adapter record (see :func:`packed_key`).
+PACKED_PREFIX = "lora."
+
+
+def packed_order(template: Mapping[str, Sequence[int]]) -> list[str]:
+    """The order in which an adapter's tensors are packed: sorted keys (identical on every end)."""
+    return sorted(template)
+
+
+def packed_key(template: Mapping[str, Sequence[int]]) -> str:
+    """``lora.<fingerprint>``: the key of an adapter record packed for ``template`` (its keys and shapes)."""
+    layout = "\n".join(f"{key}:{','.join(str(int(d)) for d in template[key])}" for key in packed_order(template))
+    return PACKED_PREFIX + hashlib.blake2b(layout.encode(), digest_size=8).hexdigest()
+
+
+def packed_size(template: Mapping[str, Sequence[int]]) -> int:
+    """Number of float32 values in an adapter packed for ``template``."""
+    return sum(math.prod(shape) for shape in template.values())
+
+
 def adapter_record(state: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """An ``ArrayRecord`` of float32 LoRA tensors keyed by parameter name."""
-    return ArrayRecord({key: Array(np.ascontiguousarray(value, dtype=np.float32)) for key, value in state.items()})
+    """An adapter as it travels: one float32 array of every tensor, flattened in sorted key order.
+
+    Its key (:func:`packed_key`) names the layout of ``state``'s keys and shapes.
+    """
+    order = packed_order(state)
+    parts = [np.asarray(state[key], dtype=np.float32).reshape(-1) for key in order]
+    packed = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    key = packed_key({key: np.shape(state[key]) for key in order})
+    return ArrayRecord({key: Array(np.ascontiguousarray(packed))})
 
 
 def read_adapter(record: ArrayRecord, template: LoraTemplate) -> LoraState:
-    """Decode and check an adapter against ``template``.
+    """Decode and check a packed adapter (:func:`adapter_record`) against ``template``.
+
+    The tensors come back in ``template``'s order, as views of one decoded,
+    writable buffer: each tensor is its own slice, so writing to one leaves
+    the others alone.
+
+    Raises
+    ------
+    InvalidReplyError
+        On a record that is not one array packed for ``template``'s keys and
+        shapes, a dtype other than float32, a wrong length, or non-finite values.
+    """
+    expected = packed_key(template)
+    if list(record.keys()) != [expected]:
+        keys = sorted(record.keys())
+        if len(keys) == 1 and keys[0].startswith(PACKED_PREFIX):
+            reason = f"was packed for another layout of LoRA tensors ({keys[0]!r}, expected {expected!r})"
+        else:
+            reason = f"holds arrays {[k[:60] for k in keys[:3]]}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
+        raise InvalidReplyError(
+            f"adapter record {reason}; an adapter is one packed float32 array {expected!r} "
+            f"of the template's {len(template)} tensors"
+        )
+    array = record[expected]
+    size = packed_size(template)
+    if array.dtype != "float32":
+        raise InvalidReplyError(f"packed adapter has dtype {array.dtype}, expected float32")
+    if tuple(array.shape) != (size,):
+        raise InvalidReplyError(f"packed adapter has shape {tuple(array.shape)}, expected ({size},)")
+    value = decode(array, "packed adapter")
+    if value.dtype != np.float32 or value.shape != (size,):
+        raise InvalidReplyError("packed adapter does not decode to its declared dtype and shape")
+    if not np.isfinite(value).all():
+        bad = int((~np.isfinite(value)).sum())
+        raise InvalidReplyError(f"packed adapter has {bad} non-finite values")
+    offsets: dict[str, int] = {}
+    offset = 0
+    for key in packed_order(template):
+        offsets[key] = offset
+        offset += math.prod(template[key])
+    return {
+        key: value[offsets[key] : offsets[key] + math.prod(shape)].reshape(tuple(shape))
+        for key, shape in template.items()
+    }
+
+
+def local_adapter_record(state: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """An adapter kept in a client's own ``context.state``: one float32 array per tensor, keyed by name.
+
+    Never sent in a message (see :func:`adapter_record`); the per-tensor form
+    keeps client checkpoints (:mod:`fedrouter_app.checkpoint`) as they were.
+    """
+    return ArrayRecord({key: Array(np.ascontiguousarray(value, dtype=np.float32)) for key, value in state.items()})
+
+
+def read_local_adapter(record: ArrayRecord, template: LoraTemplate) -> LoraState:
+    """Decode and check an adapter written by :func:`local_adapter_record` against ``template``.
 
     Raises
     ------

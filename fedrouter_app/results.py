@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,14 @@ log = get_logger(__name__)
 
 RESULTS_FILE = "results.json"
 TASK_METRICS = (*METRICS, "score")
+
+# Work counters clients put in their replies (fedrouter_app/client_env.py): optimizer steps, non-padding tokens
+# trained on, and token positions the backbone computed for anything the message asked (padding included).
+COMPUTE_COUNTERS = ("train-steps", "train-tokens", "forward-tokens")
+# What every valid reply of a phase carries; a run total missing some of it would undercount, so it is NaN.
+# Other phases (a method's own queries) must carry forward tokens.
+EXPECTED_COUNTERS: dict[str, tuple[str, ...]] = {"train": COMPUTE_COUNTERS, "evaluate": ("forward-tokens",)}
+QUERY_COUNTERS = ("forward-tokens",)
 
 
 def parse_task_metrics(metrics: dict[str, float], view: str = "") -> dict[str, dict[str, float]]:
@@ -63,19 +71,24 @@ def summarize_evaluation(
     mean over tasks: under ``eval.scope=global`` the score over all tasks,
     "TTP"), and the same two restricted to each client's own tasks
     (``own_per_task``, ``own_mean``: personalisation, "P") and to tasks the
-    client never trained on (``other_*``: generalisation). Given ``unseen``
-    (the tasks no client of the federation trains on), also ``seen_*`` and
-    ``unseen_*``: the federation-level split.
+    client never trained on (``other_*``). Given ``unseen`` (the tasks no
+    client of the federation trains on), also ``seen_*`` and ``unseen_*``
+    (held-out tasks), the federation-level split, and ``other_clients_*``:
+    tasks the client never trained on but another client did (generalisation
+    across clients; ``other_*`` minus the held-out tasks).
     """
-    names = ("all", "own", "other", *(("seen", "unseen") if unseen is not None else ()))
+    names = ("all", "own", "other", *(("other_clients", "seen", "unseen") if unseen is not None else ()))
     groups: dict[str, dict[str, list[tuple[float, dict[str, float]]]]] = {name: defaultdict(list) for name in names}
     for metrics in evaluate.values():
         for task, m in parse_task_metrics(metrics, view).items():
             entry = (m.get("n", 0.0), m)
             groups["all"][task].append(entry)
-            groups["own" if m.get("own", 1.0) >= 0.5 else "other"][task].append(entry)
+            own = m.get("own", 1.0) >= 0.5
+            groups["own" if own else "other"][task].append(entry)
             if unseen is not None:
                 groups["unseen" if task in unseen else "seen"][task].append(entry)
+                if not own and task not in unseen:
+                    groups["other_clients"][task].append(entry)
     out: dict[str, Any] = {}
     for name, by_task in groups.items():
         per_task = {task: _pool(entries) for task, entries in sorted(by_task.items())}
@@ -106,6 +119,65 @@ def _client_evaluation(metrics: dict[str, float]) -> dict[str, Any]:
     return out
 
 
+def compute_to_json(phases: Mapping[str, Mapping[int, Mapping[str, float]]]) -> dict[str, Any]:
+    """Work counters of a round's valid replies, per phase: ``replies`` and per counter sum, mean, clients.
+
+    ``phases`` maps a phase to each replying client's metrics. A counter no
+    reply of a phase carries is left out (older clients, methods that do not
+    count); ``clients`` says how many replies carried it, so that a total
+    missing some of them can be told apart (see :func:`compute_total`).
+    """
+    out: dict[str, Any] = {}
+    for phase, replies in phases.items():
+        if not replies:
+            continue
+        summary: dict[str, Any] = {"replies": len(replies)}
+        for counter in COMPUTE_COUNTERS:
+            values = [float(m[counter]) for m in replies.values() if counter in m]
+            if values:
+                summary[counter] = {"sum": sum(values), "mean": sum(values) / len(values), "clients": len(values)}
+        out[phase] = summary
+    return out
+
+
+def round_compute(round_json: Mapping[str, Any]) -> dict[str, Any]:
+    """A round's ``compute`` block; rebuilt from its per-client metrics for results written before it existed."""
+    if "compute" in round_json:
+        return round_json["compute"]
+    clients = round_json.get("evaluate", {}).get("clients", {})
+    return compute_to_json(
+        {
+            "train": round_json.get("train", {}).get("clients", {}),
+            "evaluate": {c: e.get("metrics", {}) for c, e in clients.items()},
+        }
+    )
+
+
+def compute_total(rounds: Sequence[Mapping[str, Any]], counter: str) -> float:
+    """``counter`` summed over every round and phase of a results JSON; NaN if unknown or incomplete.
+
+    NaN when no reply carried it, or when a phase that should carry it
+    (:data:`EXPECTED_COUNTERS`; :data:`QUERY_COUNTERS` for ``query.*``) has
+    a valid reply without it, or has traffic but no recorded replies (a
+    method's own queries): an undercount would flatter the method.
+    """
+    total, seen = 0.0, False
+    for r in rounds:
+        compute = round_compute(r)
+        queried = {ex.get("phase", "") for ex in r.get("traffic", {}).get("exchanges", [])}
+        unrecorded = {p for p in queried if p.startswith("query.") and p not in compute}
+        if counter in QUERY_COUNTERS and unrecorded:
+            return math.nan
+        for phase, summary in compute.items():
+            entry = summary.get(counter)
+            expected = counter in EXPECTED_COUNTERS.get(phase, QUERY_COUNTERS if phase.startswith("query.") else ())
+            if expected and (entry is None or entry["clients"] < summary["replies"]):
+                return math.nan
+            if entry is not None:
+                total, seen = total + entry["sum"], True
+    return total if seen else math.nan
+
+
 def round_to_json(record: RoundRecord, unseen: Collection[str] | None = None) -> dict[str, Any]:
     """The JSON form of one round (``unseen``: tasks no client trains on, for the seen/unseen split)."""
     train = {str(c): m for c, m in sorted(record.train.items())}
@@ -133,6 +205,8 @@ def round_to_json(record: RoundRecord, unseen: Collection[str] | None = None) ->
             "bytes_down": sum(ex.bytes_down for ex in record.traffic),
             "bytes_up": sum(ex.bytes_up for ex in record.traffic),
         },
+        # Only training and evaluation replies reach the round record; a method's own queries are not counted.
+        "compute": compute_to_json({"train": record.train, "evaluate": record.evaluate, **record.queries}),
     }
 
 
@@ -182,6 +256,8 @@ class ResultsWriter:
         self.data["tasks"] = {"all": list(cfg.data.tasks), "seen": list(seen_tasks(cfg)), "unseen": list(self.unseen)}
         self.data["adapter"] = {"num_tensors": len(template), "num_parameters": n, "tensor_bytes": 4 * n}
         self.data["strategy"] = strategy.summary()
+        # Comparisons keep methods told each sample's true task apart from label-free ones.
+        self.data["uses_task_labels"] = type(strategy).told_task_labels(self.data["config"]["method"])
         self._write()
 
     def on_round_end(self, record: RoundRecord) -> None:

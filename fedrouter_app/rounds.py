@@ -16,6 +16,7 @@ configuration as the server.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from fedrouter_app.records import (
     tensor_bytes,
     wire_bytes,
 )
+from fedrouter_app.run_command import DEPLOYMENT, runtime_of
 from fedrouter_app.seeding import numpy_rng
 from fedrouter_app.settings import RunConfig
 from fedrouter_app.training import learning_rate
@@ -54,8 +56,11 @@ log = get_logger(__name__)
 
 HELLO = "query.hello"
 CLOSE = "query.close"
-CLOSE_TIMEOUT = 30.0
 FINGERPRINT = "config-fingerprint"
+# How often the loop asks a SuperLink for replies (Flower's own deployment grid waits 3 s between asks).
+PULL_INTERVAL = 0.2
+# A registration (hello) that failed is recorded under this client id: the node never said which client it is.
+UNKNOWN_CLIENT = -1
 
 
 class RunAbortedError(RuntimeError):
@@ -132,6 +137,8 @@ class RoundRecord:
     strategy: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     joined: dict[int, int] = field(default_factory=dict)  # client -> node id, for nodes that (re)joined this round
+    # Metrics of the valid replies of a method's own phases (e.g. "query.register"): phase -> client -> metrics.
+    queries: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
 
 
 class Callback(Protocol):
@@ -169,6 +176,11 @@ class Communicator:
         # Settings every message carries (run key and checkpoint round, when checkpoints are on).
         self.common: dict[str, int | float | str] = {}
         self.contacted: set[int] = set()
+        # Nodes whose registration failed (bad data, another config): not asked again; a fixed node rejoins
+        # under a new node id.
+        self.refused: set[int] = set()
+        # Failures before the first round's record exists (registration at start), moved into that record.
+        self.early_failures: list[Failure] = []
 
     @property
     def clients(self) -> list[int]:
@@ -197,7 +209,7 @@ class Communicator:
             self.contacted.add(client)
         replies: list[Reply] = []
         answered: set[int] = set()
-        received = self.grid.send_and_receive(messages, timeout=self.timeout)
+        received = exchange(self.grid, messages, self.timeout)
         # Replies are matched to instructions by id (set when pushed): the SuperLink itself answers for a node
         # that stopped sending heartbeats, with its own node id as the sender.
         client_of = {msg.metadata.message_id: client for msg, client in zip(messages, sent, strict=True)}
@@ -213,13 +225,16 @@ class Communicator:
                 self.reject(phase, client, f"node unavailable: {msg.error.reason}", node, MISSING)
                 continue
             if msg.has_error():
-                self.reject(phase, client, f"client error: {msg.error.reason}", node, CLIENT_ERROR)
+                self.reject(phase, client, f"client error: {error_reason(msg.error.reason)}", node, CLIENT_ERROR)
                 continue
             try:
                 if msg.metadata.src_node_id != node:
                     raise InvalidReplyError(f"reply comes from node {msg.metadata.src_node_id}, not node {node}")
-                replies.append(self._validate(msg, client))
+                reply = self._validate(msg, client)
+                replies.append(reply)
                 self.lost.discard(node)
+                if self.record is not None and phase not in ("train", "evaluate", HELLO, CLOSE):
+                    self.record.queries.setdefault(phase, {})[client] = dict(reply.metrics)
             except InvalidReplyError as err:
                 self.reject(phase, client, str(err), node)
         for client in sorted(set(sent) - answered):
@@ -267,8 +282,39 @@ class Communicator:
     def reject(self, phase: str, client: int, reason: str, node: int = 0, kind: str = REJECTED) -> None:
         """Record that ``client``'s ``phase`` reply is unusable, why, and what kind of failure it was."""
         log.warning("client %d: %s reply rejected: %s", client, phase, reason)
-        if self.record is not None:
-            self.record.failures.append(Failure(phase=phase, client=client, reason=reason, node=node, kind=kind))
+        failure = Failure(phase=phase, client=client, reason=reason, node=node, kind=kind)
+        (self.record.failures if self.record is not None else self.early_failures).append(failure)
+
+
+def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+    """Send ``messages`` and collect their replies until all are in or ``timeout`` seconds have passed.
+
+    On a SuperLink (the deployment runtime) replies are asked for every
+    :data:`PULL_INTERVAL` seconds; other grids (the simulation's in-memory one,
+    test grids) keep their own ``send_and_receive``.
+    """
+    from flwr.superlink.grid.http_grid import HttpGrid
+
+    if not isinstance(grid, HttpGrid):
+        return list(grid.send_and_receive(messages, timeout=timeout))
+    waiting = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    while waiting:
+        received = list(grid.pull_messages(waiting))
+        replies += received
+        waiting.difference_update(msg.metadata.reply_to_message_id for msg in received)
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(PULL_INTERVAL)
+    return replies
+
+
+def error_reason(reason: str) -> str:
+    """A client's error as one line: Flower's ``<class 'pkg.Error'>:<'message'>`` becomes ``Error: message``."""
+    match = re.fullmatch(r"<class '(?:[\w.]*\.)?(\w+)'>:<'(.*)'>", reason, flags=re.DOTALL)
+    text = f"{match.group(1)}: {match.group(2)}" if match else reason
+    return " ".join(text.split())
 
 
 def _merged_config(payload: RecordDict, shared: ConfigRecord) -> ConfigRecord:
@@ -286,9 +332,19 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
         if time.monotonic() > deadline:
             raise RunAbortedError(
                 f"only {len(nodes)} of num_clients={expected} nodes connected within {timeout:g} s; "
-                "start more SuperNodes or set the federation's num-supernodes to num_clients"
+                + missing_nodes_advice(grid, expected)
             )
         time.sleep(0.5)
+
+
+def missing_nodes_advice(grid: Grid, expected: int) -> str:
+    """What to do about too few nodes, on the runtime the run is on."""
+    if runtime_of(grid) == DEPLOYMENT:
+        return (
+            f'start a SuperNode for every client (--node-config "partition-id=<i> num-partitions={expected}", '
+            "i = 0 .. num_clients - 1) or lower num_clients to the SuperNodes you run"
+        )
+    return f'give the simulation num_clients nodes (flwr run --federation-config "num-supernodes={expected}")'
 
 
 def register_clients(comm: Communicator, fingerprint: str) -> None:
@@ -298,7 +354,7 @@ def register_clients(comm: Communicator, fingerprint: str) -> None:
     (or reconnect with a new node id) join the run.
     """
     comm.connected = set(comm.grid.get_node_ids())
-    new = sorted(comm.connected - set(comm.node_of.values()))
+    new = sorted(comm.connected - set(comm.node_of.values()) - comm.refused)
     if not new:
         return
     messages = [
@@ -306,15 +362,18 @@ def register_clients(comm: Communicator, fingerprint: str) -> None:
         for node in new
     ]
     errors = []
-    for msg in comm.grid.send_and_receive(messages, timeout=comm.timeout):
+    for msg in exchange(comm.grid, messages, comm.timeout):
         node = msg.metadata.src_node_id
         if msg.has_error():
-            errors.append(msg.error.reason)
+            reason = error_reason(msg.error.reason)
+            errors.append(reason)
+            _refuse(comm, node, reason)
             continue
         try:
             client = _hello_partition(msg, comm.num_clients)
         except InvalidReplyError as err:
             errors.append(f"node {node}: {err}")
+            _refuse(comm, node, str(err))
             continue
         previous = comm.node_of.get(client)
         # A node that stopped answering may still be listed for a while (the SuperLink waits for missed
@@ -331,6 +390,13 @@ def register_clients(comm: Communicator, fingerprint: str) -> None:
         raise RunAbortedError(f"no client could start: {errors[0]}")
     for reason in sorted(set(errors)):
         log.warning("a client failed to start: %s", reason)
+
+
+def _refuse(comm: Communicator, node: int, reason: str) -> None:
+    """A node whose registration failed: recorded (client unknown), and not asked again."""
+    comm.refused.add(node)
+    failure = Failure(phase=HELLO, client=UNKNOWN_CLIENT, reason=reason, node=node, kind=CLIENT_ERROR)
+    (comm.record.failures if comm.record is not None else comm.early_failures).append(failure)
 
 
 def _hello_partition(msg: Message, num_clients: int) -> int:
@@ -385,6 +451,8 @@ def run_federation(
         start = time.perf_counter()
         lr = learning_rate(cfg.train.lr_schedule, cfg.train.lr, cfg.train.lr_min, max(server_round, 1), cfg.num_rounds)
         record = RoundRecord(server_round=server_round, lr=lr if server_round else 0.0)
+        record.failures += comm.early_failures
+        comm.early_failures = []
         comm.record = record
         if keeps_client_state:
             durable = max(last_checkpoint_round(server_round - 1, cfg.checkpoint.every), resume_after or -1)
@@ -409,15 +477,18 @@ def run_federation(
 def close_clients(comm: Communicator) -> None:
     """Tell clients that got messages that the run is over, so they drop the state they kept for resuming.
 
+    Nodes that answered their last message are waited for as long as for any
+    round (a reply that arrives after the run has ended is refused by the
+    SuperLink, with an error in its log); nodes that did not are not asked.
     Best effort: a client that misses it keeps a few files under ``checkpoint.client_dir``.
     """
     config = ConfigRecord(dict(comm.common))
     messages = [
         Message(RecordDict({CONFIG: config}), dst_node_id=comm.node_of[c], message_type=CLOSE)
         for c in comm.clients
-        if c in comm.contacted
+        if c in comm.contacted and comm.node_of[c] not in comm.lost
     ]
-    for msg in comm.grid.send_and_receive(messages, timeout=min(comm.timeout, CLOSE_TIMEOUT)):
+    for msg in exchange(comm.grid, messages, comm.timeout):
         if msg.has_error():
             log.debug("close: %s", msg.error.reason)
 

@@ -7,10 +7,8 @@ simulation API gives the app an empty run config).
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shlex
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -36,6 +34,7 @@ from fedrouter_app.progress import RoundProgress, TensorBoardLog
 from fedrouter_app.registry import strategy_class
 from fedrouter_app.results import FinalTable, ProgressLog, ResultsWriter
 from fedrouter_app.rounds import run_federation
+from fedrouter_app.run_command import SIMULATION, reproduce_command, runtime_of
 from fedrouter_app.settings import RunConfig
 
 log = get_logger(__name__)
@@ -73,13 +72,13 @@ def serve(grid: Grid, overrides: Sequence[str]) -> Path:
         checkpoint = find_checkpoint(run_dir, template, fingerprint)
         strategy.load_state_dict(checkpoint.state)
         run_key, resume_after = checkpoint.run_key, checkpoint.server_round
-        writer = ResultsWriter.resume(run_dir, resume_after, run_info(cfg, overrides, run_dir))
+        writer = ResultsWriter.resume(run_dir, resume_after, run_info(cfg, overrides, run_dir, runtime_of(grid)))
         log.info("resuming %s after round %d", run_dir, resume_after)
     else:
         run_dir = create_run_dir(cfg)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg.to_dict()))
         run_key = new_run_key(run_dir)
-        writer = ResultsWriter(run_dir, run_info(cfg, overrides, run_dir))
+        writer = ResultsWriter(run_dir, run_info(cfg, overrides, run_dir, runtime_of(grid)))
         log.info("run directory %s", run_dir)
     try:
         callbacks = [ProgressLog(), writer, FinalTable(), RoundProgress(), TensorBoardLog(run_dir)]
@@ -129,20 +128,16 @@ def create_run_dir(cfg: RunConfig) -> Path:
     return candidate
 
 
-def run_info(cfg: RunConfig, overrides: Sequence[str], run_dir: Path) -> dict[str, object]:
-    """Identity of a run and the command that reproduces it."""
-    groups = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in ("method", "scenario")}
-    rest = [o for o in overrides if o.split("=", 1)[0] not in groups]
-    run_config = " ".join(
-        [f"{k}='{v}'" for k, v in groups.items()] + ([f"overrides={json.dumps(shlex.join(rest))}"] if rest else [])
-    )
+def run_info(cfg: RunConfig, overrides: Sequence[str], run_dir: Path, runtime: str = SIMULATION) -> dict[str, object]:
+    """Identity of a run, the runtime it ran on and the command that reproduces it there."""
     return {
         "name": run_dir.name,
         "method": cfg.method.name,
         "scenario": cfg.scenario.name,
         "seed": cfg.seed,
         "overrides": list(overrides),
-        "command": "flwr run ." + (f" --run-config {shlex.quote(run_config)}" if run_config else ""),
+        "runtime": runtime,
+        "command": reproduce_command(overrides, runtime, cfg.num_clients),
     }
 
 

@@ -40,8 +40,30 @@ class LoraSettings:
         }
     )
 
+    # Any: a list of ints or null (OmegaConf cannot type an optional list of ints given as null in YAML).
+    layers: Any = field(
+        default=None,
+        metadata={
+            "help": "Transformer blocks that get adapters (peft's layers_to_transform): a list of block indices, "
+            "negative ones counting from the last block as in Python (e.g. [-4,-3,-2,-1]: the last four); null: "
+            "every block. With the lower blocks frozen, their output is computed once per sample and reused "
+            "(speed.prefix_cache)."
+        },
+    )
+
     def validate(self) -> None:
         require(self.r >= 1, f"lora.r must be >= 1, got {self.r}")
+        layers = self.layers
+        require(
+            layers is None
+            or (
+                isinstance(layers, list)
+                and layers
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in layers)
+                and len(set(layers)) == len(layers)
+            ),
+            f"lora.layers must be null or a non-empty list of distinct block indices; got {layers!r}",
+        )
         require(0.0 <= self.dropout < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout}")
         targets = self.target_modules
         require(
@@ -167,7 +189,8 @@ class DataSettings:
     source: str = field(
         metadata={
             "help": "'synthetic' (the embedded generator), 'files' (local JSON/JSONL/CSV/parquet), 'hub' (datasets "
-            "from the Hugging Face hub) or 'bigbench' (tasks read from the bigbench sdist, offline)."
+            "from the Hugging Face hub), 'bigbench' (tasks read from the bigbench sdist, offline) or 'node' (each "
+            "node's own files, named in its node config; the server knows only the task names)."
         }
     )
     tasks: list[str] = field(metadata={"help": "Tasks in the federation, in a fixed order."})
@@ -188,12 +211,20 @@ class DataSettings:
         default="",
         metadata={"help": "bigbench: path of bigbench-1.0.0.tar.gz; empty: <cache>/bigbench/, fetched when missing."},
     )
+    held_out: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Tasks of data.tasks that scenario=unseen holds out of all training (the held-out tasks)."},
+    )
 
     def validate(self) -> None:
         from fedrouter_app.data.sources import known_tasks
 
         for table in self.tables:
             table.validate()
+        require(
+            self.source != "node" or not self.tables,
+            "data.source=node reads each node's own files (its --node-config data=...); leave data.tables empty",
+        )
         require(0.0 < self.test_fraction < 1.0, f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
         require(self.max_test_examples >= 1, "data.max_test_examples must be >= 1")
         known = known_tasks(self)
@@ -295,13 +326,80 @@ class EvalSettings:
     scope: str = field(metadata={"help": "'local' (each client's own tasks) or 'global' (every task)."})
     batch_size: int = field(metadata={"help": "Examples per evaluation batch."})
     max_new_tokens: int = field(metadata={"help": "Greedy generation budget per answer."})
+    answer_mode: str = field(
+        default="generate",
+        metadata={
+            "help": "'generate': every answer is generated greedily. 'choices': a task whose training answers come "
+            "from at most eval.max_choices distinct labels (sentiment, yes/no, classes) is answered by the label "
+            "with the highest teacher-forced likelihood, without generation; other tasks are still generated."
+        },
+    )
+    max_choices: int = field(
+        default=8, metadata={"help": "eval.answer_mode=choices: most distinct answers a task may have to count."}
+    )
+    stop_strings: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Generation of an answer also ends at the first of these strings (cut from the answer), e.g. "
+            "['\\n'] for one-line answers; empty: answers end at the end-of-sequence token or the budget."
+        },
+    )
 
     def validate(self) -> None:
         require(self.every >= 1, f"eval.every must be >= 1, got {self.every}")
         one_of("eval.scope", self.scope, ("local", "global"))
+        one_of("eval.answer_mode", self.answer_mode, ("generate", "choices"))
+        require(self.max_choices >= 2, f"eval.max_choices must be >= 2, got {self.max_choices}")
         require(
             self.batch_size >= 1 and self.max_new_tokens >= 1, "eval.batch_size and eval.max_new_tokens must be >= 1"
         )
+
+
+@dataclass
+class SpeedSettings:
+    """Speed-ups that leave results unchanged (up to float rounding); switch one off to measure it.
+
+    Each changes how the same computation is batched or what is recomputed,
+    never what is computed: the tests compare every one with the path it
+    replaces.
+    """
+
+    eval_batching: bool = field(
+        default=True,
+        metadata={
+            "help": "Score a client's test rows in full batches sorted by length, each row under its own adapter "
+            "(per-row mixing of LoRA slots), instead of one pass per adapter, router mode or view; embed texts in "
+            "batches sorted by length."
+        },
+    )
+    shared_prefill: bool = field(
+        default=True,
+        metadata={
+            "help": "Run a test row's prompt once: its key/value cache serves both the loss of the reference answer "
+            "and greedy generation (two passes over the prompt otherwise)."
+        },
+    )
+    scored_logits_only: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the output head only at positions whose next token is scored (the response), not at "
+            "every prompt position."
+        },
+    )
+    prefix_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "With lora.layers leaving the lower blocks frozen, keep each sample's hidden states entering "
+            "the first adapted block and run only the adapted blocks in training and scoring."
+        },
+    )
+    prefix_cache_mb: int = field(
+        default=1024,
+        metadata={"help": "Memory bound (MB) of the prefix cache of a worker process (least recently used out)."},
+    )
+
+    def validate(self) -> None:
+        require(self.prefix_cache_mb >= 0, f"speed.prefix_cache_mb must be >= 0, got {self.prefix_cache_mb}")
 
 
 @dataclass
@@ -383,6 +481,9 @@ class RunConfig:
     output: OutputSettings = field(metadata={"help": "Outputs."})
     checkpoint: CheckpointSettings = field(metadata={"help": "Checkpoints and resuming."})
     dp: DPSettings = field(metadata={"help": "Central differential privacy of averaged adapters."})
+    speed: SpeedSettings = field(
+        default_factory=SpeedSettings, metadata={"help": "Exact speed-ups (same results, less time)."}
+    )
 
     def validate(self) -> None:
         require(self.num_clients >= 1, f"num_clients must be >= 1, got {self.num_clients}")
@@ -402,9 +503,12 @@ class RunConfig:
             self.output,
             self.checkpoint,
             self.dp,
+            self.speed,
         ):
             section.validate()
-        self.scenario.validate(self.data.tasks)
+        # With node-local data each node's files decide what it holds; the scenario deals out nothing.
+        if self.data.source != "node":
+            self.scenario.validate(self.data.tasks)
         # Method settings that depend on the rest of the run (e.g. clusters against examples per client).
         check_run = getattr(self.method, "validate_run", None)
         if check_run is not None:
@@ -433,4 +537,5 @@ SECTIONS: dict[str, type] = {
     "eval": EvalSettings,
     "output": OutputSettings,
     "dp": DPSettings,
+    "speed": SpeedSettings,
 }

@@ -117,17 +117,53 @@ class KeptActors(Callback):
         release_actors()
 
 
+def job_fingerprint(overrides: Sequence[str]) -> str:
+    """Hash of the configuration ``overrides`` compose to (outputs and checkpointing excluded).
+
+    A preset edited between two invocations of a sweep changes it, so a job is
+    skipped only if it ran with the very settings it would run with now.
+    """
+    from fedrouter_app.config import config_fingerprint, load_run_config
+
+    return config_fingerprint(load_run_config(list(overrides)))
+
+
+def finished_job(overrides: Sequence[str], job_dir: Path, fingerprint: str | None = None) -> dict[str, Any] | None:
+    """The record of this job from an earlier invocation of the sweep, if it completed with these settings.
+
+    ``fingerprint`` (:func:`job_fingerprint`) must match the record's ``config``
+    when given: the same overrides over an edited preset are another job.
+    """
+    path = job_dir / JOB_FILE
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    done = record.get("status") == "completed" and record.get("overrides") == list(overrides)
+    done = done and (fingerprint is None or record.get("config") == fingerprint)
+    return record if done and Path(str(record.get("run_dir", ""))).joinpath("results.json").exists() else None
+
+
 def run_job(overrides: Sequence[str], job_dir: Path) -> dict[str, Any]:
     """Run one job's simulation with its run directory under ``job_dir``; never raises.
 
-    Returns the job record, also written to ``job_dir/job.json``.
+    A job that already completed there with the same overrides and settings (a
+    sweep run again into the same ``hydra.sweep.dir``) is skipped, so a long sweep can
+    run in parts. Returns the job record, also written to ``job_dir/job.json``.
     """
-    # Imported here so that `--help` and config errors answer without loading torch and Ray.
-    from fedrouter_app.simulation import simulate
-
-    record: dict[str, Any] = {"status": "running", "overrides": list(overrides), "job_dir": str(job_dir)}
     start = time.perf_counter()
+    record: dict[str, Any] = {"status": "running", "overrides": list(overrides), "job_dir": str(job_dir)}
     try:
+        fingerprint = job_fingerprint(overrides)
+        if (done := finished_job(overrides, job_dir, fingerprint)) is not None:
+            log.info("job %s already completed in %s with these settings: skipped", " ".join(overrides), job_dir)
+            return done
+        record["config"] = fingerprint
+        # Imported here so that `--help` and config errors answer without loading torch and Ray.
+        from fedrouter_app.simulation import simulate
+
         run_dir = simulate([*overrides, f"output.dir={job_dir}", f"output.run_name={RUN_NAME}"])
         record.update(status="completed", run_dir=str(run_dir))
     except Exception as err:  # one failed job must not stop the sweep

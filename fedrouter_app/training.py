@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from fedrouter_app.data.encoding import IGNORE_INDEX, EncodedExample, PromptFormat, collate, encode_example
+from fedrouter_app.data.encoding import EncodedExample, PromptFormat, encode_example
 from fedrouter_app.data.example import Example
 from fedrouter_app.model.adapter_model import DEFAULT_SLOT, AdapterModel, Mixing
+from fedrouter_app.model.forward import ScoredTokens, scored_tokens
 from fedrouter_app.seeding import seed_torch, torch_generator
+from fedrouter_app.settings import SpeedSettings
 
 Regularizer = Callable[[], torch.Tensor]
 MixingFn = Callable[[Sequence[Example]], Mixing]
@@ -58,6 +60,7 @@ class TrainStats:
     mean_loss: float
     seconds: float
     task_losses: dict[str, float] = field(default_factory=dict)
+    tokens: int = 0
 
     @classmethod
     def merge(cls, parts: Sequence[TrainStats]) -> TrainStats:
@@ -73,6 +76,7 @@ class TrainStats:
             mean_loss=loss,
             seconds=sum(p.seconds for p in parts),
             task_losses=tasks,
+            tokens=sum(p.tokens for p in parts),
         )
 
 
@@ -96,31 +100,32 @@ def batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generato
         yield batch
 
 
-def response_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token logits (float32) and their target labels, shifted by one position."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return logits[:, :-1].float(), batch["labels"][:, 1:]
+TokenPass = Callable[[Sequence[EncodedExample]], ScoredTokens]
 
 
-def sequence_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token loss and number of supervised tokens, per row."""
-    logits, labels = response_logits(model, batch)
-    return _row_losses(logits, labels)
+def token_pass(adapter_model: AdapterModel, speed: SpeedSettings) -> TokenPass:
+    """Teacher-forced passes over encoded rows on ``adapter_model``, with the speed-ups ``speed`` allows."""
+    cache = adapter_model.prefix_cache(speed.prefix_cache_mb << 20) if speed.prefix_cache else None
+
+    def run(rows: Sequence[EncodedExample]) -> ScoredTokens:
+        return scored_tokens(
+            adapter_model.model,
+            rows,
+            adapter_model.tokenizer.pad_token_id,
+            adapter_model.device,
+            scored_only=speed.scored_logits_only,
+            cache=cache,
+            autocast=adapter_model.autocast_dtype,
+        )
+
+    return run
 
 
-def _row_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
-    return per_token.sum(dim=1), (labels != IGNORE_INDEX).sum(dim=1)
-
-
-def distillation_loss(
-    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float
-) -> torch.Tensor:
+def distillation_loss(student: ScoredTokens, teacher: ScoredTokens, temperature: float) -> torch.Tensor:
     """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, mean over supervised tokens."""
-    mask = labels != IGNORE_INDEX
-    t = F.log_softmax(teacher[mask] / temperature, dim=-1)
-    s = F.log_softmax(student[mask] / temperature, dim=-1)
-    kl = F.kl_div(s, t, log_target=True, reduction="sum") / mask.sum().clamp(min=1)
+    t = F.log_softmax(teacher.scored_logits() / temperature, dim=-1)
+    s = F.log_softmax(student.scored_logits() / temperature, dim=-1)
+    kl = F.kl_div(s, t, log_target=True, reduction="sum") / max(s.shape[0], 1)
     return kl * temperature**2
 
 
@@ -139,6 +144,7 @@ def train_adapter(
     mixing: MixingFn | None = None,
     regularizer: Regularizer | None = None,
     teacher: Teacher | None = None,
+    speed: SpeedSettings | None = None,
 ) -> TrainStats:
     """Train the adapters loaded in ``slots`` of ``adapter_model`` in place.
 
@@ -163,6 +169,8 @@ def train_adapter(
         Extra loss term added at every step (e.g. a proximal term).
     teacher : Teacher, optional
         Adds a distillation term towards the teacher's predictions.
+    speed : SpeedSettings, optional
+        Which exact speed-ups the forward passes use (default: all).
     """
     start = time.perf_counter()
     if steps <= 0 or not examples:
@@ -180,27 +188,26 @@ def train_adapter(
     generator = torch_generator(*seed_parts, "batches")
     seed_torch(*seed_parts, "dropout")
     model = adapter_model.model
+    forward = token_pass(adapter_model, speed or SpeedSettings())
     losses: list[float] = []
     task_sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     seen = 0
+    trained_tokens = 0
     with _only_trainable(adapter_model, params):
         model.train()
         try:
             for rows in batch_indices(len(encoded), batch_size, steps, generator):
                 chunk = [examples[i] for i in rows]
-                batch = collate([encoded[i] for i in rows], tokenizer.pad_token_id)
-                batch = {k: v.to(adapter_model.device) for k, v in batch.items()}
+                batch_rows = [encoded[i] for i in rows]
                 with adapter_model.mixing(mixing(chunk) if mixing else None):
-                    logits, labels = response_logits(model, batch)
-                loss_sum, tokens = _row_losses(logits, labels)
+                    scored = forward(batch_rows)
+                loss_sum, tokens = scored.row_losses()
                 loss = loss_sum.sum() / tokens.sum().clamp(min=1)
                 total = loss
                 if teacher is not None:
                     with torch.no_grad(), adapter_model.mixing(teacher.mixing(chunk)):
-                        teacher_logits, _ = response_logits(model, batch)
-                    total = total + teacher.weight * distillation_loss(
-                        logits, teacher_logits, labels, teacher.temperature
-                    )
+                        teacher_scored = forward(batch_rows)
+                    total = total + teacher.weight * distillation_loss(scored, teacher_scored, teacher.temperature)
                 if regularizer is not None:
                     total = total + regularizer()
                 scaler.scale(total).backward()
@@ -212,6 +219,7 @@ def train_adapter(
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.item())
                 seen += len(rows)
+                trained_tokens += sum(len(row.input_ids) for row in batch_rows)
                 for ex, ls, nt in zip(chunk, loss_sum.tolist(), tokens.tolist(), strict=True):
                     task_sums[ex.task][0] += ls
                     task_sums[ex.task][1] += nt
@@ -223,6 +231,7 @@ def train_adapter(
         mean_loss=sum(losses) / len(losses),
         seconds=time.perf_counter() - start,
         task_losses={task: s / max(n, 1.0) for task, (s, n) in sorted(task_sums.items())},
+        tokens=trained_tokens,
     )
 
 

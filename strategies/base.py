@@ -13,7 +13,7 @@ name.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,6 +48,12 @@ class Strategy(ABC):
     method_name: ClassVar[str]
     # Whether the server folds replies into one adapter by a weighted mean, so Flower's DP wrappers apply (dp.mode).
     supports_dp: ClassVar[bool] = False
+    # Whether clients are told the true task of every sample, in training and at test time (as FL-TAC and TAP
+    # assume). Comparisons keep such methods apart from label-free ones, which must infer tasks (or ignore them).
+    uses_task_labels: ClassVar[bool] = False
+    # Method settings under which a method that is otherwise label-free is told the tasks (e.g. an oracle variant),
+    # as {setting: value}; all of them must hold.
+    uses_task_labels_when: ClassVar[Mapping[str, object]] = {}
 
     def __init__(self, cfg: RunConfig, template: LoraTemplate) -> None:
         self.cfg = cfg
@@ -59,6 +65,18 @@ class Strategy(ABC):
                 f"dp.mode={cfg.dp.mode} needs a method whose server averages one adapter (fedit and the methods on "
                 f"its server: fedprox, ditto, feddpa, fedavg_ft); {cfg.method.name!r} is not one"
             )
+
+    @classmethod
+    def told_task_labels(cls, method: Mapping[str, Any]) -> bool:
+        """Whether a run with these method settings (``cfg.method`` as a mapping) is told the true tasks.
+
+        A class-level fact, so that a report can decide it from a run's saved
+        configuration without building the strategy.
+        """
+        conditional = bool(cls.uses_task_labels_when) and all(
+            method.get(key) == value for key, value in cls.uses_task_labels_when.items()
+        )
+        return cls.uses_task_labels or conditional
 
     def attach(self, comm: Communicator) -> None:
         """Give the strategy the run's communicator (for phases of its own); called before ``setup``."""

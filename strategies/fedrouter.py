@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
@@ -143,6 +143,8 @@ class ClientClusters:
 @register_strategy("fedrouter", config=FedRouterConfig)
 class FedRouter(Strategy):
     """Two-level clustering, per-global-cluster FedAvg, per-client payloads, routed evaluation."""
+
+    uses_task_labels_when: ClassVar[dict[str, object]] = {"clustering": "oracle"}  # oracle clusters: the true tasks
 
     def __init__(self, cfg: RunConfig, template: LoraTemplate) -> None:
         super().__init__(cfg, template)

@@ -100,6 +100,8 @@ class FLTACConfig(MethodConfig):
 class FLTAC(Strategy):
     """Per-task slots on clients, k-means of adapters on the server, cluster means sent back per slot."""
 
+    uses_task_labels = True  # each slot is one true task, and a test sample's task picks its slot
+
     def __init__(self, cfg: RunConfig, template: LoraTemplate) -> None:
         super().__init__(cfg, template)
         self.method: FLTACConfig = cfg.method

@@ -75,6 +75,8 @@ class TAPConfig(MethodConfig):
 class TAP(Strategy):
     """Union of keys on the server, key-wise averaging over holders, per-client key sets on the wire."""
 
+    uses_task_labels = True  # task keys are the true tasks, in training and at test time
+
     def __init__(self, cfg: RunConfig, template: LoraTemplate) -> None:
         super().__init__(cfg, template)
         self.bank: dict[str, LoraState] = {}

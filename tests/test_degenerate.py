@@ -3,9 +3,9 @@
 import numpy as np
 from safetensors.numpy import load_file
 
-from fedrouter_app.records import read_adapter
+from fedrouter_app.inprocess import NODE_OFFSET, run_inprocess
+from fedrouter_app.records import read_local_adapter
 from tests.conftest import tiny_overrides
-from tests.inprocess import NODE_OFFSET, run_inprocess
 
 SMALL = tiny_overrides("scenario=single", "data.tasks=[copy,reverse,capital,sentiment]", "train.local_steps=5")
 
@@ -38,5 +38,5 @@ def test_one_global_cluster_per_client_is_local():
     for client, (k,) in assignment.items():
         state = local_grid.contexts[NODE_OFFSET + int(client)].state
         template = {key: tuple(v.shape) for key, v in state["local.adapter"].items()}
-        local_adapter = read_adapter(state["local.adapter"], template)
+        local_adapter = read_local_adapter(state["local.adapter"], template)
         assert_same(local_adapter, saved(router_dir, f"cluster-{k}"))

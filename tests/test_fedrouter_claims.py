@@ -6,7 +6,7 @@ Four clients, each holding two tasks (dual); evaluated on every task
 
 import pytest
 
-from tests.inprocess import run_inprocess
+from fedrouter_app.inprocess import run_inprocess
 
 SMALL = [
     "num_clients=4",

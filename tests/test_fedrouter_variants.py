@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.inprocess import run_inprocess
+from fedrouter_app.inprocess import run_inprocess
 
 BASE = [
     "num_clients=4",

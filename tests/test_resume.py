@@ -10,9 +10,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from fedrouter_app.checkpoint import CHECKPOINT_DIR, Checkpointer, CheckpointError, latest_checkpoint
+from fedrouter_app.inprocess import run_inprocess
 from fedrouter_app.rounds import RoundRecord
 from tests.conftest import TINY
-from tests.inprocess import run_inprocess
 
 STOP_AFTER = 2
 

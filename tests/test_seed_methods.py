@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.inprocess import run_inprocess
+from fedrouter_app.inprocess import run_inprocess
 
 BASE = [
     "num_clients=4",

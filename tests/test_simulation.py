@@ -44,7 +44,11 @@ def test_only_lora_tensors_travel(fedit):
 def test_run_directory_has_config_results_and_peft_adapter(fedit, cfg):
     results, run_dir = fedit
     assert (run_dir / "config.yaml").exists()
-    assert results["run"]["command"].startswith("flwr run . --run-config")
+    assert results["run"]["command"].startswith("flwr run . --stream --run-config")
+    assert (
+        results["run"]["command"].endswith('--federation-config "num-supernodes=4"')
+        and results["run"]["runtime"] == "simulation"
+    )
     assert results["config"]["num_clients"] == 4
     base = AutoModelForCausalLM.from_pretrained(model_path(cfg.model))
     PeftModel.from_pretrained(base, str(run_dir / "adapters" / "global"))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 from fedrouter_app.config import CONF_DIR
 from fedrouter_app.registry import method_names
@@ -19,10 +21,10 @@ from tests.conftest import tiny_overrides
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def table_row(text: str, scenario: str, method: str) -> list[str]:
-    """Cells of ``method``'s row in ``scenario``'s Markdown table."""
-    section = text.split(f"### Scenario `{scenario}`", 1)[1].split("###", 1)[0]
-    line = next(row for row in section.splitlines() if row.startswith(f"| {method} |"))
+def table_row(text: str, scenario: str, method: str, table: str = "| method | label-free | seeds |") -> list[str]:
+    """Cells of ``method``'s row in the first table of ``scenario``'s section that starts with ``table``."""
+    section = text.split(f"### Scenario `{scenario}`", 1)[1].split("### Scenario", 1)[0]
+    line = next(row for row in section.split(table, 1)[1].splitlines() if row.startswith(f"| {method} |"))
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
@@ -49,19 +51,18 @@ def test_two_job_sweep_and_its_report_agree_with_the_runs(tmp_path):
         results = json.loads((Path(job["run_dir"]) / "results.json").read_text())
         assert results["run"]["status"] == "completed"
         final, cells = results["final"], table_row(text, "dual", method)
-        assert cells[1] == "0"  # one seed
-        assert cells[2] == f"{final['own_mean']['score']:.3f}"
-        assert cells[3] == f"{final['other_mean']['score']:.3f}"
-        assert cells[4] == f"{final['mean']['score']:.3f}"
-        assert cells[5] == f"{final['seen_mean']['score']:.3f}"
-        # Under dual, 4 clients train on 5 of the 8 tasks: the other 3 are unseen by the federation.
+        assert cells[1:3] == ["yes", "0"]  # label-free, one seed
+        assert cells[3] == f"{final['own_mean']['score']:.3f}"
+        assert cells[4] == f"{final['other_clients_mean']['score']:.3f}"
+        # Under dual, 4 clients train on 5 of the 8 tasks: the other 3 are held out of the federation's training.
         assert len(results["tasks"]["unseen"]) == 3
-        assert cells[6] == f"{final['unseen_mean']['score']:.3f}"
+        assert cells[5] == f"{final['unseen_mean']['score']:.3f}"
+        assert cells[6] == f"{final['mean']['score']:.3f}"
         assert cells[7] == f"{final['mean']['loss']:.3f}"
         up = sum(r["traffic"]["bytes_up"] for r in results["rounds"]) / 4  # 4 clients x 1 round
-        assert cells[9] == f"{up:,.0f}"
-    assert table_row(text, "dual", "local")[9] == "0"
-    assert table_row(text, "dual", "fedit")[-3] == "ref"
+        assert table_row(text, "dual", method, "Cost per client-round")[1] == f"{up:,.0f}"
+    assert table_row(text, "dual", "local", "Cost per client-round")[1] == "0"
+    assert table_row(text, "dual", "fedit")[-4:] == ["ref"] * 4
     assert (out / "tasks-dual.png").exists() and (out / "curves-dual.png").exists()
 
 
@@ -100,7 +101,59 @@ def test_a_failed_job_is_recorded_and_does_not_raise(tmp_path, monkeypatch):
     assert saved["error"] == "RuntimeError: no luck" and saved["overrides"] == ["method=fedit"]
 
 
-@pytest.mark.parametrize("path", ["sweep/compare.yaml"])
+def test_a_sweep_run_again_skips_its_completed_jobs(tmp_path, monkeypatch):
+    import fedrouter_app.simulation
+
+    calls = []
+
+    def fake(overrides, **kwargs):
+        calls.append(list(overrides))
+        run = Path(next(o for o in overrides if o.startswith("output.dir=")).split("=", 1)[1]) / "run"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text("{}")
+        return run
+
+    monkeypatch.setattr(fedrouter_app.simulation, "simulate", fake)
+    first = run_job(["method=fedit", "seed=1"], tmp_path)
+    again = run_job(["method=fedit", "seed=1"], tmp_path)
+    assert first["status"] == again["status"] == "completed" and len(calls) == 1
+    # Other overrides in the same directory, or a job that did not complete, run again.
+    run_job(["method=fedit", "seed=2"], tmp_path)
+    assert len(calls) == 2
+    record = json.loads((tmp_path / "job.json").read_text())
+    (tmp_path / "job.json").write_text(json.dumps({**record, "status": "failed"}))
+    shutil.rmtree(tmp_path / "run")
+    run_job(["method=fedit", "seed=2"], tmp_path)
+    assert len(calls) == 3
+    # The same overrides over an edited preset (other settings) run again.
+    run_job(["method=fedit", "seed=2"], tmp_path)
+    assert len(calls) == 3
+    monkeypatch.setattr("fedrouter_app.sweep.job_fingerprint", lambda overrides: "edited")
+    shutil.rmtree(tmp_path / "run")
+    run_job(["method=fedit", "seed=2"], tmp_path)
+    assert len(calls) == 4 and json.loads((tmp_path / "job.json").read_text())["config"] == "edited"
+
+
+@pytest.mark.parametrize("path", ["sweep/compare.yaml", "sweep/real_compare.yaml"])
 def test_presets_compose_for_single_runs(path, make_cfg):
     cfg = make_cfg(f"sweep={Path(path).stem}", "scenario=unseen")
     assert cfg.eval.scope == "global" and cfg.scenario.unseen_tasks
+
+
+def test_real_compare_sweeps_every_method_in_three_settings_into_one_resumable_directory():
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            config = compose("config", overrides=["sweep=real_compare"], return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    jobs = job_overrides(config)
+    assert len(jobs) == len(method_names()) * 3 * 3
+    assert {o for job in jobs for o in job if o.startswith("scenario=")} == {
+        "scenario=dual",
+        "scenario=cross_task",
+        "scenario=unseen",
+    }
+    # A fixed directory and one subdirectory per (scenario, method, seed): running the sweep again resumes it.
+    assert not any(part in str(config.hydra.sweep.dir) for part in ("now:", "%H"))
+    assert OmegaConf.to_container(config.hydra.sweep)["subdir"] == "${scenario.name}-${method.name}-s${seed}"

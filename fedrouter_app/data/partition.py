@@ -99,7 +99,9 @@ def client_tasks(cfg: RunConfig, partition_id: int) -> tuple[str, ...]:
 
 
 def seen_tasks(cfg: RunConfig) -> tuple[str, ...]:
-    """Tasks that at least one client trains on, in ``data.tasks`` order."""
+    """Tasks that at least one client trains on, in ``data.tasks`` order (with node-local data: all of them)."""
+    if cfg.data.source == "node":
+        return tuple(cfg.data.tasks)
     held = {task for client in range(cfg.num_clients) for task in client_tasks(cfg, client)}
     return tuple(t for t in cfg.data.tasks if t in held)
 

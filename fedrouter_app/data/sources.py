@@ -62,12 +62,36 @@ def _tables(settings: DataSettings, seed: int) -> DataSource:
     return TableSource(settings, seed)
 
 
+class NodeFilesSource:
+    """``data.source=node``: every node reads its own files (:mod:`fedrouter_app.data.node_local`).
+
+    Here, on the server, only the task names of the run are known; no example is.
+    """
+
+    def __init__(self, settings: DataSettings) -> None:
+        self.names = list(settings.tasks)
+
+    def tasks(self) -> list[str]:
+        return self.names
+
+    def metric(self, task: str) -> MetricKind:
+        raise ConfigError("data.source=node: each node scores its tasks from its own files")
+
+    def examples(self, task: str, split: str, indices: Sequence[int]) -> list[Example]:
+        raise ConfigError("data.source=node: examples live on the nodes, in the files their configs name")
+
+
+def _node(settings: DataSettings, seed: int) -> DataSource:
+    return NodeFilesSource(settings)
+
+
 # data.source -> factory. files, hub and bigbench differ only in how tables are read (data/tables.py).
 SOURCES: dict[str, Callable[[DataSettings, int], DataSource]] = {
     "synthetic": _synthetic,
     "files": _tables,
     "hub": _tables,
     "bigbench": _tables,
+    "node": _node,
 }
 
 

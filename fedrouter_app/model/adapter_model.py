@@ -12,6 +12,7 @@ batched forward pass.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,13 @@ from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedTokenizerBase
 
+from fedrouter_app.model.forward import PrefixCache, backbone_of, decoder_states, prefix_supported
 from fedrouter_app.model.lora import LoraState, LoraTemplate, initial_lora_state
+
+log = logging.getLogger(__name__)
+
+# A sentence to check, once per model, that running the upper blocks from cached states matches the full pass.
+PREFIX_PROBE = "The quick brown fox jumps over the lazy dog, then rests by the river."
 
 DEFAULT_SLOT = "default"
 
@@ -59,6 +66,10 @@ class AdapterModel:
     autocast_dtype : torch.dtype or None
         The dtype the forward passes autocast to (set up at load time), or None.
         Training scales the loss when it is float16.
+    forward_tokens : int
+        Token positions that have entered the decoder so far (padding included,
+        every pass: training, scoring, generation steps, embeddings); callers
+        take differences to measure a piece of work.
     """
 
     model: PeftModel
@@ -67,7 +78,69 @@ class AdapterModel:
     lora_config: LoraConfig
     slots: dict[str, dict[str, torch.nn.Parameter]] = field(default_factory=dict)
     autocast_dtype: torch.dtype | None = None
+    forward_tokens: int = 0
     _layers: list[LoraLayer] = field(default_factory=list, repr=False)
+    _prefix: PrefixCache | None = field(default=None, repr=False)
+    _prefix_verdict: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        backbone_of(self.model).register_forward_pre_hook(self._count_tokens, with_kwargs=True)
+
+    def _count_tokens(self, _module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        tokens = kwargs.get("input_ids")
+        if tokens is None:
+            tokens = kwargs.get("inputs_embeds")
+        if tokens is None and args:
+            tokens = args[0]
+        if tokens is not None:
+            self.forward_tokens += int(tokens.shape[0] * tokens.shape[1])
+
+    @property
+    def first_adapted_block(self) -> int:
+        """Index of the lowest transformer block with adapters (0 when every block has them)."""
+        layers = self.lora_config.layers_to_transform
+        if layers is None:
+            return 0
+        return min([layers] if isinstance(layers, int) else layers)
+
+    def prefix_cache(self, max_bytes: int) -> PrefixCache | None:
+        """The cache of frozen-prefix states, or None where it cannot give the full pass's results.
+
+        Checked once per model: the architecture (:func:`prefix_supported`), then
+        a probe sentence run both ways. ``max_bytes`` (re)sets the memory bound.
+        """
+        if self._prefix_verdict is None:
+            self._prefix_verdict = self._check_prefix()
+            if self._prefix_verdict:
+                log.info("prefix cache off: %s", self._prefix_verdict)
+        if self._prefix_verdict:
+            return None
+        if self._prefix is None:
+            self._prefix = PrefixCache(self.first_adapted_block, max_bytes)
+        self._prefix.max_bytes = max_bytes
+        return self._prefix
+
+    def _check_prefix(self) -> str:
+        backbone = backbone_of(self.model)
+        reason = prefix_supported(backbone, self.first_adapted_block)
+        if reason:
+            return reason
+        ids = list(self.tokenizer(PREFIX_PROBE)["input_ids"])
+        batch = {
+            "input_ids": torch.tensor([ids], device=self.device),
+            "attention_mask": torch.ones((1, len(ids)), dtype=torch.long, device=self.device),
+        }
+        probe = PrefixCache(self.first_adapted_block, max_bytes=1 << 30)
+        counted = self.forward_tokens
+        with torch.no_grad():
+            full = decoder_states(backbone, batch, [ids], None).float()
+            cached = decoder_states(backbone, batch, [ids], probe).float()
+        self.forward_tokens = counted
+        scale = float(full.abs().max())
+        if not torch.allclose(full, cached, rtol=1e-4, atol=1e-4 * max(scale, 1.0)):
+            gap = float((full - cached).abs().max())
+            return f"the upper blocks fed with cached states differ from the full pass (max |diff| {gap:.3g})"
+        return ""
 
     @property
     def params(self) -> dict[str, torch.nn.Parameter]:

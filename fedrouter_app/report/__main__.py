@@ -1,4 +1,4 @@
-"""``python -m fedrouter_app.report <sweep or run dirs> --out <dir> [--reference fedit]``."""
+"""``python -m fedrouter_app.report <sweep or run dirs> --out <dir> [--reference fedit] [--proposed fedrouter]``."""
 
 from __future__ import annotations
 
@@ -14,10 +14,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", type=Path, help="sweep directories, job or run directories")
     parser.add_argument("--out", type=Path, required=True, help="directory for report.md, report.json and figures")
     parser.add_argument("--reference", default="fedit", help="method the gains are relative to (default: fedit)")
+    parser.add_argument(
+        "--proposed",
+        default="fedrouter",
+        help="method under study, left out of the best baselines (default: fedrouter)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
     args = parser.parse_args(argv)
     try:
-        report = build_report(args.paths, args.out, reference=args.reference, with_figures=not args.no_plots)
+        report = build_report(
+            args.paths, args.out, reference=args.reference, with_figures=not args.no_plots, proposed=args.proposed
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -10,26 +10,57 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from fedrouter_app.report import plots
+from fedrouter_app.report.paired import CONFIDENCE, DIFF_COLUMNS, difference_tables, differences_to_json, scenario_best
 from fedrouter_app.report.runs import FailedJob, Run, assign_variants, find, load_job_failure, load_run
-from fedrouter_app.report.table import aggregate, markdown_tables, rows_to_json
+from fedrouter_app.report.table import (
+    COLUMNS,
+    COST_TABLE,
+    ROUTING_TABLE,
+    Row,
+    aggregate,
+    filled,
+    metrics_table,
+    ordered,
+    row_to_json,
+    scores_table,
+)
+from fedrouter_app.report.tasks import describe, protocol, task_kinds, task_tables
 
 REPORT_FILE = "report.md"
 REPORT_JSON = "report.json"
 
-DEFINITIONS = """\
-Scores are those of the last evaluated round, pooled over clients per task and then averaged over tasks; each
-cell is the mean ± sample standard deviation over seeds. *own tasks (P)*: each client's own tasks (those it holds
-training data for; personalisation); *others' tasks*: tasks the client did not train on but other clients did or
-no one did; *all tasks (TTP)*: every task a client is tested on (all tasks under `eval.scope=global`); *seen* /
-*unseen tasks*: tasks some client / no client trains on (unseen: held out of all training); *eval loss*: mean
-teacher-forced loss over all tasks; *routing acc*: share of test samples routed to the cluster of their true task
-(methods that route); *bytes up/down per client-round*: tensor bytes of every phase (registration, training,
-evaluation) divided by clients x rounds. *vs {reference}*: relative gain of the mean score over `{reference}` in
-the same scenario."""
+INTRO = """\
+Every number is from the last evaluated round of a run. A client's score on a task is exact match for short
+answers and ROUGE-L for generated sentences; a task's score pools the clients tested on it (weighted by their test
+examples) and a column averages its tasks with equal weight. Cells are the mean ± sample standard deviation over
+seeds. A run's seed fixes its data, partition and initialisation, so runs of two methods with the same seed are
+paired: the paired tables give, per column, the mean over seeds of the per-seed difference ± the half-width of its
+{confidence:.0%} Student-t interval (n - 1 degrees of freedom, n the seeds both methods ran: the interval is over
+seeds, not over test examples); `*` marks an interval that excludes 0, `ref` and `best` the comparator itself. The
+best baseline of a column is the method other than `{proposed}` with the highest mean in it (among runs with the
+same swept setting, where a sweep varies one); the best label-free baseline the same among label-free methods.
+*Label-free*: the method is not told the task of a sample, in training or at test time, and must infer it (or
+ignore it); methods that are told it (label-free = no) use the true task labels, as their papers assume.
+*vs {reference}*: relative gain of the mean over `{reference}`."""
 
 
-def build_report(paths: Sequence[Path], out: Path, reference: str = "fedit", with_figures: bool = True) -> Path:
-    """Write ``report.md``, ``report.json`` and figures for the runs under ``paths``; return the Markdown path."""
+def definitions() -> str:
+    """The meaning of every column, as a Markdown list."""
+    return "\n".join(f"- *{c.title}*: {c.description}." for c in COLUMNS if c.key != "seen")
+
+
+def build_report(
+    paths: Sequence[Path],
+    out: Path,
+    reference: str = "fedit",
+    with_figures: bool = True,
+    proposed: str = "fedrouter",
+) -> Path:
+    """Write ``report.md``, ``report.json`` and figures for the runs under ``paths``; return the Markdown path.
+
+    ``reference``: the method gains and the first paired table are against;
+    ``proposed``: the method under study, left out of the best baselines.
+    """
     run_dirs, job_files = find([Path(p) for p in paths])
     runs: list[Run] = []
     failed: list[FailedJob] = []
@@ -51,12 +82,60 @@ def build_report(paths: Sequence[Path], out: Path, reference: str = "fedit", wit
     assign_variants(runs)
     out.mkdir(parents=True, exist_ok=True)
     rows = aggregate(runs)
+    scenarios: dict[str, dict] = {}
+    for name in sorted({r.scenario for r in runs}):
+        members = [r for r in runs if r.scenario == name]
+        scenarios[name] = {"kinds": task_kinds(members), "protocol": protocol(members)}
     figures = make_figures(runs, out) if with_figures else []
-    text = render(runs, failed, markdown_tables(rows, reference), figures, reference, paths)
+    tables = [
+        scenario_section(rows, name, s["kinds"], s["protocol"], reference, proposed) for name, s in scenarios.items()
+    ]
+    text = render(runs, failed, tables, figures, reference, proposed, paths)
     (out / REPORT_FILE).write_text(text)
-    summary = {"reference": reference, "rows": rows_to_json(rows, reference), "failed": [str(f.path) for f in failed]}
+    summary = {
+        "reference": reference,
+        "proposed": proposed,
+        "confidence": CONFIDENCE,
+        "columns": {c.key: {"title": c.title, "kind": c.kind, "description": c.description} for c in COLUMNS},
+        "scenarios": {
+            name: {
+                "protocol": s["protocol"],
+                "tasks": s["kinds"],
+                "best_baseline": scenario_best(rows, name, proposed, label_free=False),
+                "best_label_free": scenario_best(rows, name, proposed, label_free=True),
+            }
+            for name, s in scenarios.items()
+        },
+        "rows": [
+            {**row_to_json(rows, row, reference), "differences": differences_to_json(rows, row, reference, proposed)}
+            for row in rows
+        ],
+        "failed": [str(f.path) for f in failed],
+    }
     (out / REPORT_JSON).write_text(json.dumps(summary, indent=1, allow_nan=True))
     return out / REPORT_FILE
+
+
+def scenario_section(
+    rows: Sequence[Row], scenario: str, kinds: dict[str, str], info: dict, reference: str, proposed: str
+) -> str:
+    """A scenario's protocol line and tables: scores, paired differences, per-task scores, routing, cost."""
+    members = ordered(rows, scenario, reference, proposed)
+    keys = filled(members, DIFF_COLUMNS)
+    parts = [
+        f"### Scenario `{scenario}`",
+        describe(info, kinds),
+        scores_table(members, rows, reference),
+        difference_tables(rows, members, keys, reference, proposed),
+        task_tables(members, kinds),
+    ]
+    routing = metrics_table(members, ROUTING_TABLE, only_filled=True)
+    if routing:
+        parts.append("Routing and clustering (methods that record them):\n\n" + routing)
+    parts.append(
+        "Cost per client-round (totals over the run / (clients x rounds)):\n\n" + metrics_table(members, COST_TABLE)
+    )
+    return "\n\n".join(p for p in parts if p)
 
 
 def short_error(error: str, width: int = 200) -> str:
@@ -95,9 +174,10 @@ def make_figures(runs: Sequence[Run], out: Path) -> list[Path]:
 def render(
     runs: Sequence[Run],
     failed: Sequence[FailedJob],
-    tables: str,
+    tables: Sequence[str],
     figures: Sequence[Path],
     reference: str,
+    proposed: str,
     paths: Sequence[Path],
 ) -> str:
     """The Markdown report."""
@@ -108,9 +188,13 @@ def render(
         f"{len(runs)} completed runs ({', '.join(methods)}) from {', '.join(f'`{p}`' for p in paths)}"
         + (f"; {len(failed)} failed." if failed else "."),
         "",
-        DEFINITIONS.format(reference=reference),
+        INTRO.format(reference=reference, proposed=proposed, confidence=CONFIDENCE),
         "",
-        tables,
+        "Columns:",
+        "",
+        definitions(),
+        "",
+        "\n\n".join(tables),
     ]
     if failed:
         lines += ["", "## Failed runs", ""]

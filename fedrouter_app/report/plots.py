@@ -54,10 +54,10 @@ def _final_tasks(run: Run) -> dict[str, dict[str, float]]:
 
 
 def task_scores(runs: Sequence[Run], scenario: str, out: Path) -> Path:
-    """Grouped bars: final score per task (mean over seeds), one bar per method; unseen tasks marked."""
+    """Grouped bars: final score per task (mean over seeds), one bar per method; held-out tasks marked."""
     groups = _groups(runs, scenario)
     tasks = sorted({t for rs in groups.values() for r in rs for t in _final_tasks(r)})
-    unseen = {t for rs in groups.values() for r in rs for t in r.results.get("tasks", {}).get("unseen", [])}
+    held = {t for rs in groups.values() for r in rs for t in r.results.get("tasks", {}).get("unseen", [])}
     width_in = min(18.0, max(6.0, 0.25 * len(tasks) * max(1, len(groups))))
     fig, ax = plt.subplots(figsize=(width_in, 4), layout="constrained")
     ax.set_prop_cycle(color=COLORS)
@@ -68,7 +68,7 @@ def task_scores(runs: Sequence[Run], scenario: str, out: Path) -> Path:
         means = [_mean(v) for v in per_run]
         stds = [statistics.stdev(v) if len(v) > 1 and all(s is not None for s in v) else 0.0 for v in per_run]
         ax.bar(x + (i - (len(groups) - 1) / 2) * width, means, width, yerr=stds, label=label, capsize=2)
-    ax.set_xticks(x, [f"{t}\n(unseen)" if t in unseen else t for t in tasks], rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(x, [f"{t}\n(held-out)" if t in held else t for t in tasks], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("score (mean over seeds)")
     ax.set_title(f"Per-task score after the last round — {scenario}")
     ax.legend(fontsize=7, ncol=2)

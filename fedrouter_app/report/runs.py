@@ -15,7 +15,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from fedrouter_app.results import RESULTS_FILE
+from fedrouter_app.registry import strategy_class
+from fedrouter_app.results import RESULTS_FILE, compute_total
 
 JOB_FILE = "job.json"
 CONFIG_FILE = "config.yaml"
@@ -35,6 +36,11 @@ class Run:
     method : str
         The method as chosen (the ``method=`` override, so that config variants
         such as ``fltac_code`` stay apart), else the method's name.
+    method_name : str
+        The registered method the run's configuration names (``fltac`` for ``fltac_code``).
+    uses_task_labels : bool or None
+        Whether the run's clients were told the true task of every sample (see
+        :func:`uses_task_labels`); None if that cannot be known.
     scenario : str
         Scenario name.
     seed : int
@@ -54,6 +60,8 @@ class Run:
 
     path: Path
     method: str
+    method_name: str
+    uses_task_labels: bool | None
     scenario: str
     seed: int
     variant: str
@@ -95,9 +103,12 @@ def load_run(path: Path) -> Run:
     overrides = [str(o) for o in info.get("overrides", [])]
     chosen = {_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
     variant = [o for o in overrides if _key(o).split(".")[0] not in _NOT_VARIANT]
+    name = str(config.get("method", {}).get("name", info.get("method", "?")))
     return Run(
         path=path,
-        method=chosen.get("method", info.get("method", config.get("method", {}).get("name", "?"))),
+        method=chosen.get("method", info.get("method", name)),
+        method_name=name,
+        uses_task_labels=uses_task_labels(results, config),
         scenario=str(info.get("scenario", config.get("scenario", {}).get("name", "?"))),
         seed=int(info.get("seed", config.get("seed", 0))),
         variant=" ".join(variant),
@@ -134,6 +145,22 @@ def load_job_failure(path: Path) -> FailedJob | None:
     return FailedJob(path=path.parent, overrides=list(record.get("overrides", [])), error=str(record.get("error", "")))
 
 
+def uses_task_labels(results: dict[str, Any], config: dict[str, Any]) -> bool | None:
+    """Whether the run was told each sample's true task: as its results record it, else from its method's flag.
+
+    Runs written before results recorded it are judged by the registered
+    strategy's class-level flag on the saved method settings; None for a
+    method this installation does not know.
+    """
+    if "uses_task_labels" in results:
+        return bool(results["uses_task_labels"])
+    method = config.get("method", {})
+    try:
+        return strategy_class(str(method.get("name", ""))).told_task_labels(method)
+    except KeyError:
+        return None
+
+
 def last_evaluated(results: dict[str, Any]) -> dict[str, Any] | None:
     """The last round that has evaluation results."""
     rounds = [r for r in results.get("rounds", []) if r.get("evaluate", {}).get("clients")]
@@ -150,38 +177,107 @@ def routing_mode(results: dict[str, Any], config: dict[str, Any]) -> str | None:
     return preferred if preferred in routing else sorted(routing)[0]
 
 
+def registration_clustering(results: dict[str, Any]) -> dict[str, Any]:
+    """The clustering a method recorded at registration (``rounds[i].strategy.setup.clustering``), else ``{}``."""
+    for r in results.get("rounds", []):
+        clustering = r.get("strategy", {}).get("setup", {}).get("clustering")
+        if clustering:
+            return clustering
+    return {}
+
+
+def held_out(results: dict[str, Any]) -> set[str]:
+    """Tasks no client of the run trained on."""
+    return set(results.get("tasks", {}).get("unseen", []))
+
+
+def other_clients_scores(final: dict[str, Any], unseen: set[str]) -> dict[str, dict[str, float]]:
+    """Per task, the pooled metrics of clients that did not train on it, for tasks some client trained on.
+
+    Recorded as ``other_clients_per_task``; for results written before that,
+    the same pool is ``other_per_task`` without the held-out tasks.
+    """
+    if "other_clients_per_task" in final:
+        return final["other_clients_per_task"]
+    return {t: m for t, m in (final.get("other_per_task") or {}).items() if t not in unseen}
+
+
+def task_scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Final score per task: pooled over every client tested on it (``all``), over the clients that trained on
+    it (``own``) and over those that did not while another client did (``other_clients``); ``examples``: the
+    test examples behind ``all``."""
+    final = results.get("final") or {}
+    views = {
+        "all": final.get("per_task") or {},
+        "own": final.get("own_per_task") or {},
+        "other_clients": other_clients_scores(final, held_out(results)),
+    }
+    out: dict[str, dict[str, float]] = {}
+    for view, per_task in views.items():
+        for task, m in per_task.items():
+            out.setdefault(task, {})[view] = float(m.get("score", math.nan))
+    for task, m in views["all"].items():
+        out[task]["examples"] = float(m.get("n", math.nan))
+    return out
+
+
 def run_metrics(results: dict[str, Any], config: dict[str, Any]) -> dict[str, float]:
     """The final numbers of a run, NaN where a run has none.
 
-    ``own``: score on each client's own tasks (P); ``other``: on tasks the
-    client did not train on; ``all``: on every evaluated task (TTP under
-    ``eval.scope=global``); ``seen``/``unseen``: on tasks some / no client
-    trains on; ``loss``: mean evaluation loss over tasks; ``routing``:
-    routing accuracy; ``up``/``down``: tensor bytes per client-round, all
-    phases (registration, training, evaluation) over ``num_clients x
-    num_rounds``.
+    Scores (mean over tasks of the score pooled over clients per task):
+    ``own`` on each client's own tasks (P); ``other_clients`` on tasks the
+    client did not train on but another client did; ``held_out`` on tasks no
+    client trained on; ``all`` on every evaluated task (TTP under
+    ``eval.scope=global``); ``seen`` on tasks some client trains on, every
+    client pooled. ``loss``: mean evaluation loss over tasks. ``routing``
+    (``_own``, ``_other``): routing accuracy (on the client's own tasks, on
+    other clients' tasks). ``ari_global``, ``ari_local`` (mean over clients),
+    ``ari_local_min``: adjusted Rand index of the clustering at registration
+    against the true tasks. Per client-round, totals over the run divided by
+    ``num_clients x num_rounds``: ``up``/``down`` tensor bytes of every phase,
+    ``train_steps``, ``train_tokens`` and ``forward_tokens``.
     """
     final = results.get("final") or {}
 
     def score(key: str, metric: str = "score") -> float:
         return float((final.get(key) or {}).get(metric, math.nan))
 
+    others = [float(m.get("score", math.nan)) for m in other_clients_scores(final, held_out(results)).values()]
     out = {
         "own": score("own_mean"),
-        "other": score("other_mean"),
+        "other_clients": sum(others) / len(others) if others else math.nan,
+        "held_out": score("unseen_mean"),
         "all": score("mean"),
         "seen": score("seen_mean"),
-        "unseen": score("unseen_mean"),
         "loss": score("mean", "loss"),
-        "routing": math.nan,
+        **dict.fromkeys(("routing", "routing_own", "routing_other"), math.nan),
     }
     mode = routing_mode(results, config)
     if mode is not None:
         routing = last_evaluated(results)["strategy"]["evaluate"]["routing"][mode]
-        out["routing"] = float(routing.get("accuracy", math.nan))
+        for key, name in (
+            ("routing", "accuracy"),
+            ("routing_own", "accuracy_own"),
+            ("routing_other", "accuracy_other"),
+        ):
+            out[key] = float(routing.get(name, math.nan))
+    clustering = registration_clustering(results)
+    local = [float(s["ari"]) for s in clustering.get("local", {}).values() if math.isfinite(s.get("ari", math.nan))]
+    out["ari_global"] = float(clustering.get("global", {}).get("ari", math.nan))
+    out["ari_local"] = float(clustering.get("local_mean", {}).get("ari", math.nan))
+    out["ari_local_min"] = min(local) if local else math.nan
     client_rounds = int(config.get("num_clients", 0)) * int(config.get("num_rounds", 0))
     rounds = results.get("rounds", [])
-    for direction in ("up", "down"):
-        total = sum(r.get("traffic", {}).get(f"bytes_{direction}", 0) for r in rounds)
-        out[direction] = total / client_rounds if client_rounds else math.nan
+    totals = {
+        direction: sum(r.get("traffic", {}).get(f"bytes_{direction}", 0) for r in rounds)
+        for direction in ("up", "down")
+    }
+    for key, counter in (
+        ("train_steps", "train-steps"),
+        ("train_tokens", "train-tokens"),
+        ("forward_tokens", "forward-tokens"),
+    ):
+        totals[key] = compute_total(rounds, counter)
+    for key, total in totals.items():
+        out[key] = total / client_rounds if client_rounds else math.nan
     return out

@@ -3,7 +3,7 @@ from flwr.app import ConfigRecord, RecordDict
 
 from clients.ditto import PERSONAL_ADAPTER, DittoClient
 from clients.fedit import FedITClient
-from fedrouter_app.records import ADAPTER, adapter_record, read_adapter
+from fedrouter_app.records import ADAPTER, adapter_record, read_adapter, read_local_adapter
 
 
 def instruction(state, server_round=1, lr=3e-3):
@@ -16,7 +16,7 @@ def instruction(state, server_round=1, lr=3e-3):
 
 
 def personal(env):
-    return read_adapter(env.state[PERSONAL_ADAPTER], env.model().template)
+    return read_local_adapter(env.state[PERSONAL_ADAPTER], env.model().template)
 
 
 def distance(a, b):

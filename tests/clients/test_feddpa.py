@@ -3,7 +3,7 @@ import pytest
 from flwr.app import ConfigRecord, RecordDict
 
 from clients.feddpa import LOCAL_ADAPTER, FedDPAClient, instance_weights
-from fedrouter_app.records import ADAPTER, adapter_record, read_adapter
+from fedrouter_app.records import ADAPTER, adapter_record, read_adapter, read_local_adapter
 
 
 def test_omega_is_lambda_times_mean_cosine():
@@ -35,7 +35,7 @@ def test_global_phase_is_fedit_and_local_phase_starts_in_round_two(make_env):
     a, b = read_adapter(r1[ADAPTER], template), read_adapter(fedit[ADAPTER], template)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     FedDPAClient(env).handle("train", "default", instruction(env, start, 2))
-    local = read_adapter(env.state[LOCAL_ADAPTER], template)
+    local = read_local_adapter(env.state[LOCAL_ADAPTER], template)
     assert any(not np.array_equal(local[k], start[k]) for k in start)
 
 
@@ -43,7 +43,7 @@ def test_a_client_that_skipped_rounds_continues_from_its_local_adapter(make_env)
     env = make_env("method=feddpa")
     start = env.initial_adapter()
     FedDPAClient(env).handle("train", "default", instruction(env, start, 2))
-    after_round_2 = read_adapter(env.state[LOCAL_ADAPTER], env.model().template)
+    after_round_2 = read_local_adapter(env.state[LOCAL_ADAPTER], env.model().template)
     again = make_env("method=feddpa", state=env.state)
     client = FedDPAClient(again)
     assert all(np.array_equal(client.local_adapter(start)[k], after_round_2[k]) for k in start)
@@ -54,7 +54,7 @@ def test_batched_dynamic_mixing_equals_one_instance_at_a_time(make_env):
     client = FedDPAClient(env)
     start = env.initial_adapter()
     client.handle("train", "default", instruction(env, start, 2))
-    local = read_adapter(env.state[LOCAL_ADAPTER], env.model().template)
+    local = read_local_adapter(env.state[LOCAL_ADAPTER], env.model().template)
     rng = np.random.default_rng(0)
     global_adapter = {k: v + 0.05 * rng.standard_normal(v.shape).astype(np.float32) for k, v in start.items()}
     weights = client.global_weights(env.data.test, local)

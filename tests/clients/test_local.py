@@ -2,7 +2,7 @@ import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
 from clients.local import OWN_ADAPTER, LocalClient
-from fedrouter_app.records import read_adapter
+from fedrouter_app.records import read_local_adapter
 
 
 def instruction(server_round):
@@ -13,13 +13,13 @@ def test_keeps_its_adapter_in_state_across_rounds(make_env):
     env = make_env("method=local")
     reply = LocalClient(env).handle("train", "default", instruction(1))
     assert len(reply.array_records) == 0  # nothing leaves the client
-    after_one = read_adapter(env.state[OWN_ADAPTER], env.model().template)
+    after_one = read_local_adapter(env.state[OWN_ADAPTER], env.model().template)
     # A fresh client object with the same state continues from where it stopped.
     LocalClient(make_env("method=local", state=env.state)).handle("train", "default", instruction(2))
-    after_two = read_adapter(env.state[OWN_ADAPTER], env.model().template)
+    after_two = read_local_adapter(env.state[OWN_ADAPTER], env.model().template)
     fresh = make_env("method=local")
     LocalClient(fresh).handle("train", "default", instruction(2))
-    from_scratch = read_adapter(fresh.state[OWN_ADAPTER], env.model().template)
+    from_scratch = read_local_adapter(fresh.state[OWN_ADAPTER], env.model().template)
     assert any(not np.array_equal(after_two[k], from_scratch[k]) for k in after_one)
     assert any(not np.array_equal(after_two[k], after_one[k]) for k in after_one)
 

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,6 +26,14 @@ from tests.processes import pids_mentioning, stop
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CREDENTIALS_SCRIPT = REPO / "docker" / "generate-credentials.sh"
+
+
+def _cmdline(pid: int) -> str:
+    """A process's command line, or "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def free_port() -> int:
@@ -64,6 +72,11 @@ class LocalFederation:
         away a second node with a key whose node it still counts as online).
     env : dict, optional
         Extra environment for every process (e.g. ``FEDROUTER_CACHE``).
+    workers : collection of int
+        Partitions whose SuperNode has a warm worker (started beside it, as docs/deploy.md says, and named in its
+        node config); the others do the work in their ClientApp processes.
+    node_config : dict, optional
+        Extra ``--node-config`` entries per partition id (e.g. a node's own data file).
     """
 
     def __init__(
@@ -75,6 +88,8 @@ class LocalFederation:
         node_auth: bool = False,
         spare_keys: int = 0,
         env: dict[str, str] | None = None,
+        workers: Collection[int] = (),
+        node_config: dict[int, str] | None = None,
     ) -> None:
         self.root = root
         self.num_nodes = num_nodes
@@ -86,6 +101,9 @@ class LocalFederation:
         self.out_dir = root / "outputs"
         self.credentials = root / "credentials"
         self.logs = root / "logs"
+        self.workers = set(workers)
+        self.worker_dir = root / "workers"
+        self.extra_node_config = dict(node_config or {})
         self.env = {
             **os.environ,
             **(env or {}),
@@ -97,6 +115,8 @@ class LocalFederation:
             "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "PYTHONUNBUFFERED": "1",
+            # The SuperExec of each SuperNode asks for new tasks every second by default.
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
         }
         self.superlink: subprocess.Popen | None = None
         self.nodes: dict[int, subprocess.Popen] = {}
@@ -107,7 +127,7 @@ class LocalFederation:
 
     def start(self, wait: float = 60.0) -> LocalFederation:
         """Start the SuperLink and every SuperNode; return once the SuperLink answers."""
-        for path in (self.flwr_home, self.out_dir, self.logs):
+        for path in (self.flwr_home, self.out_dir, self.logs, self.worker_dir):
             path.mkdir(parents=True, exist_ok=True)
         if self.tls or self.node_auth:
             self._make_credentials()
@@ -140,9 +160,35 @@ class LocalFederation:
         if self.node_auth:
             for key in self.registered_keys():
                 self.flwr("supernode", "register", f"{key}.pub", "deploy")
+        for i in sorted(self.workers):
+            self.start_worker(i)
         for i in range(self.num_nodes):
             self.start_node(i)
         return self
+
+    def worker_socket(self, partition_id: int) -> Path:
+        """The Unix socket of the worker beside the SuperNode of ``partition_id``."""
+        return self.worker_dir / f"node-{partition_id}.sock"
+
+    def start_worker(self, partition_id: int) -> subprocess.Popen:
+        """Start the warm worker of ``partition_id``'s node (``fedrouter-worker``, one torch thread)."""
+        args = [executable("fedrouter-worker"), "--socket", str(self.worker_socket(partition_id)), "--cpus", "1"]
+        proc = self.spawn(args, f"worker-{partition_id}")
+        return proc
+
+    def kill_worker(self, partition_id: int) -> list[int]:
+        """SIGKILL whatever worker serves ``partition_id``'s socket now (the first, or one started since)."""
+        # The SuperNode names the socket in its --node-config too: keep the worker processes only.
+        pids = [
+            pid
+            for pid in pids_mentioning(str(self.worker_socket(partition_id)))
+            if any(name in _cmdline(pid) for name in ("fedrouter_app.worker", "fedrouter-worker"))
+            and "flower-supernode" not in _cmdline(pid)
+        ]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return pids
 
     def supernode_args(self, partition_id: int, key: Path | None = None) -> list[str]:
         """Command line of the SuperNode of ``partition_id`` (``key``: another auth key than its own)."""
@@ -151,7 +197,7 @@ class LocalFederation:
             "--superlink",
             f"127.0.0.1:{self.port}",
             "--node-config",
-            f"partition-id={partition_id} num-partitions={self.num_nodes}",
+            self.node_config(partition_id),
             # Each SuperNode serves its own SuperExec on a port of its own.
             "--port",
             str(free_port()),
@@ -163,6 +209,15 @@ class LocalFederation:
         if self.node_auth:
             args += ["--auth-supernode-private-key", str(key or self.credentials / f"supernode-{partition_id}")]
         return args
+
+    def node_config(self, partition_id: int) -> str:
+        """The ``--node-config`` of ``partition_id``'s SuperNode."""
+        parts = [f"partition-id={partition_id}", f"num-partitions={self.num_nodes}", "num-cpus=1"]
+        if partition_id in self.workers:
+            parts.append(f"worker='{self.worker_socket(partition_id)}'")
+        if partition_id in self.extra_node_config:
+            parts.append(self.extra_node_config[partition_id])
+        return " ".join(parts)
 
     def registered_keys(self) -> list[Path]:
         """Private key paths of every key pair registered with the SuperLink (nodes' own, then spares)."""

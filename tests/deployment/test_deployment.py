@@ -1,12 +1,17 @@
 """The app on Flower's deployment runtime: a real SuperLink and SuperNodes on 127.0.0.1, driven by ``flwr run``.
 
-One run of FedRouter with three SuperNodes over TLS with SuperNode
-authentication, in which a SuperNode is killed and replaced. Each process has
-a time limit and is stopped in ``finally``.
+One secure federation (TLS, SuperNode authentication) of three SuperNodes, two
+of them with a warm worker, serves two FedRouter runs: in the first a
+SuperNode is killed and replaced; in the second a worker is killed mid-run,
+and the adapters must equal the simulation's for the same seed. A second,
+plain federation runs on node-local data files. Each process has a time
+limit and is stopped in ``finally``.
 """
 
 from __future__ import annotations
 
+import json
+import shlex
 import shutil
 import subprocess
 import time
@@ -14,27 +19,31 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from fedrouter_app.model.embedded import cache_root
+from fedrouter_app.simulation import simulate
 from tests.conftest import TINY
 from tests.deployment.federation import LocalFederation
 
 NUM_NODES = 3
 # The tiny test config for three clients; FedRouter with one global cluster per client's pair of tasks.
-OVERRIDES = [
+BASE = [
     *(o for o in TINY if not o.startswith("num_clients=")),
     f"num_clients={NUM_NODES}",
     "method.n_global=3",
     "eval.at_start=false",
     "eval.every=100",  # evaluate once, after the last round
     "output.save_adapters=true",
-    # No checkpoints: each message costs a fresh ClientApp process here, and the end-of-run message that
-    # clears clients' saved state would add a phase; checkpoints and resume have their own tests.
-    "checkpoint.every=0",
 ]
+# Without checkpoints: the end-of-run message that clears clients' saved state is checked in one run only.
+OVERRIDES = [*BASE, "checkpoint.every=0"]
 # Every message starts a fresh ClientApp process; on a loaded 2-core machine a round takes tens of seconds.
 RUN_TIMEOUT = 420.0
+# Nodes 0 and 1 have a warm worker beside their SuperNode; node 2 does its work in its ClientApp processes.
+WORKERS = (0, 1)
 
 
 @pytest.fixture
@@ -45,7 +54,8 @@ def federation(tmp_path: Path, adapter_model: Any) -> Iterator[Callable[..., Loc
         pytest.fail("openssl and ssh-keygen are needed for the TLS test: apt-get install openssl openssh-client")
 
     def start(**kwargs: Any) -> LocalFederation:
-        fed = LocalFederation(tmp_path, NUM_NODES, env={"FEDROUTER_CACHE": str(cache_root())}, **kwargs)
+        root = tmp_path / f"federation-{len(started)}"
+        fed = LocalFederation(root, NUM_NODES, env={"FEDROUTER_CACHE": str(cache_root())}, **kwargs)
         started.append(fed)
         return fed.start()
 
@@ -88,17 +98,20 @@ def check_completed_run(fed: LocalFederation, run_id: int, results: dict[str, An
     assert any((fed.out_dir / name / "adapters").iterdir()), "the server saved its adapters"
 
 
-def test_secure_federation_survives_a_killed_supernode(federation: Callable[..., LocalFederation]) -> None:
-    """One secure deployment, one run, everything a real federation must survive.
+def test_secure_federation_with_workers_survives_a_killed_supernode_and_worker(
+    federation: Callable[..., LocalFederation],
+) -> None:
+    """One secure deployment, two runs, everything a real federation must survive.
 
     HTTPS with a certificate from docker/generate-credentials.sh and SuperNode
-    authentication: a SuperNode with an unregistered key is turned away. A
-    SuperNode is SIGKILLed after round 1: the run goes on with the others,
+    authentication: a SuperNode with an unregistered key is turned away. Run 1:
+    a SuperNode is SIGKILLed after round 1: the run goes on with the others,
     records the drop, and serves the replacement machine (same partition id,
-    another registered key, new node id) again from the next round on. (One
-    test instead of two: every message costs a fresh ClientApp process here.)
+    another registered key, new node id) again from the next round on. Run 2
+    (:func:`check_worker_killed_mid_run`) on the same federation. (One test
+    instead of several: every federation and message costs processes here.)
     """
-    fed = federation(tls=True, node_auth=True, spare_keys=1)
+    fed = federation(tls=True, node_auth=True, spare_keys=1, workers=WORKERS)
     intruder_key = fed.credentials / "intruder"
     subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(intruder_key)], check=True)
     intruder = fed.spawn([*fed.supernode_args(0, key=intruder_key), "--max-retries", "0"], "intruder")
@@ -133,3 +146,88 @@ def test_secure_federation_survives_a_killed_supernode(federation: Callable[...,
     # and the restarted client trained the clusters it was assigned to in round 1.
     assert "setup" in first["strategy"] and "setup" not in second["strategy"] and "setup" not in third["strategy"]
     assert third["train"]["clients"]["2"]["train-steps"] > 0
+
+    check_worker_killed_mid_run(fed)
+
+
+def saved_adapters(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Every adapter a run saved, by cluster name."""
+    return {p.parent.name: load_file(p) for p in sorted((run_dir / "adapters").glob("*/adapter_model.safetensors"))}
+
+
+def check_worker_killed_mid_run(fed: LocalFederation) -> None:
+    """A worker SIGKILLed mid-run is replaced; the adapters equal the simulation's; the run ends cleanly.
+
+    Nodes 0 and 1 work through their workers, node 2 (the replacement of run 1)
+    in its ClientApp processes. Checkpoints are on, so the run ends with the
+    message that tells clients to drop their saved state: the SuperLink's log
+    must show no error for this run.
+    """
+    name = "workers"
+    overrides = [*BASE, "num_rounds=2", "round_timeout=240"]
+    log_before = len((fed.logs / "superlink.log").read_text())
+    run_id = fed.submit("fedrouter", [*overrides, f"output.run_name={name}"])
+    wait_for(fed, name, lambda r: len(r["rounds"]) >= 1, RUN_TIMEOUT)
+    killed = fed.kill_worker(0)
+    assert killed, "the worker of node 0 was running"
+    results = wait_for(fed, name, completed, RUN_TIMEOUT)
+    check_completed_run(fed, run_id, results, name)
+    assert all(not r["failures"] for r in results["rounds"]), [r["failures"] for r in results["rounds"]]
+    # The ClientApp of node 0 started a worker in place of the killed one.
+    assert "serving" in (fed.worker_dir / "node-0.sock.log").read_text()
+    worker_log = (fed.logs / "worker-1.log").read_text()
+    assert f"[run {run_id} client 1] train handled in" in worker_log, worker_log[-2000:]
+    # What was run, as it was run: the connection's name and --stream.
+    command = shlex.split(results["run"]["command"])
+    assert command[:5] == ["flwr", "run", ".", "deploy", "--stream"] and results["run"]["runtime"] == "deployment"
+    superlink_log = (fed.logs / "superlink.log").read_text()[log_before:]
+    assert "ERROR" not in superlink_log, superlink_log[-3000:]
+
+    simulated = simulate(["method=fedrouter", *overrides, "output.run_name=simulated"], num_cpus=2)
+    deployed, expected = saved_adapters(fed.out_dir / name), saved_adapters(simulated)
+    assert deployed.keys() == expected.keys() and len(deployed) == 3
+    for cluster, tensors in expected.items():
+        assert tensors.keys() == deployed[cluster].keys()
+        for key, value in tensors.items():
+            np.testing.assert_array_equal(deployed[cluster][key], value, strict=True, err_msg=f"{cluster} {key}")
+
+
+def test_nodes_train_and_are_tested_on_their_own_files(federation: Callable[..., LocalFederation], tmp_path) -> None:
+    """data=node: every SuperNode names its own file; the server is told task names only.
+
+    Node 0 (with a worker) holds an unlabelled JSON Lines file, node 1 a
+    node-side data config naming a CSV file and its own test file, node 2 a
+    file without the response column: its registration fails with that reason,
+    recorded, and the run goes on with the other two.
+    """
+    data = tmp_path / "node-data"
+    data.mkdir()
+    rows = [{"instruction": f"alpha {i} ?", "response": f"a{i}"} for i in range(40)]
+    (data / "node0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (data / "node1.csv").write_text("prompt,answer\n" + "".join(f"beta {i} ?,b{i}\n" for i in range(25)))
+    (data / "node1-test.csv").write_text("prompt,answer\n" + "".join(f"beta test {i} ?,t{i}\n" for i in range(3)))
+    (data / "node1.yaml").write_text(
+        "path: node1.csv\ntest_split: node1-test.csv\ntask: local\ninstruction_field: prompt\nresponse_field: answer\n"
+    )
+    (data / "node2.jsonl").write_text('{"instruction": "no answer here"}\n' * 10)
+    node_config = {
+        0: f"data='{data / 'node0.jsonl'}'",
+        1: f"data='{data / 'node1.yaml'}'",
+        2: f"data='{data / 'node2.jsonl'}'",
+    }
+    fed = federation(workers=(0,), node_config=node_config)
+    name = "node-data"
+    overrides = [*OVERRIDES, "data=node", "num_rounds=2", f"output.run_name={name}", "round_timeout=240"]
+    run_id = fed.submit("fedrouter", overrides)
+    results = wait_for(fed, name, completed, RUN_TIMEOUT)
+    assert fed.wait_for_run(run_id, timeout=120) == "finished:completed"
+    (refused,) = results["rounds"][0]["failures"]
+    assert refused["phase"] == "query.hello" and refused["client"] == -1
+    assert "node2.jsonl: missing column(s) 'response'" in refused["reason"] and "\n" not in refused["reason"]
+    last = results["rounds"][-1]
+    train, evaluate = last["train"]["clients"], last["evaluate"]["clients"]
+    assert sorted(train) == sorted(evaluate) == ["0", "1"]
+    assert train["0"]["num-examples"] == 32 and train["1"]["num-examples"] == 25  # 40 - 8 held out; 25 + own test
+    assert evaluate["0"]["tasks"]["local"]["n"] == 4 and evaluate["1"]["tasks"]["local"]["n"] == 3
+    # The server's configuration never held a path: nodes named their files themselves.
+    assert str(data) not in (fed.out_dir / name / "config.yaml").read_text()

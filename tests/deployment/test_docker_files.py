@@ -49,6 +49,8 @@ def flwr_pin() -> str:
 
 
 def program_of(service: str, spec: dict[str, Any]) -> str:
+    if spec.get("entrypoint"):
+        return spec["entrypoint"][0]
     image = spec.get("image", "")
     for kind, program in IMAGES.items():
         if image.startswith(f"flwr/{kind}:"):
@@ -111,8 +113,8 @@ def test_tls_override_secures_every_link_to_the_superlink() -> None:
     script = (DOCKER / "generate-credentials.sh").read_text()
     for name, spec in services.items():
         command = spec["command"]
-        if name == "superlink" or name.startswith("clientexec-"):
-            continue  # executors of a SuperNode talk to it inside its own container network
+        if name == "superlink" or name.startswith(("clientexec-", "worker-")):
+            continue  # a SuperNode's executor and worker talk to it and each other inside the node
         assert "--insecure" not in command and "--root-certificates" in command, name
         mounted = {volume.split(":")[1] for volume in spec["volumes"]}
         for flag in ("--root-certificates", "--auth-supernode-private-key"):
@@ -122,9 +124,29 @@ def test_tls_override_secures_every_link_to_the_superlink() -> None:
                 assert Path(path).name.split("-")[0] in script, f"{path} is not made by generate-credentials.sh"
 
 
+@pytest.mark.parametrize("files", [("compose.yaml",), ("compose.yaml", "compose.tls.yaml")])
+def test_every_node_has_a_worker_its_executor_reaches_through_their_own_volume(files: tuple[str, ...]) -> None:
+    services = merged(*files)
+    for name, spec in services.items():
+        if not name.startswith("supernode-"):
+            continue
+        partition = name.split("-")[1]
+        config = spec["command"][spec["command"].index("--node-config") + 1]
+        values = dict(item.split("=") for item in config.split())
+        socket_path = values["worker"].strip("'\"")
+        worker, executor = services[f"worker-{partition}"], services[f"clientexec-{partition}"]
+        assert worker["command"][worker["command"].index("--socket") + 1] == socket_path
+        assert worker["image"] == executor["image"], "the worker runs the code the executor's image carries"
+        shared = {v for v in worker["volumes"]} & {v for v in executor["volumes"]}
+        assert shared == {f"worker-{partition}:{Path(socket_path).parent}"}, f"{name}: {shared}"
+        others = [s for n, s in services.items() if n not in (f"worker-{partition}", f"clientexec-{partition}")]
+        assert not any(v in s.get("volumes", []) for s in others for v in shared), "the socket's volume is private"
+    assert "mkdir -p /run/fedrouter && chown app:app /run/fedrouter" in (DOCKER / "Dockerfile").read_text()
+
+
 def test_gpu_override_reserves_a_gpu_for_every_client_executor() -> None:
     services = merged("compose.yaml", "compose.gpu.yaml")
-    executors = [name for name in services if name.startswith("clientexec-")]
+    executors = [name for name in services if name.startswith(("clientexec-", "worker-"))]
     assert executors
     for name in executors:
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]

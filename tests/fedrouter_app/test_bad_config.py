@@ -1,4 +1,4 @@
-"""Bad configuration fails at start with one line that says what is wrong (the README's bad-input table)."""
+"""Bad configuration fails at start with one line that says what is wrong (docs/robustness.md, bad-input table)."""
 
 from __future__ import annotations
 

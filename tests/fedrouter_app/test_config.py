@@ -61,10 +61,42 @@ def test_unknown_keys_list_the_valid_keys():
         ("eval.scope=everything", "eval.scope"),
         ("model.dtype=int8", "model.dtype"),
         ("train.lr_schedule=linear", "cosine"),
+        ("lora.layers=[1,1]", "lora.layers"),
+        ("lora.layers=[]", "lora.layers"),
+        ("eval.answer_mode=guess", "generate, choices"),
+        ("eval.max_choices=1", "eval.max_choices"),
+        ("speed.prefix_cache_mb=-1", "speed.prefix_cache_mb"),
     ],
 )
 def test_bad_values_name_the_key(override, fragment):
     assert fragment in one_line_error(override)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "n_local", "n_global", "scope"),
+    [("dual", 2, 8, "local"), ("single", 1, 8, "local"), ("cross_task", 1, 8, "global"), ("iid", 8, 8, "local")],
+)
+def test_fedrouter_clusters_follow_the_scenario(scenario, n_local, n_global, scope):
+    # One local cluster per task a client holds, one global cluster per task some client trains on.
+    cfg = load_run_config([f"scenario={scenario}"])
+    assert (cfg.method.n_local, cfg.method.n_global, cfg.eval.scope) == (n_local, n_global, scope)
+    assert load_run_config([f"scenario={scenario}", "num_clients=4"]).method.n_global == min(8, 3 + n_local)
+
+
+def test_lora_layers_outside_the_model_fail_when_the_model_is_known():
+    from fedrouter_app.model.loading import lora_template
+
+    cfg = load_run_config(["lora.layers=[5]"])  # the number of blocks is the model's, read with its config
+    with pytest.raises(ConfigError, match=r"lora.layers \[5\] outside the model's 2 blocks"):
+        lora_template(cfg.model, cfg.lora)
+    template = lora_template(cfg.model, load_run_config(["lora.layers=[-1]"]).lora)
+    assert template and all(".layers.1." in key for key in template)
+
+
+def test_held_out_tasks_come_from_the_data_source():
+    assert load_run_config(["scenario=unseen"]).scenario.unseen_tasks == ["sort_chars", "summarize"]
+    assert load_run_config(["scenario=unseen", "data=bigbench"]).scenario.unseen_tasks == ["fill_blank", "data_to_text"]
+    assert load_run_config(["scenario=dual", "data=bigbench"]).scenario.unseen_tasks == []
 
 
 def test_flower_run_config_becomes_overrides():

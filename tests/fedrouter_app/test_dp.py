@@ -20,7 +20,7 @@ TEMPLATE = {"m.q.lora_A.weight": (2, 2), "m.q.lora_B.weight": (2, 2)}
 
 @pytest.fixture(autouse=True)
 def _task_identity():
-    # Messages take their run id from here; Flower's runtime (or tests.inprocess) sets it in a real run.
+    # Messages take their run id from here; Flower's runtime (or fedrouter_app.inprocess) sets it in a real run.
     TaskIdentity.run_id = 1
     TaskIdentity.node_id = 0
     TaskIdentity.task_id = 0

@@ -57,3 +57,17 @@ def test_mean_loss_matches_the_pooled_score_loss(adapter_model):
     scores = score_examples(adapter_model, examples, FMT, batch_size=3, max_new_tokens=4)
     pooled = sum(s.loss_sum for s in scores) / sum(s.tokens for s in scores)
     assert mean_loss(adapter_model, examples, FMT, batch_size=4) == pytest.approx(pooled, rel=1e-5)
+
+
+def test_answers_end_at_a_stop_string(adapter_model):
+    from fedrouter_app.evaluation import cut_at
+
+    assert cut_at("12\nAnswer: 13", ["\n"]) == "12" and cut_at("no stop", ["\n", "#"]) == "no stop"
+    assert cut_at("a#b\nc", ["\n", "#"]) == "a"
+    adapter_model.load_state(adapter_model.initial_state(0))
+    prompts = [FMT.prompt(e) for e in make_examples(0, "summarize", "test", range(4))]
+    free = generate(adapter_model, prompts, FMT, max_new_tokens=12)
+    stop = next(ch for ch in "e a" if any(ch in answer[1:] for answer in free))
+    stopped = generate(adapter_model, prompts, FMT, max_new_tokens=12, stop=[stop])
+    assert stopped == [cut_at(answer, [stop]).strip() for answer in free]
+    assert stopped != free

@@ -15,11 +15,21 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
-from fedrouter_app.records import ADAPTER, CLIENT_ID, METRICS, NUM_EXAMPLES, adapter_record, read_adapter
+from fedrouter_app.inprocess import InProcessGrid
+from fedrouter_app.model.lora import num_parameters
+from fedrouter_app.records import (
+    ADAPTER,
+    CLIENT_ID,
+    METRICS,
+    NUM_EXAMPLES,
+    adapter_record,
+    local_adapter_record,
+    packed_key,
+    read_adapter,
+)
 from fedrouter_app.results import round_to_json
 from fedrouter_app.rounds import RoundRecord, run_federation
 from strategies.fedit import FedIT
-from tests.inprocess import InProcessGrid
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
 BAD = 3
@@ -38,25 +48,31 @@ def npy_bytes(value: np.ndarray) -> bytes:
 
 def corrupt(how: str, adapter: dict[str, np.ndarray], metrics: dict) -> RecordDict:
     """The bad client's training reply."""
-    key = next(iter(TEMPLATE))
+    first = next(iter(TEMPLATE))
+    key, size = packed_key(TEMPLATE), num_parameters(TEMPLATE)
     record = adapter_record(adapter)
+    packed = record[key].numpy()
     if how == "nan":
         record = adapter_record({k: np.full(v.shape, np.nan, np.float32) for k, v in adapter.items()})
     elif how == "wrong-shape":
-        record = adapter_record({**adapter, key: np.zeros((3, 3), np.float32)})
+        record[key] = Array(np.zeros(size + 3, np.float32))
+    elif how == "wrong-layout":
+        record = adapter_record({**adapter, first: np.zeros((3, 3), np.float32)})
     elif how == "wrong-dtype":
-        record[key] = Array(adapter[key].astype(np.float64))
+        record[key] = Array(packed.astype(np.float64))
     elif how == "missing-key":
-        del record[key]
+        record = adapter_record({k: v for k, v in adapter.items() if k != first})
+    elif how == "per-tensor":
+        record = local_adapter_record(adapter)
     elif how == "oversized":
         # An extra array beyond what the method can need: refused from its byte count, before decoding.
         return RecordDict({ADAPTER: record, "junk": ArrayRecord({"x": Array(np.zeros(400_000, np.float32))})})
     elif how == "pickled-object":
-        record[key] = float32_array(TEMPLATE[key], npy_bytes(np.array([{"a": 1}] * 6, dtype=object)))
+        record[key] = float32_array((size,), npy_bytes(np.array([{"a": 1}] * size, dtype=object)))
     elif how == "foreign-stype":
-        record[key] = float32_array(TEMPLATE[key], adapter[key].tobytes(), stype="torch.Tensor")
+        record[key] = float32_array((size,), packed.tobytes(), stype="torch.Tensor")
     elif how == "damaged-bytes":
-        record[key] = float32_array(TEMPLATE[key], b"\x93NUMPY garbage")
+        record[key] = float32_array((size,), b"\x93NUMPY garbage")
     elif how == "no-examples":
         metrics[NUM_EXAMPLES] = 0
     elif how == "huge-weight":
@@ -130,9 +146,11 @@ def reference(fault_cfg):
     ("how", "reason"),
     [
         ("nan", "non-finite"),
-        ("wrong-shape", "has shape (3, 3)"),
+        ("wrong-shape", "has shape (15,)"),
+        ("wrong-layout", "another layout"),
         ("wrong-dtype", "dtype float64"),
-        ("missing-key", "keys differ"),
+        ("missing-key", "another layout"),
+        ("per-tensor", "holds arrays"),
         ("oversized", "more than the limit"),
         ("pickled-object", "does not decode"),
         ("foreign-stype", "does not decode"),

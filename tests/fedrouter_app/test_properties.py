@@ -10,11 +10,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fedrouter_app.aggregation import WeightedMean, weighted_average
+from fedrouter_app.model.lora import num_parameters
 from fedrouter_app.records import (
     MAX_COUNT,
     InvalidReplyError,
     adapter_record,
     check_evaluation_metrics,
+    packed_key,
     read_adapter,
     read_count,
 )
@@ -86,19 +88,30 @@ DTYPES = st.sampled_from([np.float32, np.float64, np.float16, np.int32, np.int64
 
 @st.composite
 def records(draw: st.DrawFn) -> tuple[ArrayRecord, bool]:
-    """A record near the template (keys, shapes, dtypes, values each possibly off) and whether it is valid."""
-    keys = draw(st.sets(st.sampled_from(["a", "b", "c"]), min_size=1))
-    valid = keys == set(TEMPLATE)
-    content = {}
-    for key in sorted(keys):
-        shape = TEMPLATE.get(key, (2,))
-        if draw(st.booleans()):
-            shape = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=3)))
+    """A record near a packed adapter (key, length, dtype, values each possibly off) and whether it is valid."""
+    state = {key: draw(arrays(np.float32, shape, elements=finite)) for key, shape in TEMPLATE.items()}
+    layout = draw(st.sampled_from(["right", "missing", "extra", "reshaped", "per-tensor", "two-arrays"]))
+    if layout == "missing":
+        state.pop(draw(st.sampled_from(sorted(state))))
+    elif layout == "extra":
+        state["c"] = np.zeros(2, np.float32)
+    elif layout == "reshaped":
+        state["a"] = state["a"].reshape(3, 2)
+    if layout == "per-tensor":
+        return ArrayRecord({k: Array(v) for k, v in state.items()}), False
+    record = adapter_record(state)
+    if layout == "two-arrays":
+        record["extra"] = Array(np.zeros(1, np.float32))
+    valid = layout == "right"
+    if valid and draw(st.booleans()):
+        # The right key with other contents: any length, dtype and values.
+        size = num_parameters(TEMPLATE)
+        shape = tuple(draw(st.lists(st.integers(0, size + 2), min_size=0, max_size=2)))
         dtype = draw(DTYPES)
         value = draw(arrays(dtype, shape))
-        valid &= shape == TEMPLATE.get(key) and dtype == np.float32 and bool(np.isfinite(value).all())
-        content[key] = Array(value)
-    return ArrayRecord(content), valid
+        record[packed_key(TEMPLATE)] = Array(value)
+        valid = shape == (size,) and dtype == np.float32 and bool(np.isfinite(value).all())
+    return record, valid
 
 
 @FAST
@@ -114,10 +127,21 @@ def test_only_records_matching_the_template_with_finite_float32_pass(case):
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from(["a", "b"]), st.binary(max_size=64), min_size=2))
-def test_arbitrary_bytes_never_decode_into_an_adapter_or_crash(payloads):
+@given(st.dictionaries(st.sampled_from(["a", "b"]), arrays(np.float32, st.integers(0, 4), elements=finite)))
+def test_packing_round_trips_exactly_for_any_layout(state):
+    template = {k: v.shape for k, v in state.items()}
+    back = read_adapter(adapter_record(state), template)
+    assert back.keys() == state.keys()
+    for key, value in state.items():
+        assert back[key].dtype == np.float32
+        np.testing.assert_array_equal(back[key], value)
+
+
+@FAST
+@given(st.binary(max_size=64), st.sampled_from(["numpy.ndarray", "torch.Tensor"]))
+def test_arbitrary_bytes_never_decode_into_an_adapter_or_crash(payload, stype):
     record = ArrayRecord(
-        {k: Array(dtype="float32", shape=TEMPLATE[k], stype="numpy.ndarray", data=v) for k, v in payloads.items()}
+        {packed_key(TEMPLATE): Array(dtype="float32", shape=(num_parameters(TEMPLATE),), stype=stype, data=payload)}
     )
     with pytest.raises(InvalidReplyError):
         read_adapter(record, TEMPLATE)

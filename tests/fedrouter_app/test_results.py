@@ -1,9 +1,21 @@
+import json
 import math
 
 import pytest
 
-from fedrouter_app.results import format_table, parse_task_metrics, round_to_json, summarize_evaluation
+from fedrouter_app.registry import strategy_class
+from fedrouter_app.results import (
+    ResultsWriter,
+    compute_to_json,
+    compute_total,
+    format_table,
+    parse_task_metrics,
+    round_to_json,
+    summarize_evaluation,
+)
 from fedrouter_app.rounds import Exchange, RoundRecord
+
+TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
 
 
 def metrics(task_values: dict[str, tuple[float, float, float]]) -> dict[str, float]:
@@ -68,3 +80,92 @@ def test_seen_unseen_split_is_federation_level():
     out = round_to_json(record, unseen=("c",))["evaluate"]
     assert out["unseen_mean"]["score"] == pytest.approx(0.25) and out["mean"] == summary["mean"]
     assert round_to_json(record, unseen=())["evaluate"]["unseen_per_task"] == {}
+
+
+def test_other_clients_tasks_leave_out_the_held_out_ones():
+    # Client 0 trains on a, client 1 on b; c is held out of all training.
+    evaluate = {
+        0: metrics({"a": (2, 1.0, 1), "b": (2, 0.25, 0), "c": (2, 0.5, 0)}),
+        1: metrics({"a": (2, 0.75, 0), "b": (2, 1.0, 1), "c": (2, 0.0, 0)}),
+    }
+    summary = summarize_evaluation(evaluate, unseen={"c"})
+    # a is other to client 1 only, b to client 0 only: 0.75 and 0.25, mean 0.5.
+    assert {t: m["score"] for t, m in summary["other_clients_per_task"].items()} == {"a": 0.75, "b": 0.25}
+    assert summary["other_clients_mean"]["score"] == pytest.approx(0.5)
+    # "other" also holds the held-out task c (pooled 0.25): (0.75 + 0.25 + 0.25) / 3.
+    assert summary["other_mean"]["score"] == pytest.approx(1.25 / 3)
+    assert "other_clients_mean" not in summarize_evaluation(evaluate)  # only when the held-out set is known
+
+
+def test_round_json_sums_and_averages_compute_per_phase():
+    train = {
+        0: {"train-loss": 1.0, "train-steps": 3.0, "train-tokens": 100.0, "forward-tokens": 250.0},
+        1: {"train-loss": 1.0, "train-steps": 5.0, "train-tokens": 60.0, "forward-tokens": 150.0},
+    }
+    evaluate = {0: {**metrics({"a": (1, 1.0, 1)}), "forward-tokens": 40.0}, 1: metrics({"a": (1, 0.0, 1)})}
+    out = round_to_json(RoundRecord(server_round=1, lr=0.1, train=train, evaluate=evaluate))["compute"]
+    assert out["train"] == {
+        "replies": 2,
+        "train-steps": {"sum": 8.0, "mean": 4.0, "clients": 2},
+        "train-tokens": {"sum": 160.0, "mean": 80.0, "clients": 2},
+        "forward-tokens": {"sum": 400.0, "mean": 200.0, "clients": 2},
+    }
+    # Client 1's evaluation reply carries no count: the phase says so, and nothing is invented for it.
+    assert out["evaluate"] == {"replies": 2, "forward-tokens": {"sum": 40.0, "mean": 40.0, "clients": 1}}
+    assert compute_to_json({"train": {}, "evaluate": {0: {}}}) == {"evaluate": {"replies": 1}}
+
+
+def compute_round(train: dict, evaluate: dict, phases: tuple[str, ...] = ()) -> dict:
+    """A round of a results JSON with its compute block and the traffic of ``phases``."""
+    exchanges = [{"phase": p} for p in ("train", "evaluate", *phases)]
+    return {"compute": compute_to_json({"train": train, "evaluate": evaluate}), "traffic": {"exchanges": exchanges}}
+
+
+def test_compute_total_is_nan_where_a_count_is_missing_or_incomplete():
+    full = {"train-steps": 2.0, "train-tokens": 50.0, "forward-tokens": 70.0}
+    rounds = [
+        compute_round({0: full, 1: full}, {0: {"forward-tokens": 10.0}}),
+        compute_round({0: full}, {0: {"forward-tokens": 10.0}, 1: {"forward-tokens": 5.0}}),
+    ]
+    assert compute_total(rounds, "train-steps") == 6.0
+    assert compute_total(rounds, "train-tokens") == 150.0
+    assert compute_total(rounds, "forward-tokens") == 3 * 70.0 + 25.0
+    # An evaluation reply without forward tokens would undercount them; training counts stay.
+    partial = [*rounds, compute_round({0: full}, {0: {"forward-tokens": 1.0}, 1: {}})]
+    assert math.isnan(compute_total(partial, "forward-tokens")) and compute_total(partial, "train-steps") == 8.0
+    # Traffic of a method's own query whose replies the round does not hold: forward tokens unknown.
+    queried = [*rounds, compute_round({}, {}, phases=("query.register",))]
+    assert math.isnan(compute_total(queried, "forward-tokens")) and compute_total(queried, "train-tokens") == 150.0
+    # Replies that count nothing (results of older clients): unknown, not zero.
+    assert math.isnan(compute_total([compute_round({0: {"train-loss": 1.0}}, {})], "train-steps"))
+
+
+def test_compute_total_reads_results_written_before_the_compute_block():
+    old_round = {
+        "train": {
+            "clients": {
+                "0": {"train-steps": 4.0, "forward-tokens": 20.0},
+                "1": {"train-steps": 6.0, "forward-tokens": 30.0},
+            }
+        },
+        "evaluate": {"clients": {"0": {"tasks": {}, "metrics": {"forward-tokens": 3.0}}}},
+        "traffic": {"exchanges": []},
+    }
+    assert compute_total([old_round], "train-steps") == 10.0
+    assert compute_total([old_round], "forward-tokens") == 53.0
+    assert math.isnan(compute_total([old_round], "train-tokens"))  # training replies without token counts
+
+
+@pytest.mark.parametrize(("method", "told"), [("fedit", False), ("fltac_code", True), ("tap", True), ("ditto", False)])
+def test_results_record_whether_the_method_is_told_the_tasks(make_cfg, tmp_path, method, told):
+    cfg = make_cfg(f"method={method}")
+    strategy = strategy_class(cfg.method.name)(cfg, TEMPLATE)
+    ResultsWriter(tmp_path, {}).on_run_start(cfg, strategy, TEMPLATE)
+    assert json.loads((tmp_path / "results.json").read_text())["uses_task_labels"] is told
+
+
+def test_a_method_told_the_tasks_under_one_setting_is_judged_by_its_run_config(make_cfg):
+    fedrouter = strategy_class("fedrouter")
+    assert not fedrouter.uses_task_labels
+    assert not fedrouter.told_task_labels(make_cfg("method=fedrouter").to_dict()["method"])
+    assert fedrouter.told_task_labels(make_cfg("method=fedrouter", "method.clustering=oracle").to_dict()["method"])

@@ -1,23 +1,30 @@
+import json
+
 import numpy as np
 import pytest
-from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.superlink.grid.http_grid import HttpGrid
 
 from fedrouter_app.client_app import make_client_app
 from fedrouter_app.config import config_fingerprint
+from fedrouter_app.inprocess import NODE_OFFSET, InProcessGrid
 from fedrouter_app.model.loading import lora_template
-from fedrouter_app.records import ADAPTER, adapter_record
+from fedrouter_app.records import ADAPTER
 from fedrouter_app.registry import strategy_class
 from fedrouter_app.rounds import (
     Communicator,
     RoundRecord,
     RunAbortedError,
+    error_reason,
+    missing_nodes_advice,
     register_clients,
     run_federation,
     sample_clients,
+    wait_for_nodes,
 )
+from fedrouter_app.server_app import serve
 from tests.conftest import tiny_overrides
-from tests.inprocess import NODE_OFFSET, InProcessGrid
 
 
 def test_sampling_is_seeded_per_round_and_phase():
@@ -62,8 +69,10 @@ def poison(target: int, how: str):
             return Message(Error(code=7, reason="disk on fire"), reply_to=msg)
         content = reply.content
         if how == "nan":
-            state = {k: np.full(a.shape, np.nan, np.float32) for k, a in content[ADAPTER].items()}
-            content[ADAPTER] = adapter_record(state)
+            # The packed adapter with every value NaN (same key and length).
+            content[ADAPTER] = ArrayRecord(
+                {k: Array(np.full(a.shape, np.nan, np.float32)) for k, a in content[ADAPTER].items()}
+            )
         elif how == "impostor":
             content["metrics"]["partition-id"] = (target + 1) % 4
         elif how == "no-metrics":
@@ -222,3 +231,58 @@ def test_two_live_nodes_with_one_partition_id_still_abort(make_cfg):
     )
     with pytest.raises(RunAbortedError, match="both claim partition-id 2"):
         register_clients(comm, config_fingerprint(_cfg))
+
+
+def test_nodes_with_their_own_files_train_and_one_without_usable_data_is_recorded_and_left_out(tmp_path):
+    """data=node: each node reads the file its config names; a node whose file is malformed fails its hello."""
+    rows = {
+        i: [{"instruction": f"node {i} question {j}", "response": f"answer {i}-{j}"} for j in range(30)] for i in (0, 1)
+    }
+    node_config = {}
+    for i, data in rows.items():
+        path = tmp_path / f"node{i}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in data))
+        node_config[i] = {"data": str(path)}
+    (tmp_path / "broken.jsonl").write_text('{"instruction": "no response column"}\n' * 5)
+    node_config[2] = {"data": str(tmp_path / "broken.jsonl")}
+    overrides = tiny_overrides(
+        "method=fedrouter", "data=node", "num_clients=3", "method.n_global=2", "output.run_name=node-data"
+    )
+    grid = InProcessGrid(make_client_app(overrides), 3)
+    for node, ctx in grid.contexts.items():
+        ctx.node_config.update(node_config[node - NODE_OFFSET])
+    run_dir = serve(grid, overrides)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["run"]["status"] == "completed"
+    (failure,) = results["rounds"][0]["failures"]
+    assert failure["phase"] == "query.hello" and failure["client"] == -1 and failure["node"] == NODE_OFFSET + 2
+    assert (
+        failure["reason"].startswith("DataError: ")
+        and "broken.jsonl: missing column(s) 'response'" in failure["reason"]
+    )
+    last = results["rounds"][-1]
+    assert sorted(last["train"]["clients"]) == ["0", "1"] and sorted(last["evaluate"]["clients"]) == ["0", "1"]
+    for client in ("0", "1"):
+        assert last["train"]["clients"][client]["num-examples"] == 24  # its own 30 rows, 6 held out
+    # The server never had the paths: only the failing node's own error names its file.
+    assert str(tmp_path) not in (run_dir / "config.yaml").read_text()
+    assert "node0.jsonl" not in (run_dir / "results.json").read_text()
+
+
+def test_too_few_nodes_says_what_to_do_on_the_runtime_in_use(make_cfg):
+    grid = InProcessGrid(make_client_app(tiny_overrides()), 3)
+    with pytest.raises(RunAbortedError, match=r'only 3 of num_clients=4 .*federation-config "num-supernodes=4"'):
+        wait_for_nodes(grid, 4, timeout=0.1)
+    assert "start a SuperNode for every client" in missing_nodes_advice(HttpGrid.__new__(HttpGrid), 4)
+
+
+@pytest.mark.parametrize(
+    ("reason", "line"),
+    [
+        ("<class 'fedrouter_app.data.errors.DataError'>:<'/x.jsonl: no rows'>", "DataError: /x.jsonl: no rows"),
+        ("<class 'ValueError'>:<'two\nlines'>", "ValueError: two lines"),
+        ("Error: Node Unavailable", "Error: Node Unavailable"),
+    ],
+)
+def test_client_errors_are_recorded_as_one_line(reason, line):
+    assert error_reason(reason) == line

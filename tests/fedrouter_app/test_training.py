@@ -7,7 +7,9 @@ import torch.nn.functional as F
 
 from fedrouter_app.data.encoding import PromptFormat, collate, encode_example
 from fedrouter_app.data.synthetic import make_examples
-from fedrouter_app.training import batch_indices, learning_rate, sequence_losses, train_adapter
+from fedrouter_app.evaluation import row_losses
+from fedrouter_app.settings import SpeedSettings
+from fedrouter_app.training import batch_indices, learning_rate, token_pass, train_adapter
 
 FMT = PromptFormat("{instruction} =", " {response}", 96)
 
@@ -29,13 +31,16 @@ def test_batches_cover_an_epoch_without_replacement_and_are_seeded():
     assert len(next(batch_indices(3, 8, 2, torch.Generator().manual_seed(0)))) == 3
 
 
-def test_prompt_tokens_do_not_count(adapter_model):
+@pytest.mark.parametrize("scored_only", [True, False])
+def test_prompt_tokens_do_not_count(adapter_model, scored_only):
     tok = adapter_model.tokenizer
     examples = make_examples(0, "copy", "train", range(4))
-    batch = collate([encode_example(tok, e, FMT) for e in examples], tok.pad_token_id)
+    encoded = [encode_example(tok, e, FMT) for e in examples]
+    batch = collate(encoded, tok.pad_token_id)
     adapter_model.load_state(adapter_model.initial_state(0))
+    forward = token_pass(adapter_model, SpeedSettings(scored_logits_only=scored_only))
     with torch.no_grad():
-        loss_sum, tokens = sequence_losses(adapter_model.model, batch)
+        loss_sum, tokens = forward(encoded).row_losses()
         logits = adapter_model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     for row, ex in enumerate(examples):
         enc = encode_example(tok, ex, FMT)
@@ -76,13 +81,11 @@ def test_training_is_reproducible_from_its_seed_parts(adapter_model):
 def test_training_lowers_held_out_loss_and_leaves_the_base_alone(adapter_model):
     base_before = {n: p.detach().clone() for n, p in adapter_model.model.named_parameters() if "lora_" not in n}
     held_out = make_examples(0, "reverse", "test", range(16))
-    tok = adapter_model.tokenizer
-    batch = collate([encode_example(tok, e, FMT) for e in held_out], tok.pad_token_id)
+    encoded = [encode_example(adapter_model.tokenizer, e, FMT) for e in held_out]
 
     def loss() -> float:
-        with torch.no_grad():
-            s, n = sequence_losses(adapter_model.model, batch)
-        return (s.sum() / n.sum()).item()
+        s, n = row_losses(adapter_model, encoded, batch_size=16)
+        return sum(s) / sum(n)
 
     adapter_model.load_state(adapter_model.initial_state(0))
     before = loss()

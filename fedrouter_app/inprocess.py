@@ -1,7 +1,10 @@
-"""A Grid that delivers messages by calling a ClientApp in this process.
+"""A Grid that delivers messages by calling a ClientApp in this process: a debugging and profiling runner.
 
-For unit tests of the round loop and of methods: deterministic, no Ray, and
-clients can be made to misbehave. End-to-end tests use Flower's real runtimes.
+Every client runs in this process, one after the other, through the real
+ServerApp and ClientApp code: deterministic, no Ray, easy to step through or
+profile, and clients can be made to misbehave (unit tests of the round loop and
+of methods, the privacy and real-model benchmarks). Experiments use Flower's
+real runtimes (:mod:`fedrouter_app.simulation`, ``flwr run``).
 """
 
 from __future__ import annotations

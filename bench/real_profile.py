@@ -1,0 +1,337 @@
+"""Where a real-model job spends its time, phase by phase, and what each speed-up saves.
+
+Runs the ``sweep=real`` FedRouter job (SmolLM2-135M, six BIG-bench tasks, six
+clients) once per variant, through the real ServerApp and ClientApp code with
+every client in this process, one after the other, on ``--threads`` torch
+threads (1: what a one-CPU Ray actor gets). Each message is round-tripped
+through Flower's protobuf encoding, as on any real transport. Variants add one
+technique at a time, so each one's saving is the difference to the row above:
+
+- ``reference``: every ``speed.*`` switch off: the path before these speed-ups;
+- ``+batches``: one set of full batches for all adapters and router modes;
+- ``+shared-prefill``: one prompt pass for a test row's loss and its answer;
+- ``+scored-logits``: the output head only at scored positions (with the row
+  above: every exact speed-up at the preset's own settings);
+- ``last-k reference`` / ``last-k +exact`` / ``last-k +prefix-cache``:
+  LoRA on the last ``--last-k`` blocks only (a different setting, so other
+  numbers), without and with the exact speed-ups and the frozen-prefix cache;
+- ``last-k +choices``: closed-answer tasks ranked by likelihood (another
+  evaluation protocol, so other numbers).
+
+Phases (exclusive wall time): model load, embeddings (clustering and routing
+inputs), training, teacher-forced loss, generation, choice ranking,
+clustering and routing (k-means, nearest centroids), serialisation (Flower's
+protobuf and adapter records), other client work, and the server with its round
+loop. Prints the table and writes ``outputs/bench/real_profile.json``.
+
+    python -m bench.real_profile                           # every variant (about an hour on 2 cores)
+    python -m bench.real_profile --variants reference +scored-logits --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import importlib
+import json
+import math
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import Message
+from flwr.common.serde import message_from_proto, message_to_proto
+
+from bench.common import write_json
+from fedrouter_app.inprocess import InProcessGrid
+from fedrouter_app.report.headline import splice
+
+OFF = [
+    "speed.eval_batching=false",
+    "speed.shared_prefill=false",
+    "speed.scored_logits_only=false",
+    "speed.prefix_cache=false",
+]
+PHASES = (
+    "model load",
+    "embeddings",
+    "training",
+    "teacher-forced loss",
+    "generation",
+    "choice ranking",
+    "clustering and routing",
+    "serialisation",
+    "other client work",
+    "server and loop",
+)
+
+
+def variants(last_k: int) -> dict[str, tuple[list[str], str]]:
+    """Variant name -> (overrides, what it is)."""
+    top = f"lora.layers=[{','.join(str(-i) for i in range(last_k, 0, -1))}]"
+    return {
+        "reference": (OFF, "the preset, every speed.* switch off"),
+        "+batches": ([o for o in OFF if "eval_batching" not in o], "exact"),
+        "+shared-prefill": (["speed.scored_logits_only=false", "speed.prefix_cache=false"], "exact"),
+        "+scored-logits": (["speed.prefix_cache=false"], "exact: every exact speed-up at the preset's settings"),
+        "last-k reference": ([top, *OFF], f"setting: LoRA on the last {last_k} blocks, speed-ups off"),
+        "last-k +exact": ([top, "speed.prefix_cache=false"], "exact (against last-k reference)"),
+        "last-k +prefix-cache": ([top], "exact (against last-k reference)"),
+        "last-k +choices": ([top, "eval.answer_mode=choices"], "protocol: closed-answer tasks ranked"),
+    }
+
+
+class PhaseClock:
+    """Exclusive wall time per phase: a call inside another phase's call counts for the inner one only."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._stack: list[list[Any]] = []
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        frame = [name, 0.0]
+        self._stack.append(frame)
+        try:
+            yield
+        finally:
+            self._stack.pop()
+            elapsed = time.perf_counter() - start
+            self.seconds[name] += elapsed - frame[1]
+            self.calls[name] += 1
+            if self._stack:
+                self._stack[-1][1] += elapsed
+
+    def inside(self, name: str) -> bool:
+        return any(frame[0] == name for frame in self._stack)
+
+    def wrap(self, fn: Callable, name: str, unless_inside: str = "") -> Callable:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if unless_inside and self.inside(unless_inside):
+                return fn(*args, **kwargs)
+            with self.phase(name):
+                return fn(*args, **kwargs)
+
+        return timed
+
+
+# (module, attribute, phase, unless inside): the functions timed, patched where they are called from.
+TIMED = (
+    ("fedrouter_app.model.loading", "load_adapter_model", "model load", ""),
+    ("clients.fedrouter", "embed_texts", "embeddings", ""),
+    ("fedrouter_app.client_env", "train_adapter", "training", ""),
+    ("fedrouter_app.evaluation", "row_losses", "teacher-forced loss", "choice ranking"),
+    ("fedrouter_app.evaluation", "generate_ids", "generation", ""),
+    ("fedrouter_app.evaluation", "choose_answers", "choice ranking", ""),
+    ("clients.fedrouter", "kmeans", "clustering and routing", ""),
+    ("clients.fedrouter", "nearest", "clustering and routing", ""),
+    ("strategies.fedrouter", "kmeans", "clustering and routing", ""),
+    ("fedrouter_app.client_env", "adapter_record", "serialisation", ""),
+    ("fedrouter_app.client_env", "read_adapter", "serialisation", ""),
+)
+
+
+@contextlib.contextmanager
+def patched(clock: PhaseClock) -> Iterator[None]:
+    saved = []
+    for module_name, attr, phase, unless in TIMED:
+        module = importlib.import_module(module_name)
+        if hasattr(module, attr):
+            saved.append((module, attr, getattr(module, attr)))
+            setattr(module, attr, clock.wrap(getattr(module, attr), phase, unless))
+    try:
+        yield
+    finally:
+        for module, attr, fn in saved:
+            setattr(module, attr, fn)
+
+
+class ProfilingGrid(InProcessGrid):
+    """Delivers messages in this process through Flower's protobuf encoding, timing client and transport."""
+
+    def __init__(self, clock: PhaseClock, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.clock = clock
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
+        replies = []
+        with self.clock.phase("client"):
+            for msg in messages:
+                msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # normally set by the SuperLink
+                self.sent.append(msg)
+                with self.clock.phase("serialisation"):
+                    received = message_from_proto(message_to_proto(msg))
+                reply = self.client_app(received, self.contexts[msg.metadata.dst_node_id])
+                with self.clock.phase("serialisation"):
+                    replies.append(message_from_proto(message_to_proto(reply)))
+        return replies
+
+
+def run_variant(overrides: list[str], out_dir: Path) -> dict[str, Any]:
+    from fedrouter_app.client_app import make_client_app
+    from fedrouter_app.config import load_run_config
+    from fedrouter_app.model import loading
+    from fedrouter_app.server_app import serve
+
+    cfg = load_run_config(overrides)
+    loading._cache.clear()  # every variant loads its model (the load is a phase of the job)
+    clock = PhaseClock()
+    grid = ProfilingGrid(clock, make_client_app(overrides), cfg.num_clients)
+    start = time.perf_counter()
+    with patched(clock):
+        run_dir = serve(grid, [*overrides, f"output.dir={out_dir}"])
+    wall = time.perf_counter() - start
+    phases = {name: clock.seconds.get(name, 0.0) for name in PHASES}
+    phases["other client work"] = clock.seconds.get("client", 0.0)
+    phases["server and loop"] = wall - sum(v for k, v in phases.items() if k != "server and loop")
+    results = json.loads((run_dir / "results.json").read_text())
+    return {"overrides": overrides, "wall_seconds": wall, "phases": phases, "final": final_numbers(results)}
+
+
+def final_numbers(results: dict[str, Any]) -> dict[str, Any]:
+    final = results.get("final") or {}
+    rounds = [r for r in results["rounds"] if r.get("evaluate", {}).get("clients")]
+    routing = rounds[-1].get("strategy", {}).get("evaluate", {}).get("routing", {}) if rounds else {}
+    return {
+        "score": (final.get("mean") or {}).get("score"),
+        "loss": (final.get("mean") or {}).get("loss"),
+        "per_task": {t: m.get("score") for t, m in (final.get("per_task") or {}).items()},
+        "per_task_loss": {t: m.get("loss") for t, m in (final.get("per_task") or {}).items()},
+        "routing_accuracy": {mode: r.get("accuracy") for mode, r in routing.items()},
+    }
+
+
+def differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    """Largest absolute differences of final per-task scores and losses between two variants."""
+    scores = [abs(a["per_task"][t] - b["per_task"][t]) for t in a["per_task"] if t in b["per_task"]]
+    losses = [abs(a["per_task_loss"][t] - b["per_task_loss"][t]) for t in a["per_task_loss"] if t in b["per_task_loss"]]
+    return {"max_score_diff": max(scores, default=math.nan), "max_loss_diff": max(losses, default=math.nan)}
+
+
+def table(rows: dict[str, dict[str, Any]]) -> str:
+    """Seconds per phase (rows) and variant (columns)."""
+    names = list(rows)
+    lines = ["| phase (s) | " + " | ".join(f"`{n}`" for n in names) + " |", "| --- |" + " --- |" * len(names)]
+    for phase in (*PHASES, "total"):
+        cells = [f"{(rows[n]['wall_seconds'] if phase == 'total' else rows[n]['phases'][phase]):.1f}" for n in names]
+        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def num(value: Any, fmt: str) -> str:
+    """``value`` formatted, or '-' where it is missing or not finite."""
+    return format(value, fmt) if isinstance(value, int | float) and math.isfinite(value) else "-"
+
+
+def render(record: dict[str, Any]) -> str:
+    """Markdown of a benchmark record: the phase table, then each variant's speed-up and result differences."""
+    rows, summary = record["variants"], record["speedups"]
+    lines = [
+        table(rows),
+        "",
+        "| variant | what | speed-up vs its reference | vs the row before | final score | largest "
+        "per-task score / loss difference to its reference |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in rows.items():
+        entry = summary.get(name, {})
+        ratio = num(entry.get("vs_reference"), ".2f") + ("x" if "vs_reference" in entry else "")
+        against = f" (`{entry['reference']}`)" if "reference" in entry else ""
+        diffs = f"{num(entry.get('max_score_diff'), '.4f')} / {num(entry.get('max_loss_diff'), '.4f')}"
+        lines.append(
+            f"| `{name}` | {row['what']} | {ratio}{against} | {num(entry.get('vs_previous'), '.2f')} | "
+            f"{num(row['final']['score'], '.3f')} | {diffs if 'reference' in entry else '-'} |"
+        )
+    lines += [
+        "",
+        f"Command: `{record['command']}` ({record['threads']} torch thread(s)); "
+        f"settings: `{' '.join(record['base_overrides'])}`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default="outputs/bench/real_profile.json")
+    parser.add_argument("--variants", nargs="*", help="names of the variants to run (default: all)")
+    parser.add_argument("--last-k", type=int, default=8, help="blocks with LoRA in the last-k variants")
+    parser.add_argument("--rounds", type=int, default=0, help="override num_rounds (0: the preset's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: as a one-CPU Ray actor)")
+    parser.add_argument("--render", action="store_true", help="only render the tables of an existing --json")
+    parser.add_argument("--into", type=Path, help="also put the tables into this Markdown file, between markers")
+    parser.add_argument("--marker", default="real-profile", help="marker name for --into (default: real-profile)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every variant")
+    args = parser.parse_args()
+    if args.render:
+        publish(json.loads(Path(args.json).read_text()), args.into, args.marker)
+        return
+    torch.set_num_threads(args.threads)
+    base = ["sweep=real", "method=fedrouter", "checkpoint.every=0", *args.overrides]
+    if args.rounds:
+        base.append(f"num_rounds={args.rounds}")
+    chosen = variants(args.last_k)
+    names = args.variants or list(chosen)
+    unknown = [n for n in names if n not in chosen]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; valid choices: {', '.join(chosen)}")
+    out_dir = Path(args.json).parent / "real_profile_runs"
+    rows: dict[str, dict[str, Any]] = {}
+    for name in names:
+        overrides, what = chosen[name]
+        print(f"== {name}: {what}", flush=True)
+        rows[name] = {"what": what, **run_variant([*base, *overrides], out_dir)}
+        print(f"   {rows[name]['wall_seconds']:.1f} s, score {rows[name]['final']['score']}", flush=True)
+    record = {
+        "command": "python -m bench.real_profile " + " ".join(f"{a}" for a in _argv()),
+        "threads": args.threads,
+        "base_overrides": base,
+        "variants": rows,
+        "speedups": speedups(rows),
+    }
+    write_json(Path(args.json), record)
+    publish(record, args.into, args.marker)
+
+
+def publish(record: dict[str, Any], into: Path | None, marker: str) -> None:
+    """Print the tables; with ``into``, also put them between the markers of that Markdown file."""
+    text = render(record)
+    print(text)
+    if into is not None:
+        into.write_text(splice(into.read_text(), marker, text))
+
+
+def speedups(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each variant against the row above it and against its reference, with the result differences."""
+    out: dict[str, Any] = {}
+    names = list(rows)
+    for i, name in enumerate(names):
+        ref = "last-k reference" if name.startswith("last-k") and "last-k reference" in rows else "reference"
+        entry: dict[str, Any] = {}
+        if ref in rows and ref != name:
+            entry["vs_reference"] = rows[ref]["wall_seconds"] / rows[name]["wall_seconds"]
+            entry["reference"] = ref
+            entry.update(differences(rows[name]["final"], rows[ref]["final"]))
+        if "reference" in rows and name != "reference":
+            entry["vs_preset_reference"] = rows["reference"]["wall_seconds"] / rows[name]["wall_seconds"]
+        if i > 0:
+            entry["vs_previous"] = rows[names[i - 1]]["wall_seconds"] / rows[name]["wall_seconds"]
+        out[name] = entry
+    return out
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv[1:]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The client side's work: every message goes to the run's method, with a ClientEnv.
+
+Imported by the process that does the work: the ClientApp itself when its
+node has no warm worker (and in simulation), or the node's worker
+(:mod:`fedrouter_app.worker`). It imports torch, transformers, peft and every
+method; :mod:`fedrouter_app.client_app` imports it only when needed.
+
+Handlers are generic: the method named in the config decides what a message
+means. The base model is cached per process (see ``model.loading``); client
+state lives in ``context.state``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from clients.base import DEFAULT_ACTION
+from fedrouter_app.checkpoint import CHECKPOINT_ROUND, RUN_KEY, STATE_MARKER, ClientStateStore
+from fedrouter_app.client_env import ClientEnv, client_data
+from fedrouter_app.config import config_fingerprint, load_run_config, overrides_from_run_config
+from fedrouter_app.data.node_local import node_client_data, uses_node_data
+from fedrouter_app.logs import get_logger
+from fedrouter_app.records import CLIENT_ID, CONFIG, METRICS, NUM_EXAMPLES
+from fedrouter_app.registry import client_class
+from fedrouter_app.rounds import CLOSE, FINGERPRINT, HELLO
+
+log = get_logger(__name__)
+
+
+def build_env(context: Context, overrides: Sequence[str]) -> ClientEnv:
+    """The environment of one message: config, this node's data, its state."""
+    all_overrides = (*overrides_from_run_config(context.run_config), *overrides)
+    cfg = load_run_config(all_overrides)
+    partition_id = int(context.node_config["partition-id"])
+    if uses_node_data(cfg):
+        return ClientEnv(cfg=cfg, data=node_client_data(cfg, partition_id, context.node_config), state=context.state)
+    num_partitions = int(context.node_config.get("num-partitions", cfg.num_clients))
+    if num_partitions != cfg.num_clients:
+        raise ValueError(
+            f"node has num-partitions={num_partitions} but the config says num_clients={cfg.num_clients}; "
+            "make them agree (simulation: the federation's num-supernodes; deployment: each SuperNode's "
+            "--node-config num-partitions)"
+        )
+    return ClientEnv(cfg=cfg, data=client_data(cfg, repr(all_overrides), partition_id), state=context.state)
+
+
+def hello(msg: Message, env: ClientEnv) -> Message:
+    """Answer the server's registration: partition id, data sizes, config check."""
+    expected = msg.content.config_records[CONFIG].get(FINGERPRINT)
+    if expected != (mine := config_fingerprint(env.cfg)):
+        raise ValueError(
+            f"client config fingerprint {mine} differs from the server's {expected}: "
+            "this node runs a different app version or configuration"
+        )
+    metrics = MetricRecord(
+        {CLIENT_ID: env.client_id, NUM_EXAMPLES: len(env.data.train), "num-test-examples": len(env.data.test)}
+    )
+    return Message(RecordDict({METRICS: metrics}), reply_to=msg)
+
+
+def saved_state(env: ClientEnv, msg: Message) -> tuple[ClientStateStore, int, int] | None:
+    """This client's store of saved state, the message's round and the server's last checkpoint round.
+
+    None when the server does not ask clients to keep their state (checkpoints off).
+    """
+    config = msg.content.config_records.get(CONFIG) or {}
+    if RUN_KEY not in config or not env.cfg.checkpoint.client_state:
+        return None
+    run_key = str(config[RUN_KEY])
+    if not run_key.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"invalid run key {run_key!r}")
+    store = ClientStateStore(Path(env.cfg.checkpoint.client_dir), run_key, env.client_id)
+    return store, int(config.get("server-round", 0)), int(config.get(CHECKPOINT_ROUND, -1))
+
+
+def restore(env: ClientEnv, store: ClientStateStore, checkpoint_round: int) -> None:
+    """In a fresh context (a resumed run), load the newest state saved up to the server's last checkpoint."""
+    run_key = store.run_key
+    marker = env.state.config_records.get(STATE_MARKER)
+    if marker is not None and marker.get("key") == run_key:
+        return
+    if (saved := store.load(max_round=checkpoint_round)) is not None:
+        for name, record in saved.items():
+            env.state[name] = record
+        log.info("client %d: continues from its state saved for run %s", env.client_id, run_key)
+    env.state[STATE_MARKER] = ConfigRecord({"key": run_key})
+
+
+def handle_method(msg: Message, env: ClientEnv) -> Message:
+    """A message for the run's method (train, evaluate and the method's own actions)."""
+    saved = saved_state(env, msg)
+    if saved is not None:
+        restore(env, saved[0], saved[2])
+    category, _, action = msg.metadata.message_type.partition(".")
+    method = client_class(env.cfg.method.name)(env)
+    content = method.handle(category, action or DEFAULT_ACTION, msg.content)
+    if saved is not None:
+        saved[0].save(env.state, saved[1], saved[2])
+    return Message(env.stamp(content), reply_to=msg)
+
+
+def close(msg: Message, env: ClientEnv) -> Message:
+    """The run is over: drop the state this client kept on its disk for resuming."""
+    saved = saved_state(env, msg)
+    if saved is not None:
+        saved[0].clear()
+    return Message(env.stamp(RecordDict()), reply_to=msg)
+
+
+def handle_message(msg: Message, context: Context, overrides: Sequence[str] = ()) -> Message:
+    """Do the work of any message the server sends this app, with ``overrides`` added to the run config."""
+    env = build_env(context, overrides)
+    message_type = msg.metadata.message_type
+    if message_type == HELLO:
+        return hello(msg, env)
+    if message_type == CLOSE:
+        return close(msg, env)
+    return handle_method(msg, env)

@@ -1,0 +1,155 @@
+"""The headline comparison: one column per claim, read from a report's ``report.json``.
+
+A comparison's front page shows each method's score in the setting that carries
+each claim (task interference, other clients' tasks, held-out tasks) and the
+proposed method's paired differences against the reference, the best baseline
+and the best label-free baseline. The tables are generated from the JSON a
+report writes, and can be put into a Markdown file between two markers, so that
+numbers in documents are never copied by hand::
+
+    python -m fedrouter_app.report.headline docs/real_compare/report.json \\
+        --claim dual:all --claim cross_task:other_clients --claim unseen:held_out --into README.md
+
+replaces what lies between ``<!-- headline:start -->`` and ``<!-- headline:end -->``
+in README.md (``--marker`` names another pair).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+TITLES = {
+    "own": "own tasks",
+    "other_clients": "other clients' tasks",
+    "held_out": "held-out tasks",
+    "all": "all tasks",
+}
+COMPARATORS = (
+    ("reference", "vs {name}"),
+    ("best_baseline", "vs the best baseline"),
+    ("best_label_free", "vs the best label-free baseline"),
+)
+
+
+def _cell(stat: dict[str, Any] | None, best: bool = False) -> str:
+    if not stat or not isinstance(stat.get("mean"), int | float) or not math.isfinite(stat["mean"]):
+        return "-"
+    text = f"{stat['mean']:.3f}"
+    if isinstance(stat.get("std"), int | float) and math.isfinite(stat["std"]):
+        text += f" ± {stat['std']:.3f}"
+    return f"**{text}**" if best else text
+
+
+def _difference(diff: dict[str, Any] | None) -> str:
+    if not diff or not math.isfinite(diff.get("mean", math.nan)):
+        return "-"
+    text = f"{diff['mean']:+.3f}"
+    if math.isfinite(diff.get("half_width", math.nan)):
+        text += f" ± {diff['half_width']:.3f}"
+    return text + (" *" if diff.get("excludes_zero") else "")
+
+
+def headline(report: dict[str, Any], claims: list[tuple[str, str]], cost_scenario: str | None = None) -> str:
+    """Markdown: methods x claims (mean ± std over seeds), then the proposed method's paired differences.
+
+    Parameters
+    ----------
+    report : dict
+        A ``report.json``.
+    claims : list of (scenario, column)
+        The settings and the score column each is judged by, e.g. ``("unseen", "held_out")``.
+    cost_scenario : str, optional
+        Scenario whose training steps and bytes per client-round are shown (default: the first claim's).
+    """
+    rows = report["rows"]
+    proposed, reference = report.get("proposed", "fedrouter"), report.get("reference", "fedit")
+    labels = list(dict.fromkeys(r["label"] for r in rows if any(r["scenario"] == s for s, _ in claims)))
+    by_key = {(r["scenario"], r["label"]): r for r in rows}
+    cost_scenario = cost_scenario or claims[0][0]
+    best = {}
+    for scenario, column in claims:
+        means = {
+            label: by_key[(scenario, label)][column]["mean"]
+            for label in labels
+            if (scenario, label) in by_key and math.isfinite(by_key[(scenario, label)][column]["mean"])
+        }
+        best[(scenario, column)] = max(means, key=means.get) if means else None
+    head = ["method", "label-free"]
+    head += [f"{TITLES[column]} (`{scenario}`)" for scenario, column in claims]
+    head += [f"train steps /client-round (`{cost_scenario}`)", f"bytes up /client-round (`{cost_scenario}`)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for label in sorted(labels, key=lambda name: (name != proposed, name != reference, name)):
+        any_row = next(by_key[(s, label)] for s, _ in [*claims, (cost_scenario, "")] if (s, label) in by_key)
+        told = any_row.get("uses_task_labels")
+        cells = [f"`{label}`", "?" if told is None else ("no" if told else "yes")]
+        for scenario, column in claims:
+            row = by_key.get((scenario, label))
+            cells.append(_cell(row[column] if row else None, best[(scenario, column)] == label))
+        cost = by_key.get((cost_scenario, label))
+        steps, up = (cost["train_steps"]["mean"], cost["up"]["mean"]) if cost else (math.nan, math.nan)
+        cells.append(f"{steps:.1f}" if math.isfinite(steps) else "-")
+        cells.append(f"{up:,.0f}" if math.isfinite(up) else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"`{proposed}` minus each comparator, paired by seed (mean ± 95% interval half-width; `*`: excludes 0):",
+        "",
+    ]
+    head = ["comparator", *(f"{TITLES[column]} (`{scenario}`)" for scenario, column in claims)]
+    lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for key, title in COMPARATORS:
+        cells = [title.format(name=f"`{reference}`")]
+        for scenario, column in claims:
+            diff = ((by_key.get((scenario, proposed)) or {}).get("differences") or {}).get(key, {}).get(column)
+            against = f" (`{diff['against']}`)" if diff and key != "reference" and diff.get("against") else ""
+            cells.append(_difference(diff) + against)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def splice(document: str, marker: str, content: str) -> str:
+    """``document`` with the text between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` replaced."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), flags=re.DOTALL)
+    if not pattern.search(document):
+        raise ValueError(f"no '{start}' ... '{end}' markers in the document")
+    return pattern.sub(lambda _: f"{start}\n{content}{end}", document, count=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fedrouter_app.report.headline", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("report", type=Path, help="a report.json")
+    parser.add_argument("--claim", action="append", required=True, help="scenario:column, e.g. unseen:held_out")
+    parser.add_argument("--cost-scenario", help="scenario whose cost columns are shown (default: the first claim's)")
+    parser.add_argument("--into", type=Path, help="Markdown file to put the tables into (between the markers)")
+    parser.add_argument("--marker", default="headline", help="marker name (default: headline)")
+    args = parser.parse_args(argv)
+    claims = []
+    for claim in args.claim:
+        scenario, _, column = claim.partition(":")
+        if column not in TITLES:
+            print(f"error: unknown column {column!r} in --claim {claim}; valid: {', '.join(TITLES)}", file=sys.stderr)
+            return 2
+        claims.append((scenario, column))
+    tables = headline(json.loads(args.report.read_text()), claims, args.cost_scenario)
+    if args.into is None:
+        print(tables, end="")
+        return 0
+    try:
+        args.into.write_text(splice(args.into.read_text(), args.marker, tables))
+    except ValueError as err:
+        print(f"error: {args.into}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The local channel between a node's ClientApp processes and its warm worker.
+
+A Unix socket; one request per connection. Nothing received is evaluated or
+unpickled: a frame is a fixed header, a JSON header of plain values and
+protobuf bytes of Flower's own records (``flwr.common.serde``), and it is
+authenticated before any of that is parsed.
+
+Connection, both directions authenticated by a secret the two processes share
+(a file only their user may read)::
+
+    worker -> client   b"FRW1" b"N" nonce[32] code[32]
+    client -> worker   frame(b"Q", payload)
+    worker -> client   frame(b"R", payload)
+
+    frame(kind, payload) = b"FRW1" kind length[8, big-endian] tag[32] payload
+    tag = HMAC-SHA256(secret, nonce || kind || length || payload)
+
+The nonce is fresh per connection, so a recorded frame cannot be replayed on
+another; ``code`` is the hash of the worker's app code (:func:`app_code_hash`),
+so a client never has its message handled by other code than its own. The
+length is checked against a bound before the payload is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import socket
+import stat
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+MAGIC = b"FRW1"
+NONCE_BYTES = 32
+TAG_BYTES = 32
+HEADER = len(MAGIC) + 1 + 8 + TAG_BYTES
+REQUEST, REPLY, NONCE, STOP = b"Q", b"R", b"N", b"S"
+# Largest frame either side accepts by default (node config ``worker-max-mb``).
+DEFAULT_MAX_BYTES = 1 << 30
+SECRET_BYTES = 32
+# The packages and config whose content must be the same on both ends of the channel.
+CODE_PARTS = (("fedrouter_app", "*.py"), ("clients", "*.py"), ("strategies", "*.py"), ("conf", "*.yaml"))
+
+
+class ChannelError(RuntimeError):
+    """The channel failed: no worker, a bad frame, failed authentication, a frame over the bound."""
+
+
+class AuthenticationError(ChannelError):
+    """A frame failed authentication: the two ends do not share the secret."""
+
+
+@cache
+def app_code_hash(root: Path | None = None) -> bytes:
+    """SHA-256 over the app's source and config files (relative paths and contents), in a fixed order."""
+    root = root or app_root()
+    digest = hashlib.sha256()
+    for package, pattern in CODE_PARTS:
+        for path in sorted((root / package).rglob(pattern)):
+            if "__pycache__" in path.parts:
+                continue
+            digest.update(str(path.relative_to(root)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.digest()
+
+
+def app_root() -> Path:
+    """The directory holding this app's packages (the unpacked FAB, or the source checkout)."""
+    return Path(__file__).resolve().parent.parent
+
+
+# Secrets.
+
+
+def create_secret(path: Path) -> None:
+    """Write a fresh random secret readable by this user only, unless ``path`` already holds one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secrets.token_bytes(SECRET_BYTES))
+
+
+def read_secret(path: Path) -> bytes:
+    """The secret in ``path``; refused when others than its owner may read it, or when it is too short."""
+    try:
+        info = path.stat()
+        data = path.read_bytes()
+    except OSError as err:
+        raise ChannelError(f"worker secret {path}: cannot read it ({err.strerror})") from None
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ChannelError(f"worker secret {path}: readable by others than its owner; chmod 600 it")
+    if len(data) < 16:
+        raise ChannelError(f"worker secret {path}: holds {len(data)} bytes, at least 16 are needed")
+    return data
+
+
+# Frames.
+
+
+def _tag(secret: bytes, nonce: bytes, kind: bytes, payload: bytes) -> bytes:
+    mac = hmac.new(secret, nonce + kind + len(payload).to_bytes(8, "big"), hashlib.sha256)
+    mac.update(payload)
+    return mac.digest()
+
+
+def send_frame(sock: socket.socket, secret: bytes, nonce: bytes, kind: bytes, payload: bytes) -> None:
+    """Send one authenticated frame."""
+    header = MAGIC + kind + len(payload).to_bytes(8, "big") + _tag(secret, nonce, kind, payload)
+    sock.sendall(header)
+    sock.sendall(payload)
+
+
+def recv_frame(sock: socket.socket, secret: bytes, nonce: bytes, kinds: tuple[bytes, ...], max_bytes: int) -> tuple:
+    """Receive one frame of one of ``kinds``: ``(kind, payload)``, checked and authenticated."""
+    header = recv_exactly(sock, HEADER)
+    if header[: len(MAGIC)] != MAGIC:
+        raise ChannelError("not a fedrouter worker frame (bad magic)")
+    kind = header[len(MAGIC) : len(MAGIC) + 1]
+    if kind not in kinds:
+        raise ChannelError(f"unexpected frame kind {kind!r}")
+    length = int.from_bytes(header[len(MAGIC) + 1 : len(MAGIC) + 9], "big")
+    if length > max_bytes:
+        raise ChannelError(f"frame of {length} bytes exceeds the bound of {max_bytes} (worker-max-mb)")
+    payload = recv_exactly(sock, length)
+    if not hmac.compare_digest(header[len(MAGIC) + 9 :], _tag(secret, nonce, kind, payload)):
+        raise AuthenticationError("frame failed authentication: the two ends do not share the worker secret")
+    return kind, payload
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    """``n`` bytes, or :class:`ChannelError` when the peer closes first."""
+    chunks, left = [], n
+    while left:
+        chunk = sock.recv(min(left, 1 << 20))
+        if not chunk:
+            raise ChannelError("the connection closed mid-frame (the other end died or refused the frame)")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def nonce_frame(code: bytes) -> tuple[bytes, bytes]:
+    """A fresh nonce and the opening bytes that carry it with the worker's code hash."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    return nonce, MAGIC + NONCE + nonce + code
+
+
+def read_nonce(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The worker's opening bytes: ``(nonce, code hash)``."""
+    opening = recv_exactly(sock, len(MAGIC) + 1 + NONCE_BYTES + 32)
+    if opening[: len(MAGIC) + 1] != MAGIC + NONCE:
+        raise ChannelError("the socket does not speak the fedrouter worker protocol")
+    body = opening[len(MAGIC) + 1 :]
+    return body[:NONCE_BYTES], body[NONCE_BYTES:]
+
+
+# Payloads: a JSON header of plain values, then the byte blocks it names.
+
+
+def pack(header: dict[str, Any], blocks: dict[str, bytes]) -> bytes:
+    """``header`` (plain JSON values) and named byte ``blocks`` as one payload."""
+    header = {**header, "blocks": [[name, len(data)] for name, data in blocks.items()]}
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(4, "big") + text + b"".join(blocks.values())
+
+
+def unpack(payload: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Inverse of :func:`pack`, with every length checked."""
+    if len(payload) < 4:
+        raise ChannelError("payload too short")
+    size = int.from_bytes(payload[:4], "big")
+    try:
+        header = json.loads(payload[4 : 4 + size])
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ChannelError(f"payload header is not JSON ({err})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("blocks"), list):
+        raise ChannelError("payload header is malformed")
+    blocks, offset = {}, 4 + size
+    for entry in header.pop("blocks"):
+        well_formed = isinstance(entry, list) and len(entry) == 2
+        if not (well_formed and isinstance(entry[0], str) and isinstance(entry[1], int)):
+            raise ChannelError("payload block list is malformed")
+        name, length = entry
+        if length < 0 or offset + length > len(payload):
+            raise ChannelError(f"payload block {name!r} overruns the payload")
+        blocks[name] = payload[offset : offset + length]
+        offset += length
+    if offset != len(payload):
+        raise ChannelError("payload has trailing bytes")
+    return header, blocks
+
+
+@dataclass(frozen=True)
+class WorkerAddress:
+    """Where a node's worker listens and how to authenticate to it (from the node config).
+
+    Attributes
+    ----------
+    socket : Path
+        The Unix socket (node config ``worker``).
+    secret : Path
+        The shared secret (``worker-secret``; default: the socket path + ``.secret``).
+    max_bytes : int
+        Bound on a frame either way (``worker-max-mb``).
+    autostart : bool
+        Start a worker when none answers (``worker-autostart``, default true).
+    """
+
+    socket: Path
+    secret: Path
+    max_bytes: int = DEFAULT_MAX_BYTES
+    autostart: bool = True
+
+    @classmethod
+    def from_node_config(cls, node_config: dict[str, Any]) -> WorkerAddress | None:
+        """The node's worker, or None when its config names none."""
+        path = str(node_config.get("worker", "") or "").strip()
+        if not path:
+            return None
+        sock = Path(path).expanduser()
+        if not sock.is_absolute():
+            raise ValueError(f"node config worker={path!r}: give the socket's absolute path")
+        secret = Path(str(node_config.get("worker-secret", "") or f"{sock}.secret")).expanduser()
+        max_mb = node_config.get("worker-max-mb", DEFAULT_MAX_BYTES >> 20)
+        if isinstance(max_mb, bool) or not isinstance(max_mb, int | float) or max_mb <= 0:
+            raise ValueError(f"node config worker-max-mb must be a positive number, got {max_mb!r}")
+        autostart = node_config.get("worker-autostart", True)
+        if not isinstance(autostart, bool):
+            raise ValueError(f"node config worker-autostart must be true or false, got {autostart!r}")
+        return cls(sock, secret, int(max_mb * (1 << 20)), autostart)
+
+
+def lock_path(sock: Path) -> Path:
+    """The file a live worker holds an exclusive lock on for as long as it serves ``sock``."""
+    return sock.with_name(sock.name + ".lock")

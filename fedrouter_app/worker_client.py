@@ -1,0 +1,272 @@
+"""The ClientApp's side of the channel to its node's warm worker: connect, start one if needed, forward.
+
+A request carries the message (content and metadata) and the whole Flower
+``Context`` (node config, run config, ``context.state``); the reply carries
+the reply's content and the state after the message. Flower stays the owner
+of the node's state: the worker keeps none of it, so a worker that dies loses
+nothing, and the message is sent again to its replacement.
+"""
+
+from __future__ import annotations
+
+import builtins
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flwr.app import Context, Message, RecordDict
+from flwr.common.serde import context_to_proto, message_to_proto, recorddict_from_proto
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict  # pylint: disable=E0611
+
+from fedrouter_app.logs import get_logger
+from fedrouter_app.worker_channel import (
+    REPLY,
+    REQUEST,
+    STOP,
+    AuthenticationError,
+    ChannelError,
+    WorkerAddress,
+    app_code_hash,
+    app_root,
+    lock_path,
+    pack,
+    read_nonce,
+    read_secret,
+    recv_frame,
+    send_frame,
+    unpack,
+)
+
+log = get_logger(__name__)
+
+# How long a ClientApp waits for a worker that is starting (imports, first model load happen later).
+START_TIMEOUT = 180.0
+# An autostarted worker exits after this long without a message (a user-started one runs until stopped).
+AUTOSTART_IDLE_EXIT = 3600
+CONNECT_TIMEOUT = 10.0
+
+
+class WorkerTaskError(RuntimeError):
+    """The worker ran the message and its handler raised; the message says what it raised."""
+
+
+class CodeMismatchError(ChannelError):
+    """The worker runs other app code than this ClientApp."""
+
+
+@dataclass
+class Forwarded:
+    """What the worker answered, and what it cost.
+
+    Attributes
+    ----------
+    content : RecordDict
+        The reply's content.
+    state : RecordDict
+        ``context.state`` after the message.
+    timing : dict
+        ``work`` (the handler, in the worker), ``wait`` (queued behind other
+        messages), ``total`` (this side's round trip), ``starts`` (workers this
+        call started).
+    """
+
+    content: RecordDict
+    state: RecordDict
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+def forward(
+    address: WorkerAddress, msg: Message, context: Context, overrides: Sequence[str] = (), cpus: int | None = None
+) -> Forwarded:
+    """Have the node's worker handle ``msg``; start (or restart) it when none answers, and retry once."""
+    start = time.perf_counter()
+    payload = pack(
+        {"overrides": list(overrides), "code": app_code_hash().hex()},
+        {
+            "message": message_to_proto(msg).SerializeToString(),
+            "context": context_to_proto(context).SerializeToString(),
+        },
+    )
+    starts = 0
+    for attempt in (1, 2):
+        try:
+            sock, nonce = connect(address)
+        except CodeMismatchError:
+            # A worker this app started for an earlier version makes way; a user's worker is left alone.
+            if attempt == 2 or not stop_worker(address):
+                raise
+            starts += ensure_worker(address, cpus)
+            continue
+        except (ChannelError, OSError) as err:
+            if attempt == 2:
+                raise ChannelError(f"worker {address.socket}: {err}") from None
+            starts += ensure_worker(address, cpus)
+            continue
+        try:
+            with sock:
+                secret = read_secret(address.secret)
+                send_frame(sock, secret, nonce, REQUEST, payload)
+                _, reply = recv_frame(sock, secret, nonce, (REPLY,), address.max_bytes)
+        except (ChannelError, OSError) as err:
+            # The worker died (or was replaced) mid-message: the state it held is ours, so send it again.
+            if attempt == 2 or isinstance(err, AuthenticationError):
+                raise ChannelError(f"worker {address.socket}: {err}") from None
+            log.warning("worker %s failed mid-message (%s); starting another and sending again", address.socket, err)
+            starts += ensure_worker(address, cpus)
+            continue
+        result = read_reply(reply)
+        result.timing.update(total=time.perf_counter() - start, starts=float(starts))
+        return result
+    raise AssertionError("unreachable")
+
+
+def read_reply(payload: bytes) -> Forwarded:
+    """The reply's content and state, or the worker's error raised here."""
+    header, blocks = unpack(payload)
+    if not header.get("ok"):
+        error = str(header.get("error", "the worker gave no reason"))
+        raise _error_of(str(header.get("error_type", "")), error)
+    try:
+        content = recorddict_from_proto(ProtoRecordDict.FromString(blocks["content"]))
+        state = recorddict_from_proto(ProtoRecordDict.FromString(blocks["state"]))
+    except Exception as err:  # protobuf's DecodeError, or a missing block
+        raise ChannelError(f"worker reply does not decode ({type(err).__name__}: {err})") from None
+    timing = {k: float(v) for k, v in (header.get("timing") or {}).items() if isinstance(v, int | float)}
+    return Forwarded(content, state, timing)
+
+
+def _error_of(type_name: str, message: str) -> Exception:
+    """The worker's exception as one raised here, under the same class name.
+
+    Built-in types are raised as they are; others as a :class:`WorkerTaskError`
+    subclass of that name, so the reason Flower sends the server reads the same
+    as when the ClientApp raised it itself.
+    """
+    if not type_name.isidentifier():
+        return WorkerTaskError(message)
+    cls = getattr(builtins, type_name, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        return cls(message)
+    if type_name not in _error_types:
+        _error_types[type_name] = type(type_name, (WorkerTaskError,), {})
+    return _error_types[type_name](message)
+
+
+_error_types: dict[str, type[WorkerTaskError]] = {}
+
+
+def connect(address: WorkerAddress) -> tuple[socket.socket, bytes]:
+    """A connection to the worker after its opening bytes; refuses one that runs other code."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT)
+        sock.connect(str(address.socket))
+        nonce, code = read_nonce(sock)
+        sock.settimeout(None)  # a message may train for long; a dead worker closes the socket
+    except BaseException:
+        sock.close()
+        raise
+    if code != app_code_hash():
+        sock.close()
+        theirs, mine = code.hex()[:12], app_code_hash().hex()[:12]
+        raise CodeMismatchError(f"worker {address.socket} runs other app code ({theirs}) than this app ({mine})")
+    return sock, nonce
+
+
+def worker_alive(address: WorkerAddress) -> bool:
+    """Whether some process holds the worker's lock (it lives, perhaps still starting)."""
+    path = lock_path(address.socket)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock if we took it
+    return False
+
+
+def ensure_worker(address: WorkerAddress, cpus: int | None, timeout: float = START_TIMEOUT) -> int:
+    """Wait for the node's worker to answer, starting one when none lives; return how many were started.
+
+    A worker that lives (holds its lock) but does not answer yet is starting:
+    it is waited for. One that has just died may still hold its lock for a
+    moment; once the lock is free, a new one is started.
+    """
+    proc: subprocess.Popen | None = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            sock, _ = connect(address)
+            sock.close()
+            return int(proc is not None)
+        except CodeMismatchError:
+            raise
+        except (ChannelError, OSError):
+            pass
+        if (proc is None or proc.poll() is not None) and not worker_alive(address):
+            if proc is not None:
+                raise ChannelError(f"the worker for {address.socket} exited while starting; see {worker_log(address)}")
+            if not address.autostart:
+                raise ChannelError(
+                    f"no worker serves {address.socket} (worker-autostart=false): start one with "
+                    f"fedrouter-worker --socket {address.socket}"
+                )
+            proc = start_worker(address, cpus)
+        time.sleep(0.1)
+    raise ChannelError(f"the worker for {address.socket} gave no answer in {timeout:g} s; see {worker_log(address)}")
+
+
+def worker_log(address: WorkerAddress) -> Path:
+    """Where an autostarted worker writes its log."""
+    return address.socket.with_name(address.socket.name + ".log")
+
+
+def start_worker(address: WorkerAddress, cpus: int | None) -> subprocess.Popen:
+    """Start a worker for ``address`` from this app's own code, detached from this short-lived process."""
+    root = app_root()
+    args = [sys.executable, "-m", "fedrouter_app.worker", "--socket", str(address.socket)]
+    args += ["--secret-file", str(address.secret), "--max-mb", str(address.max_bytes >> 20)]
+    args += ["--idle-exit", str(AUTOSTART_IDLE_EXIT), "--managed"]
+    if cpus is not None:
+        args += ["--cpus", str(cpus)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    address.socket.parent.mkdir(parents=True, exist_ok=True)
+    with open(worker_log(address), "ab") as out:
+        proc = subprocess.Popen(
+            args, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    log.info("started worker pid %d for %s (log %s)", proc.pid, address.socket, worker_log(address))
+    return proc
+
+
+def stop_worker(address: WorkerAddress, timeout: float = 30.0) -> bool:
+    """Ask a worker this app started (``--managed``) to exit; True once it has. A user's worker says no."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT)
+        sock.connect(str(address.socket))
+        nonce, _ = read_nonce(sock)
+        secret = read_secret(address.secret)
+        send_frame(sock, secret, nonce, STOP, b"")
+        header, _ = unpack(recv_frame(sock, secret, nonce, (REPLY,), address.max_bytes)[1])
+    except (ChannelError, OSError):
+        return not worker_alive(address)
+    finally:
+        sock.close()
+    if not header.get("stopping"):
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not worker_alive(address):
+            return True
+        time.sleep(0.1)
+    return False

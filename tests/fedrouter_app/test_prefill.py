@@ -1,0 +1,63 @@
+"""One prompt pass for a test row's loss and its greedy answer gives what the two separate passes give."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedrouter_app.data.encoding import PromptFormat, encode_example, prompt_ids
+from fedrouter_app.data.synthetic import make_examples
+from fedrouter_app.evaluation import score_examples
+from fedrouter_app.prefill import fits
+from fedrouter_app.settings import SpeedSettings
+
+FMT = PromptFormat("{instruction} =", " {response}", 96)
+
+
+def test_rows_whose_prompt_a_separate_pass_would_truncate_keep_the_separate_passes():
+    assert fits([1, 2, 3], [4, 5], FMT, max_new_tokens=8)
+    assert not fits([1], [4, 5], FMT, max_new_tokens=8)  # nothing to cache before the last prompt token
+    assert not fits(list(range(90)), [4, 5, 6, 7, 8, 9, 10], FMT, max_new_tokens=4)  # the loss pass cuts the prompt
+    assert not fits(list(range(90)), [4], FMT, max_new_tokens=8)  # generation cuts the prompt
+
+
+@pytest.mark.parametrize("eos_after", [True, False])
+def test_shared_prompt_pass_equals_separate_passes(adapter_model, eos_after):
+    rng = np.random.default_rng(0)
+    states = [
+        {k: (v + rng.normal(0, 0.3, v.shape)).astype(np.float32) for k, v in adapter_model.initial_state(s).items()}
+        for s in (1, 2)
+    ]
+    for slot, state in zip(("route_0", "route_1"), states, strict=True):
+        adapter_model.load_state(state, slot)
+    examples = [
+        *make_examples(0, "summarize", "test", range(4)),
+        *make_examples(0, "copy", "test", range(4)),
+        *make_examples(0, "capital", "test", range(3)),
+    ]
+    route = torch.tensor([float(i % 2) for i in range(len(examples))])
+    weights = {"route_0": 1.0 - route, "route_1": route}
+    stop = ["e"] if eos_after else []
+    off = SpeedSettings(shared_prefill=False)
+    separate = score_examples(
+        adapter_model, examples, FMT, batch_size=5, max_new_tokens=10, weights=weights, stop=stop, speed=off
+    )
+    before = adapter_model.forward_tokens
+    shared = score_examples(
+        adapter_model, examples, FMT, batch_size=5, max_new_tokens=10, weights=weights, stop=stop, speed=SpeedSettings()
+    )
+    assert adapter_model.forward_tokens > before
+    for a, b in zip(shared, separate, strict=True):
+        assert a.prediction == b.prediction and a.tokens == b.tokens
+        assert a.loss_sum == pytest.approx(b.loss_sum, rel=1e-4, abs=1e-4)
+    assert len({s.prediction for s in shared}) > 2
+    # Every row here fits, so none was scored by the separate passes.
+    tok = adapter_model.tokenizer
+    assert all(
+        fits(
+            prompt_ids(tok, FMT.prompt(e)),
+            encode_example(tok, e, FMT).input_ids[len(prompt_ids(tok, FMT.prompt(e))) :],
+            FMT,
+            10,
+        )
+        for e in examples
+    )
