@@ -64,14 +64,17 @@ def build_report(
     run_dirs, job_files = find([Path(p) for p in paths])
     runs: list[Run] = []
     failed: list[FailedJob] = []
+    running: list[Path] = []
     for path in tqdm(run_dirs, desc="reading runs", unit="run", disable=None):
         run = load_run(path)
         if run.status == "completed":
             runs.append(run)
+        elif run.status == "running":
+            running.append(path)  # a sweep still going: neither a result nor a failure yet
         else:
             error = str(run.results.get("run", {}).get("error", f"status {run.status}"))
             failed.append(FailedJob(path, list(run.results.get("run", {}).get("overrides", [])), error))
-    failed_dirs = {f.path for f in failed} | {r.path for r in runs}
+    failed_dirs = {f.path for f in failed} | {r.path for r in runs} | set(running)
     for job in job_files:
         failure = load_job_failure(job)
         # A job whose run directory is already listed (as a run or a failed run) is not counted twice.
@@ -90,7 +93,7 @@ def build_report(
     tables = [
         scenario_section(rows, name, s["kinds"], s["protocol"], reference, proposed) for name, s in scenarios.items()
     ]
-    text = render(runs, failed, tables, figures, reference, proposed, paths)
+    text = render(runs, failed, tables, figures, reference, proposed, paths, running=len(running))
     (out / REPORT_FILE).write_text(text)
     summary = {
         "reference": reference,
@@ -111,6 +114,7 @@ def build_report(
             for row in rows
         ],
         "failed": [str(f.path) for f in failed],
+        "running": [str(p) for p in running],
     }
     (out / REPORT_JSON).write_text(json.dumps(summary, indent=1, allow_nan=True))
     return out / REPORT_FILE
@@ -179,6 +183,7 @@ def render(
     reference: str,
     proposed: str,
     paths: Sequence[Path],
+    running: int = 0,
 ) -> str:
     """The Markdown report."""
     methods = sorted({r.method for r in runs})
@@ -186,7 +191,9 @@ def render(
         "# Comparison report",
         "",
         f"{len(runs)} completed runs ({', '.join(methods)}) from {', '.join(f'`{p}`' for p in paths)}"
-        + (f"; {len(failed)} failed." if failed else "."),
+        + (f"; {len(failed)} failed" if failed else "")
+        + (f"; {running} still running" if running else "")
+        + ".",
         "",
         INTRO.format(reference=reference, proposed=proposed, confidence=CONFIDENCE),
         "",

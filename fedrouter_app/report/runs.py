@@ -91,7 +91,28 @@ def find(paths: list[Path]) -> tuple[list[Path], list[Path]]:
         root = path.parent if path.is_file() else path
         runs.update(p.parent for p in [root / RESULTS_FILE, *root.rglob(RESULTS_FILE)] if p.is_file())
         jobs.update(p for p in [root / JOB_FILE, *root.rglob(JOB_FILE)] if p.is_file())
-    return sorted(runs), sorted(jobs)
+    return sorted(runs - superseded_runs(runs, jobs)), sorted(jobs)
+
+
+def superseded_runs(runs: set[Path], jobs: set[Path]) -> set[Path]:
+    """Runs in a sweep job's directory other than the one its ``job.json`` names as its completed run.
+
+    A job run again (after a failure, or because its preset changed) leaves its
+    earlier run directories beside the new one; only the job's own counts. A
+    job that has not completed (still running, or failed) has no run to count:
+    its record says why.
+    """
+    out: set[Path] = set()
+    for job in jobs:
+        try:
+            record = json.loads(job.read_text())
+        except (OSError, ValueError):
+            continue
+        done = record.get("status") == "completed" and record.get("run_dir")
+        # Compared by name: a sweep directory may have been moved since the job recorded its path.
+        current = Path(str(record["run_dir"])).name if done else None
+        out.update(run for run in runs if run.parent == job.parent and run.name != current)
+    return out
 
 
 def load_run(path: Path) -> Run:

@@ -311,3 +311,19 @@ def test_report_figures_and_another_reference(runs_dir, tmp_path):
 def test_report_without_runs_fails_clearly(tmp_path):
     with pytest.raises(ValueError, match="no completed runs"):
         build_report([tmp_path], tmp_path / "out")
+
+
+def test_a_job_run_again_counts_only_its_own_run(tmp_path):
+    from fedrouter_app.report.runs import find
+
+    job = tmp_path / "dual-fedit-s0"
+    write_run(job, "fedit", "dual", 0, (0.1, 0.1, 0.1))  # an earlier attempt, left beside the new run
+    new = write_run(job, "fedit", "dual", 0, (0.2, 0.2, 0.2), extra=("-again",))
+    record = {"status": "completed", "overrides": ["method=fedit"], "run_dir": f"/elsewhere/{new.name}"}
+    (job / "job.json").write_text(json.dumps(record))
+    running = tmp_path / "dual-local-s0"
+    write_run(running, "local", "dual", 0, (0.3, 0.3, 0.3))
+    (running / "job.json").write_text(json.dumps({"status": "running", "overrides": ["method=local"]}))
+    loose = write_run(tmp_path, "tac", "dual", 0, (0.4, 0.4, 0.4))
+    runs, jobs = find([tmp_path])
+    assert runs == sorted([new, loose]) and len(jobs) == 2
