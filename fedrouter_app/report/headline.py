@@ -80,10 +80,20 @@ def headline(report: dict[str, Any], claims: list[tuple[str, str]], cost_scenari
             if (scenario, label) in by_key and math.isfinite(by_key[(scenario, label)][column]["mean"])
         }
         best[(scenario, column)] = max(means, key=means.get) if means else None
+    seeds = []
+    for scenario, column in claims:
+        counts = sorted({int(r[column]["n"]) for r in rows if r["scenario"] == scenario and r[column].get("n")})
+        text = "none" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+        seeds.append(f"`{scenario}` {text}")
     head = ["method", "label-free"]
     head += [f"{TITLES[column]} (`{scenario}`)" for scenario, column in claims]
     head += [f"train steps /client-round (`{cost_scenario}`)", f"bytes up /client-round (`{cost_scenario}`)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines = [
+        f"Mean ± std over seeds (seeds per method: {', '.join(seeds)}); best of a column in bold.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + " --- |" * len(head),
+    ]
     for label in sorted(labels, key=lambda name: (name != proposed, name != reference, name)):
         any_row = next(by_key[(s, label)] for s, _ in [*claims, (cost_scenario, "")] if (s, label) in by_key)
         told = any_row.get("uses_task_labels")

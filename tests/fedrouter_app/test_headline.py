@@ -51,6 +51,8 @@ REPORT = {
 def test_headline_lists_every_method_with_the_best_in_bold_and_the_paired_differences():
     text = headline(REPORT, [("dual", "all"), ("unseen", "held_out")])
     lines = text.splitlines()
+    assert lines[0].startswith("Mean ± std over seeds (seeds per method: `dual` 3, `unseen` 3)")
+    lines = lines[2:]
     assert lines[0].startswith("| method | label-free | all tasks (`dual`) | held-out tasks (`unseen`)")
     assert lines[2].startswith("| `fedrouter` | yes | 0.300 ± 0.010 | **0.140 ± 0.010** | 5.0 | 1,000 |")
     assert "| `fltac` | no | **0.320 ± 0.010** | - |" in text
@@ -67,5 +69,5 @@ def test_splice_replaces_only_between_the_markers(tmp_path):
     (tmp_path / "README.md").write_text(doc)
     assert main([str(tmp_path / "report.json"), "--claim", "dual:all", "--into", str(tmp_path / "README.md")]) == 0
     written = (tmp_path / "README.md").read_text()
-    assert written.startswith("intro\n<!-- headline:start -->\n| method |") and written.endswith("rest\n")
+    assert written.startswith("intro\n<!-- headline:start -->\nMean ± std") and written.endswith("rest\n")
     assert main([str(tmp_path / "report.json"), "--claim", "dual:bogus"]) == 2
