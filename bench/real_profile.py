@@ -36,6 +36,7 @@ import functools
 import importlib
 import json
 import math
+import os
 import time
 import uuid
 from collections import defaultdict
@@ -63,6 +64,7 @@ PHASES = (
     "training",
     "teacher-forced loss",
     "generation",
+    "shared prompt pass",
     "choice ranking",
     "clustering and routing",
     "serialisation",
@@ -130,6 +132,8 @@ TIMED = (
     ("fedrouter_app.client_env", "train_adapter", "training", ""),
     ("fedrouter_app.evaluation", "row_losses", "teacher-forced loss", "choice ranking"),
     ("fedrouter_app.evaluation", "generate_ids", "generation", ""),
+    # speed.shared_prefill: one prompt pass, then the reference answer's loss and greedy decoding, together.
+    ("fedrouter_app.evaluation", "score_and_generate", "shared prompt pass", ""),
     ("fedrouter_app.evaluation", "choose_answers", "choice ranking", ""),
     ("clients.fedrouter", "kmeans", "clustering and routing", ""),
     ("clients.fedrouter", "nearest", "clustering and routing", ""),
@@ -185,15 +189,23 @@ def run_variant(overrides: list[str], out_dir: Path) -> dict[str, Any]:
     loading._cache.clear()  # every variant loads its model (the load is a phase of the job)
     clock = PhaseClock()
     grid = ProfilingGrid(clock, make_client_app(overrides), cfg.num_clients)
-    start = time.perf_counter()
+    start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     with patched(clock):
         run_dir = serve(grid, [*overrides, f"output.dir={out_dir}"])
     wall = time.perf_counter() - start
+    # Other work on the machine inflates wall time: a variant's own CPU time and the load around it say how much.
+    machine = {"cpu_seconds": time.process_time() - cpu_start, "load_start": load_start, "load_end": os.getloadavg()[0]}
     phases = {name: clock.seconds.get(name, 0.0) for name in PHASES}
     phases["other client work"] = clock.seconds.get("client", 0.0)
     phases["server and loop"] = wall - sum(v for k, v in phases.items() if k != "server and loop")
     results = json.loads((run_dir / "results.json").read_text())
-    return {"overrides": overrides, "wall_seconds": wall, "phases": phases, "final": final_numbers(results)}
+    return {
+        "overrides": overrides,
+        "wall_seconds": wall,
+        "phases": phases,
+        "final": final_numbers(results),
+        **machine,
+    }
 
 
 def final_numbers(results: dict[str, Any]) -> dict[str, Any]:
@@ -221,8 +233,14 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
     names = list(rows)
     lines = ["| phase (s) | " + " | ".join(f"`{n}`" for n in names) + " |", "| --- |" + " --- |" * len(names)]
     for phase in (*PHASES, "total"):
-        cells = [f"{(rows[n]['wall_seconds'] if phase == 'total' else rows[n]['phases'][phase]):.1f}" for n in names]
+        cells = [
+            f"{(rows[n]['wall_seconds'] if phase == 'total' else rows[n]['phases'].get(phase, 0.0)):.1f}" for n in names
+        ]
         lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    cells = [num(rows[n].get("cpu_seconds"), ".1f") for n in names]
+    lines.append("| process CPU time | " + " | ".join(cells) + " |")
+    cells = [f"{num(rows[n].get('load_start'), '.1f')} -> {num(rows[n].get('load_end'), '.1f')}" for n in names]
+    lines.append("| machine load (1 min) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
