@@ -82,9 +82,21 @@ def _load_cached(overrides: tuple[str, ...]) -> RunConfig:
     return build_run_config(compose_config(overrides))
 
 
+# Settings added after sweeps had recorded fingerprints, with the value that keeps the old behaviour: at that value
+# a setting is left out of the fingerprint, so a sweep resumed after the upgrade skips its completed jobs (and a
+# checkpoint resumes) instead of running them again. Any other value counts as usual.
+NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("data", "task_prompts"): True,
+    ("scenario", "shares"): "even",
+}
+
+
 def config_fingerprint(cfg: RunConfig) -> str:
     """Hash of everything server and clients must agree on (outputs and checkpointing excluded)."""
     settings = {k: v for k, v in cfg.to_dict().items() if k not in ("output", "checkpoint")}
+    for (section, key), neutral in NEUTRAL_DEFAULTS.items():
+        if section in settings and settings[section].get(key, neutral) == neutral:
+            settings[section] = {k: v for k, v in settings[section].items() if k != key}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -170,26 +170,27 @@ def score_examples(
     for i, ls, nt in zip(rest, sums, counts, strict=True):
         loss_sums[i], tokens[i] = ls, nt
     # Generation runs until every row of a batch has ended: batching rows whose reference answers have
-    # similar lengths lets batches of short answers stop early (the order never changes an answer).
-    generated = [i for i in open_rows if i in shared] + [i for i in open_rows if i not in shared]
-    keys = [(i in shared, len(answers[i]), len(prompts[i])) for i in generated]
-    for batch in _batches(keys, batch_size, speed.eval_batching):
-        rows = [generated[j] for j in batch]
-        with adapter_model.mixing(_slice(weights, rows)):
-            if rows[0] in shared and all(i in shared for i in rows):
-                sums, counts, said = score_and_generate(
-                    adapter_model,
-                    [prompts[i] for i in rows],
-                    [answers[i] for i in rows],
-                    max_new_tokens=max_new_tokens,
-                    stop=stop,
-                )
-                for i, ls, nt in zip(rows, sums, counts, strict=True):
-                    loss_sums[i], tokens[i] = ls, nt
-            else:
-                said = generate_ids(adapter_model, [prompts[i] for i in rows], fmt, max_new_tokens, stop)
-        for i, answer in zip(rows, said, strict=True):
-            predictions[i] = answer
+    # similar lengths lets batches of short answers stop early (the order never changes an answer). A batch
+    # holds only rows of the shared pass or only the others: a shared row has no loss but from its own pass.
+    for group in ([i for i in open_rows if i in shared], [i for i in open_rows if i not in shared]):
+        keys = [(len(answers[i]), len(prompts[i])) for i in group]
+        for batch in _batches(keys, batch_size, speed.eval_batching):
+            rows = [group[j] for j in batch]
+            with adapter_model.mixing(_slice(weights, rows)):
+                if rows[0] in shared:
+                    sums, counts, said = score_and_generate(
+                        adapter_model,
+                        [prompts[i] for i in rows],
+                        [answers[i] for i in rows],
+                        max_new_tokens=max_new_tokens,
+                        stop=stop,
+                    )
+                    for i, ls, nt in zip(rows, sums, counts, strict=True):
+                        loss_sums[i], tokens[i] = ls, nt
+                else:
+                    said = generate_ids(adapter_model, [prompts[i] for i in rows], fmt, max_new_tokens, stop)
+            for i, answer in zip(rows, said, strict=True):
+                predictions[i] = answer
     if closed:
         chosen = choose_answers(
             adapter_model, [examples[i] for i in closed], fmt, choices, batch_size, _slice(weights, closed), speed

@@ -215,6 +215,15 @@ class DataSettings:
         default_factory=list,
         metadata={"help": "Tasks of data.tasks that scenario=unseen holds out of all training (the held-out tasks)."},
     )
+    task_prompts: bool = field(
+        default=True,
+        metadata={
+            "help": "Named table mappings (qqp, web_nlg, samsum, gigaword) put a task prompt before each input "
+            "('Summarize the dialogue:', ...); false gives the raw inputs as the FedRouter authors' code does "
+            "(QQP: 'question1-question2'; WebNLG: the triples as the text of a Python list), so the task must be "
+            "told from the input's shape. A table's own prefix is kept either way."
+        },
+    )
 
     def validate(self) -> None:
         from fedrouter_app.data.sources import known_tasks
@@ -263,9 +272,18 @@ class ScenarioSettings:
         metadata={"help": "Fewest training examples a client may hold; dirichlet redraws (seeded) until all do."}
     )
     test_examples_per_task: int = field(metadata={"help": "Held-out examples per task and client."})
+    shares: str = field(
+        default="even",
+        metadata={
+            "help": "window: how a client's training examples are split over its tasks: 'even' (equal shares) or "
+            "'pool' (in proportion to the size of each task's training pool, as the FedRouter authors' splits do; "
+            "sources with finite pools only: files, hub, bigbench)."
+        },
+    )
 
     def validate(self, tasks: list[str]) -> None:
         one_of("scenario.kind", self.kind, ("window", "dirichlet"))
+        one_of("scenario.shares", self.shares, ("even", "pool"))
         unknown = [t for t in self.unseen_tasks if t not in tasks]
         require(
             not unknown, f"scenario.unseen_tasks {unknown} are not in data.tasks; valid choices: {', '.join(tasks)}"
@@ -509,6 +527,11 @@ class RunConfig:
         # With node-local data each node's files decide what it holds; the scenario deals out nothing.
         if self.data.source != "node":
             self.scenario.validate(self.data.tasks)
+            require(
+                self.scenario.shares == "even" or self.data.source in ("files", "hub", "bigbench"),
+                f"scenario.shares=pool needs a source with finite task pools (files, hub, bigbench); data.source is "
+                f"{self.data.source!r}",
+            )
         # Method settings that depend on the rest of the run (e.g. clusters against examples per client).
         check_run = getattr(self.method, "validate_run", None)
         if check_run is not None:

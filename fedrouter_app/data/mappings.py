@@ -1,9 +1,14 @@
 """Row mappings: from one table row (a dict) to an instruction and a response.
 
 ``columns`` renames columns as a table's settings say; the named mappings turn
-rows of well-known hub datasets (QQP, WebNLG, SAMSum, Gigaword) into prompts.
-Every mapping declares the columns it reads, so a missing column is reported
-once per table, with the columns that are there.
+rows of well-known hub datasets (QQP, WebNLG, SAMSum, Gigaword) into prompts:
+with a task prompt before the input ("Summarize the dialogue:", ...) by
+default, or, with ``data.task_prompts=false``, the raw input as the FedRouter
+authors' code builds it (``utils/process_dataset.py``: QQP's two questions
+joined by "-", WebNLG's triples as the text of a Python list, the SAMSum
+dialogue, the Gigaword document), so the model must tell the task from the
+input's shape. Every mapping declares the columns it reads, so a missing
+column is reported once per table, with the columns that are there.
 """
 
 from __future__ import annotations
@@ -44,30 +49,34 @@ def text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _qqp(row: Row) -> tuple[str, str]:
+def _qqp(row: Row, prompts: bool) -> tuple[str, str]:
     # GLUE QQP: label 1 = duplicate, 0 = not; -1 marks the unlabelled test split.
     label = int(row["label"])
     answer = {1: "yes", 0: "no"}.get(label, "")
+    if not prompts:
+        return f"{text(row['question1'])}-{text(row['question2'])}", answer
     prompt = f"Do these two questions ask the same thing?\nQuestion 1: {text(row['question1'])}\n"
     return prompt + f"Question 2: {text(row['question2'])}", answer
 
 
-def _web_nlg(row: Row) -> tuple[str, str]:
+def _web_nlg(row: Row, prompts: bool) -> tuple[str, str]:
     # GEM/web_nlg: `input` is a list of "subject | predicate | object" triples, `target` one reference.
-    triples = row["input"] if isinstance(row["input"], list | tuple) else [row["input"]]
-    return "Describe these facts in one sentence:\n" + "\n".join(text(t) for t in triples), text(row["target"])
+    triples = [text(t) for t in (row["input"] if isinstance(row["input"], list | tuple) else [row["input"]])]
+    if not prompts:
+        return str(triples), text(row["target"])  # the authors' code: str() of the list
+    return "Describe these facts in one sentence:\n" + "\n".join(triples), text(row["target"])
 
 
-def _samsum(row: Row) -> tuple[str, str]:
-    return "Summarize the dialogue:\n" + text(row["dialogue"]), text(row["summary"])
+def _samsum(row: Row, prompts: bool) -> tuple[str, str]:
+    return ("Summarize the dialogue:\n" if prompts else "") + text(row["dialogue"]), text(row["summary"])
 
 
-def _gigaword(row: Row) -> tuple[str, str]:
-    return "Write a headline for the article:\n" + text(row["document"]), text(row["summary"])
+def _gigaword(row: Row, prompts: bool) -> tuple[str, str]:
+    return ("Write a headline for the article:\n" if prompts else "") + text(row["document"]), text(row["summary"])
 
 
-# Named mappings: name -> (columns read, converter). `columns` is built from the table settings instead.
-NAMED: dict[str, tuple[tuple[str, ...], Callable[[Row], tuple[str, str]]]] = {
+# Named mappings: name -> (columns read, converter(row, task_prompts)). `columns` is built from the table settings.
+NAMED: dict[str, tuple[tuple[str, ...], Callable[[Row, bool], tuple[str, str]]]] = {
     "qqp": (("question1", "question2", "label"), _qqp),
     "web_nlg": (("input", "target"), _web_nlg),
     "samsum": (("dialogue", "summary"), _samsum),
@@ -75,8 +84,12 @@ NAMED: dict[str, tuple[tuple[str, ...], Callable[[Row], tuple[str, str]]]] = {
 }
 
 
-def row_mapping(table: TableSettings) -> RowMapping:
-    """The mapping a table's settings describe."""
+def row_mapping(table: TableSettings, task_prompts: bool = True) -> RowMapping:
+    """The mapping a table's settings describe.
+
+    ``task_prompts`` (``data.task_prompts``) false makes the named mappings give
+    raw inputs, without their task prompt; a table's own ``prefix`` stays.
+    """
     if table.task_field is not None:
         field = table.task_field
 
@@ -101,7 +114,11 @@ def row_mapping(table: TableSettings) -> RowMapping:
 
         columns = (*wanted, table.response_field)
     elif table.mapping in NAMED:
-        columns, convert = NAMED[table.mapping]
+        columns, named = NAMED[table.mapping]
+
+        def convert(row: Row) -> tuple[str, str]:
+            return named(row, task_prompts)
+
     else:
         raise DataError(
             f"data.tables ({table.path}): unknown mapping {table.mapping!r}; valid choices: "

@@ -112,7 +112,8 @@ def node_client_data(cfg: RunConfig, partition_id: int, node_config: Mapping[str
     table = node_table(cfg, node_config)
     files = [*matching(table.path), *(matching(table.test_split) if table.test_split else [])]
     stamp = [(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files]
-    settings = (cfg.data.tasks, cfg.data.test_fraction, cfg.data.max_test_examples, cfg.data.source)
+    d = cfg.data
+    settings = (d.tasks, d.test_fraction, d.max_test_examples, d.source, d.task_prompts)
     key = json.dumps([asdict(table), stamp, settings, cfg.scenario.test_examples_per_task, partition_id])
     with _lock:
         if key not in _cache:
@@ -126,7 +127,7 @@ def node_client_data(cfg: RunConfig, partition_id: int, node_config: Mapping[str
 
 def build_node_data(cfg: RunConfig, table: TableSettings, partition_id: int) -> ClientData:
     """Read the node's table, map its rows and split each task into training and test rows."""
-    mapping = row_mapping(table)
+    mapping = row_mapping(table, cfg.data.task_prompts)
     rows: dict[str, dict[str, list[Example]]] = defaultdict(lambda: {"train": [], "test": []})
     for raw in read_files(table, cfg.data):
         if not raw.rows:

@@ -5,8 +5,10 @@ config, so memory does not grow with the number of clients and the same code
 serves simulation and deployment.
 
 The scenario decides how many training examples of each task a client holds
-(:func:`train_counts`): ``window`` deals cyclic windows of tasks, ``dirichlet``
-splits every task over clients in Dirichlet proportions. Tasks in
+(:func:`train_counts`): ``window`` deals cyclic windows of tasks (a client's
+examples split evenly over its tasks, or, with ``scenario.shares=pool``, in
+proportion to the tasks' training pools), ``dirichlet`` splits every task over
+clients in Dirichlet proportions. Tasks in
 ``scenario.unseen_tasks`` are never trained on; a client's test set holds its
 own tasks (``eval.scope=local``) or every task, unseen ones included
 (``global``).
@@ -81,7 +83,12 @@ def train_counts(cfg: RunConfig, partition_id: int) -> dict[str, int]:
     if scenario.kind == "window":
         m = scenario.tasks_per_client
         window = [tasks[(partition_id + j) % len(tasks)] for j in range(m)]
-        return dict(zip(window, task_shares(scenario.train_examples_per_client, m), strict=True))
+        if scenario.shares == "pool":
+            sizes = pool_sizes(cfg)
+            shares = proportional_shares(scenario.train_examples_per_client, [sizes[t] for t in window])
+        else:
+            shares = task_shares(scenario.train_examples_per_client, m)
+        return dict(zip(window, shares, strict=True))
     counts = dirichlet_counts(
         cfg.seed,
         cfg.num_clients,
@@ -145,6 +152,29 @@ def task_shares(total: int, n_tasks: int) -> list[int]:
     """Split ``total`` examples as evenly as possible over ``n_tasks`` tasks."""
     base, extra = divmod(total, n_tasks)
     return [base + (1 if j < extra else 0) for j in range(n_tasks)]
+
+
+def pool_sizes(cfg: RunConfig) -> dict[str, int]:
+    """Training-pool size of every task (``scenario.shares=pool``); sources without finite pools are refused."""
+    source = make_source(cfg.data, cfg.seed)
+    size = getattr(source, "size", None)
+    if size is None:
+        raise ConfigError(f"scenario.shares=pool needs finite task pools; data.source={cfg.data.source} has none")
+    return {task: int(size(task, "train")) for task in cfg.data.tasks}
+
+
+def proportional_shares(total: int, weights: Sequence[int]) -> list[int]:
+    """Split ``total`` examples in proportion to ``weights`` (largest remainders; each task gets at least one)."""
+    n = len(weights)
+    weight_sum = sum(weights)
+    if weight_sum <= 0 or total < n:
+        return task_shares(total, n)
+    exact = [(total - n) * w / weight_sum for w in weights]  # one example each first, the rest in proportion
+    shares = [1 + int(x) for x in exact]
+    by_remainder = sorted(range(n), key=lambda j: (-(exact[j] - int(exact[j])), j))
+    for j in by_remainder[: total - sum(shares)]:
+        shares[j] += 1
+    return shares
 
 
 def build_client_data(cfg: RunConfig, partition_id: int) -> ClientData:

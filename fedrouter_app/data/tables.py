@@ -71,7 +71,7 @@ def load_pools(settings: DataSettings) -> dict[str, TaskPools]:
     """The pools of every task in ``settings.tasks``, parsed once per process and settings."""
     key = json.dumps(
         [settings.source, settings.tasks, [asdict(t) for t in settings.tables], settings.test_fraction,
-         settings.max_test_examples, settings.cache_dir, settings.archive],
+         settings.max_test_examples, settings.cache_dir, settings.archive, settings.task_prompts],
         sort_keys=True,
     )  # fmt: skip
     with _lock:
@@ -93,7 +93,7 @@ def build_pools(settings: DataSettings, loader: Loader) -> dict[str, TaskPools]:
     read: list[str] = []
     found: dict[str, int] = defaultdict(int)
     for table in settings.tables:
-        mapping = row_mapping(table)
+        mapping = row_mapping(table, settings.task_prompts)
         for raw in loader(table, settings):
             if not raw.rows:
                 raise DataError(f"{raw.origin}: no rows")

@@ -1,11 +1,14 @@
 """Which modules LoRA adapts, by architecture, when ``lora.target_modules`` is ``auto``.
 
 The default adapts every linear layer of the transformer blocks (attention
-and MLP), as the FedRouter paper and most LoRA fine-tuning recipes do; the
-output head and embeddings stay frozen. Names differ between architectures,
-so they are listed per ``config.model_type``. An architecture not listed
-falls back to peft's ``all-linear`` (every ``nn.Linear`` but the output head),
-which reaches the same layers under whatever names they have.
+and MLP; on Llama the 7 projections q, k, v, o, gate, up, down), as many LoRA
+fine-tuning recipes do: this project's choice, not the FedRouter paper's. The
+authors' code gives peft no target modules, so peft's default for Llama
+applies, ``q_proj`` and ``v_proj`` only; ``sweep=paper`` sets that list
+explicitly. The output head and embeddings stay frozen. Names differ between
+architectures, so they are listed per ``config.model_type``. An architecture
+not listed falls back to peft's ``all-linear`` (every ``nn.Linear`` but the
+output head), which reaches the same layers under whatever names they have.
 """
 
 from __future__ import annotations

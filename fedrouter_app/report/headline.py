@@ -80,8 +80,10 @@ def headline(report: dict[str, Any], claims: list[tuple[str, str]], cost_scenari
             if (scenario, label) in by_key and math.isfinite(by_key[(scenario, label)][column]["mean"])
         }
         best[(scenario, column)] = max(means, key=means.get) if means else None
-    seeds = []
+    seeds, first = [], {}
     for scenario, column in claims:
+        first.setdefault(scenario, column)
+    for scenario, column in first.items():  # one entry per scenario, in the claims' order
         counts = sorted({int(r[column]["n"]) for r in rows if r["scenario"] == scenario and r[column].get("n")})
         text = "none" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
         seeds.append(f"`{scenario}` {text}")

@@ -1,4 +1,6 @@
 import dataclasses
+import hashlib
+import json
 
 import pytest
 
@@ -113,6 +115,22 @@ def test_fingerprint_tracks_settings_but_not_outputs():
     base = config_fingerprint(load_run_config())
     assert config_fingerprint(load_run_config(["output.run_name=x"])) == base
     assert config_fingerprint(load_run_config(["seed=1"])) != base
+
+
+def test_settings_added_later_leave_fingerprints_unchanged_at_their_old_behaviour():
+    # A sweep resumed after an upgrade skips its completed jobs: a new setting at the value that keeps the old
+    # behaviour does not enter the fingerprint; any other value does.
+    from fedrouter_app.config import NEUTRAL_DEFAULTS
+
+    cfg = load_run_config()
+    assert (cfg.data.task_prompts, cfg.scenario.shares) == (True, "even")
+    stripped = cfg.to_dict()
+    for section, key in NEUTRAL_DEFAULTS:
+        del stripped[section][key]
+    settings = {k: v for k, v in stripped.items() if k not in ("output", "checkpoint")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert config_fingerprint(cfg) == digest
+    assert config_fingerprint(load_run_config(["+data.task_prompts=false"])) != digest
 
 
 def test_every_setting_has_help_text():

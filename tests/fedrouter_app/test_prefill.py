@@ -61,3 +61,19 @@ def test_shared_prompt_pass_equals_separate_passes(adapter_model, eos_after):
         )
         for e in examples
     )
+
+
+def test_rows_of_the_shared_pass_batched_with_rows_that_do_not_fit_keep_their_loss(adapter_model):
+    # A row too long to fit sorts next to fitting rows: each must still get its loss, as without the shared pass.
+    adapter_model.load_state(adapter_model.initial_state(0))
+    long = make_examples(0, "copy", "test", range(1))[0]
+    long = type(long)(long.task, " ".join([long.instruction] * 30), long.response)
+    examples = [long, *make_examples(0, "copy", "test", range(3))]
+    tok = adapter_model.tokenizer
+    assert not fits(prompt_ids(tok, FMT.prompt(long)), [1], FMT, 10)
+    kwargs = {"batch_size": 8, "max_new_tokens": 10}
+    shared = score_examples(adapter_model, examples, FMT, **kwargs)
+    separate = score_examples(adapter_model, examples, FMT, speed=SpeedSettings(shared_prefill=False), **kwargs)
+    for a, b in zip(shared, separate, strict=True):
+        assert a.tokens == b.tokens > 0 and a.prediction == b.prediction
+        assert a.loss_sum == pytest.approx(b.loss_sum, rel=1e-4, abs=1e-4)

@@ -92,6 +92,31 @@ def test_fedrouter_mix_maps_each_dataset(tmp_path):
     }
 
 
+def test_fedrouter_mix_without_task_prompts_gives_the_authors_raw_inputs(tmp_path):
+    dirs = [
+        hub_dir(tmp_path / "qqp", {"train": qqp_rows(10), "validation": qqp_rows(3)}),
+        hub_dir(tmp_path / "web_nlg", splits(lambda i: {"input": [f"A{i} | b | c", "A | d | e"], "target": f"A{i}."})),
+        hub_dir(tmp_path / "samsum", splits(lambda i: {"dialogue": f"Ann: hi {i}", "summary": f"Ann {i}."})),
+        hub_dir(tmp_path / "gigaword", splits(lambda i: {"document": f"day {i} news", "summary": f"news {i}"})),
+    ]
+    prompted = load_pools(compose_local("data=fedrouter_mix", dirs, "scenario=single").data)
+    raw = load_pools(compose_local("data=fedrouter_mix", dirs, "scenario=single", "data.task_prompts=false").data)
+
+    def by_response(pools: Any, task: str) -> dict[str, str]:
+        return {ex.response: ex.instruction for ex in pools[task].train + pools[task].test}
+
+    # As utils/process_dataset.py of the authors' code: no task prompt, the bare input.
+    assert by_response(raw, "data_to_text")["A1."] == "['A1 | b | c', 'A | d | e']"
+    assert by_response(raw, "summarization")["Ann 1."] == "Ann: hi 1"
+    assert by_response(raw, "headline")["news 1"] == "day 1 news"
+    qqp = {ex.instruction for ex in raw["paraphrase"].train + raw["paraphrase"].test}
+    assert "How do I 1?-How can I 1?" in qqp
+    assert by_response(prompted, "summarization")["Ann 1."] == "Summarize the dialogue:\nAnn: hi 1"
+    # Same rows and answers either way, only the instructions differ.
+    for task in raw:
+        assert sorted(ex.response for ex in raw[task].train) == sorted(ex.response for ex in prompted[task].train)
+
+
 def dolly_rows(categories: list[str], n: int) -> list[dict[str, Any]]:
     return [
         {"instruction": f"{c} instruction {i}", "context": "some context" if i % 2 else "", "response": f"{c} {i}",

@@ -145,3 +145,20 @@ def test_bad_scenarios_fail_in_one_line(make_cfg, overrides, match):
     with pytest.raises(ConfigError, match=match):
         cfg = make_cfg(*overrides)
         build_client_data(cfg, 0)
+
+
+def test_pool_shares_follow_the_task_pools():
+    from fedrouter_app.data.partition import proportional_shares
+
+    assert proportional_shares(600, [24000, 11786]) == [402, 198]  # gigaword + samsum in the reference: about 2:1
+    assert proportional_shares(10, [1, 1, 1]) == task_shares(10, 3)
+    assert proportional_shares(3, [1000, 1, 1]) == [1, 1, 1]  # every task keeps at least one example
+    for total, weights in ((600, [24000, 28341, 11786, 24000]), (7, [5, 3]), (100, [0, 0])):
+        assert sum(proportional_shares(total, weights)) == total
+
+
+def test_pool_shares_need_finite_pools(make_cfg):
+    with pytest.raises(ConfigError, match=r"scenario\.shares=pool needs a source with finite task pools"):
+        make_cfg("scenario.shares=pool")
+    with pytest.raises(ConfigError, match=r"scenario\.shares must be one of even, pool"):
+        make_cfg("scenario.shares=half")
