@@ -93,7 +93,8 @@ def build_report(
     tables = [
         scenario_section(rows, name, s["kinds"], s["protocol"], reference, proposed) for name, s in scenarios.items()
     ]
-    text = render(runs, failed, tables, figures, reference, proposed, paths, running=len(running))
+    jobs = job_time(job_files)
+    text = render(runs, failed, tables, figures, reference, proposed, paths, running=len(running), jobs=jobs)
     (out / REPORT_FILE).write_text(text)
     summary = {
         "reference": reference,
@@ -115,9 +116,24 @@ def build_report(
         ],
         "failed": [str(f.path) for f in failed],
         "running": [str(p) for p in running],
+        "jobs": jobs,
     }
     (out / REPORT_JSON).write_text(json.dumps(summary, indent=1, allow_nan=True))
     return out / REPORT_FILE
+
+
+def job_time(job_files: Sequence[Path]) -> dict[str, float]:
+    """Completed sweep jobs and their summed wall time, from their ``job.json`` records."""
+    completed, seconds = 0, 0.0
+    for path in job_files:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("status") == "completed" and isinstance(record.get("seconds"), int | float):
+            completed += 1
+            seconds += float(record["seconds"])
+    return {"completed": completed, "seconds": seconds}
 
 
 def scenario_section(
@@ -184,6 +200,7 @@ def render(
     proposed: str,
     paths: Sequence[Path],
     running: int = 0,
+    jobs: dict[str, float] | None = None,
 ) -> str:
     """The Markdown report."""
     methods = sorted({r.method for r in runs})
@@ -193,7 +210,13 @@ def render(
         f"{len(runs)} completed runs ({', '.join(methods)}) from {', '.join(f'`{p}`' for p in paths)}"
         + (f"; {len(failed)} failed" if failed else "")
         + (f"; {running} still running" if running else "")
-        + ".",
+        + "."
+        + (
+            f" The sweep's {jobs['completed']:.0f} completed jobs took {jobs['seconds'] / 60:.0f} min in all"
+            " (wall time each job recorded in its `job.json`)."
+            if jobs and jobs.get("completed")
+            else ""
+        ),
         "",
         INTRO.format(reference=reference, proposed=proposed, confidence=CONFIDENCE),
         "",

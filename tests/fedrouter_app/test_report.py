@@ -327,3 +327,15 @@ def test_a_job_run_again_counts_only_its_own_run(tmp_path):
     loose = write_run(tmp_path, "tac", "dual", 0, (0.4, 0.4, 0.4))
     runs, jobs = find([tmp_path])
     assert runs == sorted([new, loose]) and len(jobs) == 2
+
+
+def test_job_time_sums_the_completed_jobs(tmp_path):
+    from fedrouter_app.report.build import job_time
+
+    records = [{"status": "completed", "seconds": 60.5}, {"status": "failed", "seconds": 5}, {"status": "completed"}]
+    paths = []
+    for i, record in enumerate(records):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(record))
+    (tmp_path / "broken.json").write_text("{")
+    assert job_time([*paths, tmp_path / "broken.json"]) == {"completed": 1, "seconds": 60.5}
