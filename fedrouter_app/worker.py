@@ -21,7 +21,6 @@ other's state.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import os
 import signal
@@ -47,12 +46,12 @@ from fedrouter_app.worker_channel import (
     ChannelError,
     app_code_hash,
     create_secret,
-    lock_path,
     nonce_frame,
     pack,
     read_secret,
     recv_frame,
     send_frame,
+    try_lock,
     unpack,
 )
 
@@ -106,14 +105,9 @@ class Worker:
 
     def acquire(self) -> None:
         """Take the socket's lock for this process's lifetime; refuse when another worker holds it."""
-        path = lock_path(self.socket_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SystemExit(f"another worker already serves {self.socket_path}") from None
+        fd = try_lock(self.socket_path)
+        if fd is None:
+            raise SystemExit(f"another worker already serves {self.socket_path}")
         self._lock_fd = fd
         create_secret(self.secret_path)
         self._secret = read_secret(self.secret_path)

@@ -23,6 +23,7 @@ length is checked against a bound before the payload is read.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -241,3 +242,16 @@ class WorkerAddress:
 def lock_path(sock: Path) -> Path:
     """The file a live worker holds an exclusive lock on for as long as it serves ``sock``."""
     return sock.with_name(sock.name + ".lock")
+
+
+def try_lock(sock: Path) -> int | None:
+    """Take the exclusive lock of ``sock``'s worker without waiting: its descriptor, or None if a process holds it."""
+    path = lock_path(sock)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd

@@ -10,7 +10,6 @@ nothing, and the message is sent again to its replacement.
 from __future__ import annotations
 
 import builtins
-import fcntl
 import os
 import socket
 import subprocess
@@ -34,12 +33,12 @@ from fedrouter_app.worker_channel import (
     WorkerAddress,
     app_code_hash,
     app_root,
-    lock_path,
     pack,
     read_nonce,
     read_secret,
     recv_frame,
     send_frame,
+    try_lock,
     unpack,
 )
 
@@ -181,15 +180,10 @@ def connect(address: WorkerAddress) -> tuple[socket.socket, bytes]:
 
 def worker_alive(address: WorkerAddress) -> bool:
     """Whether some process holds the worker's lock (it lives, perhaps still starting)."""
-    path = lock_path(address.socket)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    fd = try_lock(address.socket)
+    if fd is None:
         return True
-    finally:
-        os.close(fd)  # releases the lock if we took it
+    os.close(fd)  # releases the lock we took
     return False
 
 
