@@ -16,7 +16,6 @@ from clients.base import ClientMethod
 from fedrouter_app.aggregation import weighted_average
 from fedrouter_app.client_env import RoundInfo
 from fedrouter_app.data.example import Example
-from fedrouter_app.evaluation import text_loss
 from fedrouter_app.model.lora import LoraState
 from fedrouter_app.records import CONFIG
 from fedrouter_app.registry import register_client
@@ -55,35 +54,43 @@ class FLTACClient(ClientMethod):
         by_task: dict[str, list[Example]] = defaultdict(list)
         for ex in self.env.data.test:
             by_task[ex.task].append(ex)
+        unseen = {task: examples for task, examples in by_task.items() if task not in own}
         adapters: dict[str, LoraState] = dict(own)
         choice: dict[str, float] = {}
-        for task, examples in by_task.items():
-            if task not in own:
-                adapters[task], k = self._unseen_adapter(task, examples, slots, content)
-                choice[f"unseen.{task}.cluster"] = k
+        for task, k in self._unseen_clusters(unseen, content).items():
+            adapters[task] = weighted_average(slots, [1.0] * len(slots)) if k < 0 else self._cluster(content, k)
+            choice[f"unseen.{task}.cluster"] = k
         test = self.env.data.test
         scores = self.env.score_routed(test, [ex.task for ex in test], adapters)
         return self.env.evaluate_reply(scores, extra=choice)
 
-    def _unseen_adapter(
-        self, task: str, examples: list[Example], slots: list[LoraState], content: RecordDict
-    ) -> tuple[LoraState, int]:
+    def _cluster(self, content: RecordDict, k: int) -> LoraState:
+        return self.env.read_adapter(content, cluster_name(k))
+
+    def _unseen_clusters(self, unseen: dict[str, list[Example]], content: RecordDict) -> dict[str, int]:
+        """The cluster each task the client never had is scored with (-1: the mean of the client's slots)."""
         config = content.config_records[CONFIG]
         clusters = sorted(int(name.split(".")[1]) for name in content.array_records if name.startswith("cluster."))
         rule = str(config["fltac.unseen-rule"])
         if rule == "average" or not clusters:
-            return weighted_average(slots, [1.0] * len(slots)), -1
+            return dict.fromkeys(unseen, -1)
+        chosen: dict[str, int] = {}
         if rule == "oracle":
             holders = dict(zip(config["fltac.oracle-tasks"], config["fltac.oracle-clusters"], strict=True))
-            if task in holders:
-                k = int(holders[task])
-                return self.env.read_adapter(content, cluster_name(k)), k
+            chosen = {task: int(holders[task]) for task in unseen if task in holders}
         # Perplexity rule (and the oracle's fallback when no cluster holds the task): the task is known at
-        # test time, so pick the cluster adapter that finds the task's prompts least surprising.
-        prompts = [self.env.fmt.prompt(ex) for ex in examples]
-        losses = {}
-        for k in clusters:
-            model = self.env.load({"default": self.env.read_adapter(content, cluster_name(k))})
-            losses[k] = text_loss(model, prompts, batch_size=self.env.cfg.eval.batch_size, speed=self.env.cfg.speed)
-        best = min(losses, key=lambda k: (losses[k], k))
-        return self.env.read_adapter(content, cluster_name(best)), best
+        # test time, so pick the cluster adapter that finds the task's prompts least surprising. Every
+        # (prompt, cluster) pair is one row: all of them run in one set of batches.
+        rest = [task for task in unseen if task not in chosen]
+        rows = [(task, self.env.fmt.prompt(ex), k) for task in rest for ex in unseen[task] for k in clusters]
+        if rows:
+            adapters = {k: self._cluster(content, k) for k in clusters}
+            sums, counts = self.env.text_losses_routed([r[1] for r in rows], [r[2] for r in rows], adapters)
+            totals: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0.0, 0.0])
+            for (task, _, k), loss_sum, tokens in zip(rows, sums, counts, strict=True):
+                totals[task, k][0] += loss_sum
+                totals[task, k][1] += tokens
+            for task in rest:
+                losses = {k: totals[task, k][0] / max(totals[task, k][1], 1.0) for k in clusters}
+                chosen[task] = min(losses, key=lambda k: (losses[k], k))
+        return chosen

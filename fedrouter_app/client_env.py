@@ -20,7 +20,7 @@ from fedrouter_app.data.choices import answer_choices
 from fedrouter_app.data.encoding import PromptFormat
 from fedrouter_app.data.example import Example
 from fedrouter_app.data.partition import ClientData, build_client_data
-from fedrouter_app.evaluation import ExampleScore, mean_loss, score_examples, summarize
+from fedrouter_app.evaluation import ExampleScore, mean_loss, score_examples, summarize, text_losses
 from fedrouter_app.model.adapter_model import DEFAULT_SLOT, AdapterModel, Mixing
 from fedrouter_app.model.loading import cached_adapter_model
 from fedrouter_app.model.lora import LoraState
@@ -270,6 +270,34 @@ class ClientEnv:
         slots = {key: ROUTE_SLOT.format(j) for j, key in enumerate(keys)}
         weights = {slots[key]: torch.tensor([float(r == key) for r in routes]) for key in keys}
         return self.score_mixed(examples, {slots[key]: adapters[key] for key in keys}, weights)
+
+    def text_losses_routed(
+        self, texts: Sequence[str], routes: Sequence[Hashable], adapters: Mapping[Hashable, LoraState]
+    ) -> tuple[list[float], list[int]]:
+        """Summed language-model loss and predicted tokens of text i under ``adapters[routes[i]]``.
+
+        Batched like :meth:`score_routed`: one set of batches with per-row
+        adapters under ``speed.eval_batching``, else one pass per adapter.
+        """
+        keys = list(dict.fromkeys(routes))
+        batch_size, speed = self.cfg.eval.batch_size, self.cfg.speed
+        if not speed.eval_batching:
+            sums, counts = [0.0] * len(texts), [0] * len(texts)
+            for key in keys:
+                rows = [i for i, r in enumerate(routes) if r == key]
+                part = text_losses(
+                    self.load({DEFAULT_SLOT: adapters[key]}),
+                    [texts[i] for i in rows],
+                    batch_size=batch_size,
+                    speed=speed,
+                )
+                for i, loss_sum, tokens in zip(rows, *part, strict=True):
+                    sums[i], counts[i] = loss_sum, tokens
+            return sums, counts
+        slots = {key: ROUTE_SLOT.format(j) for j, key in enumerate(keys)}
+        weights = {slots[key]: torch.tensor([float(r == key) for r in routes]) for key in keys}
+        model = self.load({slots[key]: adapters[key] for key in keys})
+        return text_losses(model, texts, batch_size=batch_size, weights=weights, speed=speed)
 
     def loss(
         self,

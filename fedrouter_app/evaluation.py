@@ -254,16 +254,28 @@ def mean_loss(
     return sum(sums) / max(sum(counts), 1)
 
 
-def text_loss(
-    adapter_model: AdapterModel, texts: Sequence[str], *, batch_size: int, speed: SpeedSettings | None = None
-) -> float:
-    """Language-model loss per token of plain texts (e.g. prompts: their perplexity's log)."""
+def text_losses(
+    adapter_model: AdapterModel,
+    texts: Sequence[str],
+    *,
+    batch_size: int,
+    weights: Mixing | None = None,
+    speed: SpeedSettings | None = None,
+) -> tuple[list[float], list[int]]:
+    """Summed language-model loss and predicted tokens of each plain text (``weights``: the mixing per row)."""
     encoded = []
     for text in texts:
         ids = prompt_ids(adapter_model.tokenizer, text)
         # Every token but the first is predicted from the ones before it.
         encoded.append(EncodedExample(input_ids=ids, labels=[IGNORE_INDEX, *ids[1:]]))
-    sums, counts = row_losses(adapter_model, encoded, batch_size=batch_size, speed=speed)
+    return row_losses(adapter_model, encoded, batch_size=batch_size, weights=weights, speed=speed)
+
+
+def text_loss(
+    adapter_model: AdapterModel, texts: Sequence[str], *, batch_size: int, speed: SpeedSettings | None = None
+) -> float:
+    """Language-model loss per token of plain texts (e.g. prompts: their perplexity's log)."""
+    sums, counts = text_losses(adapter_model, texts, batch_size=batch_size, speed=speed)
     return sum(sums) / max(sum(counts), 1)
 
 
