@@ -154,7 +154,8 @@ def score_examples(
     tokenizer = adapter_model.tokenizer
     encoded = [encode_example(tokenizer, ex, fmt) for ex in examples]
     prompts = [prompt_ids(tokenizer, fmt.prompt(ex)) for ex in examples]
-    answers = [e.input_ids[len(p) :] for e, p in zip(encoded, prompts, strict=True)]
+    # The scored tokens (response and EOS) as encoded: an over-long row's prompt lost tokens from its left.
+    answers = [e.input_ids[len(e.input_ids) - sum(label != IGNORE_INDEX for label in e.labels) :] for e in encoded]
     choices = choices or {}
     closed = [i for i, ex in enumerate(examples) if ex.task in choices]
     open_rows = [i for i, ex in enumerate(examples) if ex.task not in choices]

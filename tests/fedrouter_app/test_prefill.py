@@ -77,3 +77,25 @@ def test_rows_of_the_shared_pass_batched_with_rows_that_do_not_fit_keep_their_lo
     for a, b in zip(shared, separate, strict=True):
         assert a.tokens == b.tokens > 0 and a.prediction == b.prediction
         assert a.loss_sum == pytest.approx(b.loss_sum, rel=1e-4, abs=1e-4)
+
+
+def test_a_row_one_token_too_long_is_scored_on_its_whole_answer(adapter_model):
+    # Prompt + answer exceed the limit by one token: encoding drops the prompt's first token, so the
+    # answer is what follows the truncated prompt, never the encoded row minus the untruncated prompt.
+    adapter_model.load_state(adapter_model.initial_state(0))
+    tok = adapter_model.tokenizer
+    base = make_examples(0, "summarize", "test", range(1))[0]
+    answer = len(encode_example(tok, base, FMT).labels) - len(prompt_ids(tok, FMT.prompt(base)))
+    text = " ".join([base.instruction] * 100)
+    over = None
+    for n in range(1, 1000):
+        candidate = type(base)(base.task, text[:n], base.response)
+        if len(prompt_ids(tok, FMT.prompt(candidate))) + answer == FMT.max_length + 1:
+            over = candidate
+            break
+    assert over is not None and answer >= 3
+    kwargs = {"batch_size": 4, "max_new_tokens": 2}
+    shared = score_examples(adapter_model, [over], FMT, **kwargs)[0]
+    separate = score_examples(adapter_model, [over], FMT, speed=SpeedSettings(shared_prefill=False), **kwargs)[0]
+    assert shared.tokens == separate.tokens == answer
+    assert shared.loss_sum == pytest.approx(separate.loss_sum, rel=1e-4, abs=1e-4)
