@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,16 +14,28 @@ from clients.base import ClientMethod
 from fedrouter_app.centroid_privacy import cluster_means, merge_small_clusters, noisy_centroids
 from fedrouter_app.client_env import RoundInfo
 from fedrouter_app.clustering import contingency, kmeans, nearest, scores_from_counts
-from fedrouter_app.embedding import embed_texts
+from fedrouter_app.data.example import Example
+from fedrouter_app.embedding import InstructionPrefixes, embed_texts
 from fedrouter_app.evaluation import ExampleScore
 from fedrouter_app.records import CONFIG, METRICS, matrix_record, read_matrix
 from fedrouter_app.registry import register_client
 from fedrouter_app.seeding import derive_seed, numpy_rng
 from fedrouter_app.training import TrainStats
-from strategies.fedrouter import CENTROIDS, ROUTER_MODES, global_adapter_name, local_adapter_name
+from strategies.fedrouter import (
+    CENTROIDS,
+    CHECK,
+    EMBEDDING_POOLING,
+    ROUTER_MODES,
+    UNCHANGED,
+    global_adapter_name,
+    local_adapter_name,
+)
 
 CLUSTERS = "fedrouter.clusters"
 TEST_EMBEDDINGS = "fedrouter.test-embeddings"
+# What the labels of CLUSTERS were made for (a digest of the training instructions), the mean distance of the
+# clustered samples to their nearest local centroid, and whether the server has these clusters (data drift).
+DRIFT_REFERENCE = "fedrouter.drift-reference"
 
 
 @dataclass
@@ -41,6 +55,33 @@ class LocalClusters:
         return cls(centroids=record["centroids"].numpy(), labels=record["labels"].numpy())
 
 
+def instructions_digest(examples: Sequence[Example]) -> np.ndarray:
+    """A 16-byte digest of the examples' instructions, in order: tells whether a client's data changed."""
+    digest = hashlib.blake2b(digest_size=16)
+    for ex in examples:
+        digest.update(ex.instruction.encode())
+        digest.update(b"\x1f")
+    return np.frombuffer(digest.digest(), dtype=np.uint8).copy()
+
+
+def mean_nearest_distance(embeddings: np.ndarray, centroids: np.ndarray) -> float:
+    """Mean Euclidean distance of the samples to their nearest centroid."""
+    from sklearn.metrics import pairwise_distances_argmin_min
+
+    _, distances = pairwise_distances_argmin_min(embeddings, centroids)
+    return float(distances.mean())
+
+
+def has_drifted(embeddings: np.ndarray, centroids: np.ndarray, baseline: float, threshold: float) -> bool:
+    """The drift rule (``method.drift_check``): do the samples no longer fit the local centroids?
+
+    True when their mean distance to the nearest centroid exceeds
+    ``threshold`` times ``baseline``, its value over the samples the centroids
+    were computed from.
+    """
+    return mean_nearest_distance(embeddings, centroids) > threshold * baseline
+
+
 @register_client("fedrouter")
 class FedRouterClient(ClientMethod):
     """Registers its local centroids, trains the adapters of its clusters, routes its test samples."""
@@ -50,6 +91,12 @@ class FedRouterClient(ClientMethod):
     # Registration.
 
     def query_register(self, content: RecordDict, info: RoundInfo) -> RecordDict:
+        config = content.config_records.get(CONFIG)
+        if config is not None and config.get(CHECK) and CLUSTERS in self.env.state.array_records:
+            self.follow_data(check=True)
+            shared = self.drift_reference().get("shared")
+            if shared is None or shared[0]:
+                return RecordDict({METRICS: MetricRecord({UNCHANGED: 1})})
         clusters = self.local_clusters()
         metrics: dict[str, float] = {"num-clusters": len(clusters.centroids)}
         for j in range(len(clusters.centroids)):
@@ -60,6 +107,8 @@ class FedRouterClient(ClientMethod):
                 metrics.update({f"cluster.{j}.task.{task}": n for task, n in counts.items()})
             scores = scores_from_counts(table)
             metrics.update({"local-ari": scores["ari"], "local-purity": scores["purity"]})
+        if DRIFT_REFERENCE in self.env.state.array_records:
+            self.save_drift_reference(shared=1)
         return RecordDict({CENTROIDS: matrix_record(CENTROIDS, clusters.centroids), METRICS: MetricRecord(metrics)})
 
     def local_clusters(self) -> LocalClusters:
@@ -68,12 +117,7 @@ class FedRouterClient(ClientMethod):
             return LocalClusters.from_record(self.env.state.array_records[CLUSTERS])
         train = self.env.data.train
         method = self.env.cfg.method
-        embeddings = embed_texts(
-            self.env.model(),
-            [ex.instruction for ex in train],
-            batch_size=method.embed_batch_size,
-            by_length=self.env.cfg.speed.eval_batching,
-        )
+        embeddings = self.embed([ex.instruction for ex in train])
         if method.clustering == "oracle":
             labels = np.array([self.env.data.tasks.index(ex.task) for ex in train], dtype=np.int64)
             centroids = np.stack([embeddings[labels == j].mean(axis=0) for j in range(len(self.env.data.tasks))])
@@ -89,6 +133,8 @@ class FedRouterClient(ClientMethod):
         centroids, labels = self.shared_centroids(embeddings, centroids, labels)
         clusters = LocalClusters(centroids=centroids.astype(np.float32), labels=labels)
         self.env.state[CLUSTERS] = clusters.to_record()
+        baseline = mean_nearest_distance(embeddings, clusters.centroids)
+        self.save_drift_reference(labelled=instructions_digest(train), baseline=baseline, shared=0)
         return clusters
 
     def shared_centroids(
@@ -112,7 +158,7 @@ class FedRouterClient(ClientMethod):
     def train(self, content: RecordDict, info: RoundInfo) -> RecordDict:
         # Normally computed at registration; a restarted SuperNode has lost its state and recomputes
         # the same clusters (the clustering is seeded by run seed and client).
-        clusters = self.local_clusters()
+        clusters = self.follow_data(check=self.env.cfg.method.drift_check)
         config = content.config_records[CONFIG]
         assignment, local = list(config["fedrouter.map"]), list(config["fedrouter.train"])
         adapters, parts, extra = {}, [], {}
@@ -124,6 +170,46 @@ class FedRouterClient(ClientMethod):
             parts.append(stats)
             extra[f"cluster.{j}.loss"] = stats.mean_loss if stats.steps else 0.0
         return self.env.train_reply(TrainStats.merge(parts), adapters, extra)
+
+    # Data drift.
+
+    def follow_data(self, check: bool) -> LocalClusters:
+        """The local clusters, fitted to the current training data.
+
+        Training data other than those the labels were made for (by digest)
+        are embedded: with ``check`` and the drift rule met
+        (:func:`has_drifted`) the client clusters them afresh (its next
+        registration query sends the new clusters); otherwise each sample
+        goes to its nearest local centroid and the centroids stay. Unchanged
+        data cost nothing: their mean distance is the reference by definition.
+        """
+        clusters = self.local_clusters()
+        reference = self.drift_reference()
+        train = self.env.data.train
+        digest = instructions_digest(train)
+        if "labelled" not in reference or np.array_equal(reference["labelled"], digest):
+            return clusters
+        embeddings = self.embed([ex.instruction for ex in train])
+        threshold = self.env.cfg.method.drift_threshold
+        if check and has_drifted(embeddings, clusters.centroids, float(reference["baseline"][0]), threshold):
+            del self.env.state[CLUSTERS]
+            return self.local_clusters()
+        clusters = LocalClusters(centroids=clusters.centroids, labels=nearest(embeddings, clusters.centroids))
+        self.env.state[CLUSTERS] = clusters.to_record()
+        self.save_drift_reference(labelled=digest)
+        return clusters
+
+    def drift_reference(self) -> dict[str, np.ndarray]:
+        """``labelled`` (digest), ``baseline`` and ``shared`` of :data:`DRIFT_REFERENCE`; empty if none kept."""
+        record = self.env.state.array_records.get(DRIFT_REFERENCE)
+        return {} if record is None else {name: record[name].numpy() for name in record}
+
+    def save_drift_reference(self, **values: np.ndarray | float) -> None:
+        """Update fields of :data:`DRIFT_REFERENCE` (``shared`` as 0/1, ``baseline`` as a float)."""
+        fields = self.drift_reference()
+        for name, value in values.items():
+            fields[name] = np.atleast_1d(np.asarray(value, dtype=np.uint8 if name != "baseline" else np.float64))
+        self.env.state[DRIFT_REFERENCE] = ArrayRecord({name: Array(v) for name, v in fields.items()})
 
     # Evaluation.
 
@@ -154,14 +240,29 @@ class FedRouterClient(ClientMethod):
         return self.env.evaluate_reply(views[f"router-{primary}"], views=views, extra=counts)
 
     def test_embeddings(self) -> np.ndarray:
-        """Embeddings of this client's test instructions (computed once, kept in state)."""
-        if TEST_EMBEDDINGS in self.env.state.array_records:
-            return self.env.state.array_records[TEST_EMBEDDINGS]["embeddings"].numpy()
-        embeddings = embed_texts(
+        """Embeddings of this client's test instructions (computed once per test set, kept in state).
+
+        Kept with a digest of the instructions, so a test set that changed
+        (``scenario.drift``) is embedded anew.
+        """
+        digest = instructions_digest(self.env.data.test)
+        record = self.env.state.array_records.get(TEST_EMBEDDINGS)
+        if record is not None and ("digest" not in record or np.array_equal(record["digest"].numpy(), digest)):
+            return record["embeddings"].numpy()
+        embeddings = self.embed([ex.instruction for ex in self.env.data.test])
+        self.env.state[TEST_EMBEDDINGS] = ArrayRecord({"embeddings": Array(embeddings), "digest": Array(digest)})
+        return embeddings
+
+    def embed(self, instructions: list[str]) -> np.ndarray:
+        """Embeddings as ``method.embedding`` and ``method.embedding_layer`` say (training and test samples alike)."""
+        method = self.env.cfg.method
+        prefixes = InstructionPrefixes.from_data(self.env.cfg.data) if method.embedding == "prefix" else None
+        return embed_texts(
             self.env.model(),
-            [ex.instruction for ex in self.env.data.test],
-            batch_size=self.env.cfg.method.embed_batch_size,
+            instructions,
+            batch_size=method.embed_batch_size,
+            pooling=EMBEDDING_POOLING[method.embedding],
+            layer=method.embedding_layer,
+            prefix_chars=None if prefixes is None else [prefixes.end(text) for text in instructions],
             by_length=self.env.cfg.speed.eval_batching,
         )
-        self.env.state[TEST_EMBEDDINGS] = ArrayRecord({"embeddings": Array(embeddings)})
-        return embeddings

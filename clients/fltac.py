@@ -3,12 +3,15 @@
 FL-TAC assumes clients know the task of every local sample (the true task
 labels of the data are used). At test time the task of a sample is known too
 (oracle task -> slot); for tasks the client never had, ``method.unseen_rule``
-decides (see :class:`strategies.fltac.FLTACConfig`).
+decides (see :class:`strategies.fltac.FLTACConfig`). Under the router rule the
+client sends each slot's centroid (computed once, kept in ``context.state``)
+and routes each such test sample to the cluster of its nearest centroid.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Hashable, Sequence
 
 from flwr.app import RecordDict
 
@@ -17,10 +20,20 @@ from fedrouter_app.aggregation import weighted_average
 from fedrouter_app.client_env import RoundInfo
 from fedrouter_app.data.example import Example
 from fedrouter_app.model.lora import LoraState
-from fedrouter_app.records import CONFIG
+from fedrouter_app.records import CONFIG, matrix_record, read_matrix
 from fedrouter_app.registry import register_client
+from fedrouter_app.task_routing import (
+    CENTROIDS,
+    nearest_targets,
+    own_task_centroids,
+    route_metric,
+    stored_embeddings,
+)
 from fedrouter_app.training import TrainStats
-from strategies.fltac import INITIAL, cluster_name, slot_name
+from strategies.fltac import INITIAL, ROUTER_CLUSTERS, cluster_name, slot_name
+
+SLOT_CENTROIDS = "fltac.slot-centroids"
+UNSEEN_EMBEDDINGS = "fltac.unseen-embeddings"
 
 
 @register_client("fltac")
@@ -46,23 +59,47 @@ class FLTACClient(ClientMethod):
             # The task name is diagnostics only (reports, the oracle rule); clustering never sees it.
             extra.update({f"slot.{j}.size": len(examples), f"slot.{j}.task.{task}": 1.0})
         extra["num-slots"] = len(trained)
-        return self.env.train_reply(TrainStats.merge(parts), trained, extra)
+        reply = self.env.train_reply(TrainStats.merge(parts), trained, extra)
+        if self.env.cfg.method.unseen_rule == "router":
+            # Row j is slot j's centroid: slot j trains on task j.
+            reply[CENTROIDS] = matrix_record(CENTROIDS, own_task_centroids(self.env, SLOT_CENTROIDS))
+        return reply
 
     def evaluate(self, content: RecordDict, info: RoundInfo) -> RecordDict:
         slots = self.slot_adapters(content)
         own = dict(zip(self.env.data.tasks, slots, strict=True))
-        by_task: dict[str, list[Example]] = defaultdict(list)
-        for ex in self.env.data.test:
-            by_task[ex.task].append(ex)
-        unseen = {task: examples for task, examples in by_task.items() if task not in own}
-        adapters: dict[str, LoraState] = dict(own)
-        choice: dict[str, float] = {}
-        for task, k in self._unseen_clusters(unseen, content).items():
-            adapters[task] = weighted_average(slots, [1.0] * len(slots)) if k < 0 else self._cluster(content, k)
-            choice[f"unseen.{task}.cluster"] = k
         test = self.env.data.test
-        scores = self.env.score_routed(test, [ex.task for ex in test], adapters)
-        return self.env.evaluate_reply(scores, extra=choice)
+        adapters: dict[Hashable, LoraState] = dict(own)
+        routes: list[Hashable] = [ex.task for ex in test]
+        extra: dict[str, float] = defaultdict(float)
+        if CENTROIDS in content.array_records and str(content.config_records[CONFIG]["fltac.unseen-rule"]) == "router":
+            # Router rule: each sample of a task the client never had goes to its nearest cluster.
+            rows = [i for i, ex in enumerate(test) if ex.task not in own]
+            for i, k in zip(rows, self._route(content, [test[i] for i in rows]), strict=True):
+                routes[i] = k
+                if k not in adapters:
+                    adapters[k] = self._cluster(content, k)
+                extra[route_metric(test[i].task, k)] += 1
+        else:
+            by_task: dict[str, list[Example]] = defaultdict(list)
+            for ex in test:
+                by_task[ex.task].append(ex)
+            unseen = {task: examples for task, examples in by_task.items() if task not in own}
+            for task, k in self._unseen_clusters(unseen, content).items():
+                adapters[task] = weighted_average(slots, [1.0] * len(slots)) if k < 0 else self._cluster(content, k)
+                extra[f"unseen.{task}.cluster"] = k
+        scores = self.env.score_routed(test, routes, adapters)
+        return self.env.evaluate_reply(scores, extra=extra)
+
+    def _route(self, content: RecordDict, examples: Sequence[Example]) -> list[int]:
+        """The cluster of the nearest centroid to each example (the client's unseen test samples, always the same)."""
+        ids = [int(k) for k in content.config_records[CONFIG][ROUTER_CLUSTERS]]
+        centroids = read_matrix(
+            content.array_records[CENTROIDS], CENTROIDS, max_rows=len(ids), cols=self.env.model().hidden_size
+        )
+        if not examples:
+            return []
+        return nearest_targets(stored_embeddings(self.env, UNSEEN_EMBEDDINGS, examples), centroids, ids)
 
     def _cluster(self, content: RecordDict, k: int) -> LoraState:
         return self.env.read_adapter(content, cluster_name(k))
@@ -72,7 +109,8 @@ class FLTACClient(ClientMethod):
         config = content.config_records[CONFIG]
         clusters = sorted(int(name.split(".")[1]) for name in content.array_records if name.startswith("cluster."))
         rule = str(config["fltac.unseen-rule"])
-        if rule == "average" or not clusters:
+        # The router rule comes here only before any cluster has a centroid (e.g. an evaluation before round 1).
+        if rule in ("average", "router") or not clusters:
             return dict.fromkeys(unseen, -1)
         chosen: dict[str, int] = {}
         if rule == "oracle":

@@ -19,7 +19,7 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from fedrouter_app.data.choices import answer_choices
 from fedrouter_app.data.encoding import PromptFormat
 from fedrouter_app.data.example import Example
-from fedrouter_app.data.partition import ClientData, build_client_data
+from fedrouter_app.data.partition import ClientData, build_client_data, is_drifted
 from fedrouter_app.evaluation import ExampleScore, mean_loss, score_examples, summarize, text_losses
 from fedrouter_app.model.adapter_model import DEFAULT_SLOT, AdapterModel, Mixing
 from fedrouter_app.model.loading import cached_adapter_model
@@ -74,17 +74,23 @@ def task_metric_key(task: str, metric: str) -> str:
 
 
 _data_lock = threading.Lock()
-_data_cache: dict[tuple[str, int], ClientData] = {}
+_data_cache: dict[tuple[str, int, bool], ClientData] = {}
 
 
-def client_data(cfg: RunConfig, cfg_key: str, partition_id: int) -> ClientData:
-    """The client's partition, built once per process."""
-    key = (cfg_key, partition_id)
+def client_data(cfg: RunConfig, cfg_key: str, partition_id: int, server_round: int = 0) -> ClientData:
+    """The client's partition in ``server_round``, built once per process.
+
+    The round matters only under ``scenario.drift``, where a drifting client
+    holds one partition before the drift round and another from it on; the
+    cache keeps each once.
+    """
+    drifted = is_drifted(cfg, partition_id, server_round)
+    key = (cfg_key, partition_id, drifted)
     with _data_lock:
         if key not in _data_cache:
             if len(_data_cache) > 256:
                 _data_cache.clear()
-            _data_cache[key] = build_client_data(cfg, partition_id)
+            _data_cache[key] = build_client_data(cfg, partition_id, server_round)
         return _data_cache[key]
 
 

@@ -19,7 +19,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from clients.base import DEFAULT_ACTION
 from fedrouter_app.checkpoint import CHECKPOINT_ROUND, RUN_KEY, STATE_MARKER, ClientStateStore
-from fedrouter_app.client_env import ClientEnv, client_data
+from fedrouter_app.client_env import ClientEnv, RoundInfo, client_data
 from fedrouter_app.config import config_fingerprint, load_run_config, overrides_from_run_config
 from fedrouter_app.data.node_local import node_client_data, uses_node_data
 from fedrouter_app.logs import get_logger
@@ -30,8 +30,8 @@ from fedrouter_app.rounds import CLOSE, FINGERPRINT, HELLO
 log = get_logger(__name__)
 
 
-def build_env(context: Context, overrides: Sequence[str]) -> ClientEnv:
-    """The environment of one message: config, this node's data, its state."""
+def build_env(context: Context, overrides: Sequence[str], server_round: int = 0) -> ClientEnv:
+    """The environment of one message of ``server_round``: config, this node's data (in that round), its state."""
     all_overrides = (*overrides_from_run_config(context.run_config), *overrides)
     cfg = load_run_config(all_overrides)
     partition_id = int(context.node_config["partition-id"])
@@ -44,7 +44,8 @@ def build_env(context: Context, overrides: Sequence[str]) -> ClientEnv:
             "make them agree (simulation: the federation's num-supernodes; deployment: each SuperNode's "
             "--node-config num-partitions)"
         )
-    return ClientEnv(cfg=cfg, data=client_data(cfg, repr(all_overrides), partition_id), state=context.state)
+    data = client_data(cfg, repr(all_overrides), partition_id, server_round)
+    return ClientEnv(cfg=cfg, data=data, state=context.state)
 
 
 def hello(msg: Message, env: ClientEnv) -> Message:
@@ -112,7 +113,8 @@ def close(msg: Message, env: ClientEnv) -> Message:
 
 def handle_message(msg: Message, context: Context, overrides: Sequence[str] = ()) -> Message:
     """Do the work of any message the server sends this app, with ``overrides`` added to the run config."""
-    env = build_env(context, overrides)
+    # The round matters to the data only under scenario.drift; messages outside rounds (hello, close) carry none.
+    env = build_env(context, overrides, RoundInfo.from_content(msg.content).server_round)
     message_type = msg.metadata.message_type
     if message_type == HELLO:
         return hello(msg, env)

@@ -71,6 +71,13 @@ def squared_distances(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.maximum((p**2).sum(1)[:, None] - 2 * p @ c.T + (c**2).sum(1)[None, :], 0.0)
 
 
+def unit_rows(points: np.ndarray) -> np.ndarray:
+    """Each row scaled to L2 norm 1, in float64 (an all-zero row stays zero)."""
+    points = np.asarray(points, dtype=np.float64)
+    norms = np.linalg.norm(points, axis=1, keepdims=True)
+    return np.divide(points, norms, out=np.zeros_like(points), where=norms > 0)
+
+
 def nearest(points: np.ndarray, centroids: np.ndarray, candidates: Sequence[int] | None = None) -> np.ndarray:
     """Index of the nearest centroid for each point, optionally among ``candidates`` only."""
     if candidates is None:

@@ -88,6 +88,13 @@ def _load_cached(overrides: tuple[str, ...]) -> RunConfig:
 NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
     ("data", "task_prompts"): True,
     ("scenario", "shares"): "even",
+    ("scenario", "drift"): None,
+    ("method", "drift_check"): False,
+    ("method", "drift_threshold"): 1.25,
+    ("method", "unseen_rule"): "shared",  # TAP's; FL-TAC's unseen_rule never takes this value
+    ("method", "global_features"): "centroids",
+    ("method", "embedding"): "mean",
+    ("method", "embedding_layer"): None,
 }
 
 

@@ -245,6 +245,50 @@ class DataSettings:
 
 
 @dataclass
+class DriftSettings:
+    """Data drift during a run (``scenario=drift``): some clients switch to another client's task mix.
+
+    From round ``round`` on, the clients picked by a draw seeded by (seed,
+    "drift") train and test on the tasks of client ``(i + offset) mod
+    num_clients`` instead of their own (window scenarios only).
+    """
+
+    round: int | None = field(
+        default=None,
+        metadata={"help": "First round on the new data (2..num_rounds); null: half-way, num_rounds // 2 + 1."},
+    )
+    fraction: float = field(default=0.5, metadata={"help": "Share of clients whose data drift, in (0, 1]."})
+    offset: int | None = field(
+        default=None,
+        metadata={
+            "help": "A drifting client i takes the tasks of client (i + offset) mod num_clients; null: "
+            "scenario.tasks_per_client (the next window that shares no task with its own)."
+        },
+    )
+
+    def validate(self, scenario: ScenarioSettings, num_rounds: int, num_clients: int, n_train: int) -> None:
+        require(scenario.kind == "window", f"scenario.drift needs scenario.kind=window, got {scenario.kind!r}")
+        require(0.0 < self.fraction <= 1.0, f"scenario.drift.fraction must be in (0, 1], got {self.fraction}")
+        require(
+            self.round is None or 2 <= self.round <= num_rounds,
+            f"scenario.drift.round must be in [2, num_rounds={num_rounds}] (null: half-way), got {self.round}",
+        )
+        require(num_rounds >= 2, f"scenario.drift needs num_rounds >= 2 (a round before the drift), got {num_rounds}")
+        per_client = scenario.tasks_per_client or 1
+        offset = per_client if self.offset is None else self.offset
+        changes = all(
+            {(i + j) % n_train for j in range(per_client)}
+            != {((i + offset) % num_clients + j) % n_train for j in range(per_client)}
+            for i in range(num_clients)
+        )
+        require(
+            changes,
+            f"scenario.drift.offset={offset} gives some client of {num_clients} the tasks it already holds "
+            f"({per_client} of {n_train} training tasks per client); pick another offset",
+        )
+
+
+@dataclass
 class ScenarioSettings:
     """How tasks and training examples are spread over clients.
 
@@ -279,6 +323,10 @@ class ScenarioSettings:
             "'pool' (in proportion to the size of each task's training pool, as the FedRouter authors' splits do; "
             "sources with finite pools only: files, hub, bigbench)."
         },
+    )
+    drift: DriftSettings | None = field(
+        default=None,
+        metadata={"help": "Data drift during the run (scenario=drift): who switches tasks, when; null: none."},
     )
 
     def validate(self, tasks: list[str]) -> None:
@@ -525,8 +573,15 @@ class RunConfig:
         ):
             section.validate()
         # With node-local data each node's files decide what it holds; the scenario deals out nothing.
+        require(
+            self.data.source != "node" or self.scenario.drift is None,
+            "scenario.drift needs data dealt out by the scenario; data.source=node reads each node's own files",
+        )
         if self.data.source != "node":
             self.scenario.validate(self.data.tasks)
+            if self.scenario.drift is not None:
+                n_train = len(self.data.tasks) - len(self.scenario.unseen_tasks)
+                self.scenario.drift.validate(self.scenario, self.num_rounds, self.num_clients, n_train)
             require(
                 self.scenario.shares == "even" or self.data.source in ("files", "hub", "bigbench"),
                 f"scenario.shares=pool needs a source with finite task pools (files, hub, bigbench); data.source is "
@@ -556,6 +611,7 @@ SECTIONS: dict[str, type] = {
     "lora": LoraSettings,
     "data": DataSettings,
     "scenario": ScenarioSettings,
+    "drift": DriftSettings,
     "train": TrainSettings,
     "eval": EvalSettings,
     "output": OutputSettings,

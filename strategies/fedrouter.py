@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedrouter_app.aggregation import WeightedMean
 from fedrouter_app.checkpoint import StrategyState
-from fedrouter_app.clustering import kmeans, majority, match_clusters, nearest, scores_from_counts
+from fedrouter_app.clustering import kmeans, majority, match_clusters, nearest, scores_from_counts, unit_rows
 from fedrouter_app.model.loading import hidden_size
 from fedrouter_app.model.lora import LoraState, LoraTemplate, copy_state
 from fedrouter_app.records import (
@@ -39,7 +39,14 @@ from strategies.base import Strategy
 
 REGISTER = "query.register"
 CENTROIDS = "centroids"
+# method.drift_check: the config flag of a registration query that asks an already registered client to check its
+# data, and the metric of a client whose local clusters still fit them (it sends no centroids).
+CHECK = "fedrouter.check"
+UNCHANGED = "fedrouter.unchanged"
 ROUTER_MODES = ("global", "local")
+GLOBAL_FEATURES = ("centroids", "adapters", "both")
+# method.embedding -> the pooling of fedrouter_app.embedding.embed_texts.
+EMBEDDING_POOLING = {"mean": "mean", "last_token": "last", "prefix": "prefix"}
 
 
 def global_adapter_name(k: int) -> str:
@@ -94,6 +101,43 @@ class FedRouterConfig(MethodConfig):
             "noise of std z * C / n per coordinate (the Gaussian mechanism on the cluster's sum); 0 shares exact means."
         }
     )
+    global_features: str = field(
+        default="centroids",
+        metadata={
+            "help": "What the server clusters local clusters by: 'centroids' (their data centroids, the authors' "
+            "code), 'adapters' (the unit-normalised update of each local adapter after a first training from the "
+            "initial adapter, in which every local cluster trains; the paper's wording) or 'both' (the unit-normalised "
+            "centroid and update, concatenated). Routing always uses the data centroids."
+        },
+    )
+    embedding: str = field(
+        default="mean",
+        metadata={
+            "help": "A sample's embedding (local clustering and routing): 'mean' over the instruction's tokens, "
+            "'last_token' (the last token's state) or 'prefix' (mean over the instruction's leading task text only)."
+        },
+    )
+    embedding_layer: int | None = field(
+        default=None,
+        metadata={
+            "help": "Hidden state embedded: null, the last one (after the final norm); an integer indexes the "
+            "model's hidden states (0: token embeddings, i: block i's output; negative counts from the end)."
+        },
+    )
+
+    drift_check: bool = field(
+        default=False,
+        metadata={
+            "help": "Data drift: before each training round (from round 2) registered clients check whether their "
+            "training data still fit their local centroids; one whose mean sample-to-nearest-centroid distance "
+            "exceeds drift_threshold x the value at its clustering clusters again and registers again (mapped to "
+            "the nearest global clusters, which do not change)."
+        },
+    )
+    drift_threshold: float = field(
+        default=1.25,
+        metadata={"help": "drift_check: ratio of mean nearest-centroid distance to its value at clustering (> 0)."},
+    )
 
     def validate(self) -> None:
         require(self.n_local >= 1 and self.n_global >= 1, "method.n_local and method.n_global must be >= 1")
@@ -110,6 +154,19 @@ class FedRouterConfig(MethodConfig):
         require(self.min_cluster_size >= 1, f"method.min_cluster_size must be >= 1, got {self.min_cluster_size}")
         require(self.centroid_noise >= 0, f"method.centroid_noise must be >= 0, got {self.centroid_noise}")
         require(self.centroid_clip > 0, f"method.centroid_clip must be > 0, got {self.centroid_clip}")
+        require(self.drift_threshold > 0, f"method.drift_threshold must be > 0, got {self.drift_threshold}")
+        one_of("method.global_features", self.global_features, GLOBAL_FEATURES)
+        one_of("method.embedding", self.embedding, tuple(EMBEDDING_POOLING))
+        if self.global_features != "centroids":
+            require(
+                self.clustering == "kmeans",
+                f"method.global_features={self.global_features} needs method.clustering=kmeans",
+            )
+            require(
+                self.recluster_every == 0,
+                f"method.global_features={self.global_features} clusters once, after the first training; "
+                "method.recluster_every must be 0",
+            )
 
     def validate_run(self, cfg: RunConfig) -> None:
         """Clusters against what the scenario gives each client, checked before any client starts."""
@@ -128,6 +185,14 @@ class FedRouterConfig(MethodConfig):
             f"method.n_global={self.n_global} exceeds the {self.n_local * registered} local centroids the "
             f"registration gives (method.n_local={self.n_local} x {registered} registering clients)",
         )
+        if self.global_features != "centroids":
+            trained = max(1, round(cfg.fraction_train * cfg.num_clients))
+            require(
+                self.n_global <= self.n_local * trained,
+                f"method.n_global={self.n_global} exceeds the {self.n_local * trained} local adapters the first "
+                f"round trains (method.n_local={self.n_local} x {trained} clients, fraction_train), which "
+                f"method.global_features={self.global_features} clusters",
+            )
 
 
 @dataclass
@@ -156,6 +221,10 @@ class FedRouter(Strategy):
         self.trained: dict[int, list[int]] = {}
         self.reclustered: dict[str, Any] = {}
         self.joined: dict[int, list[int]] = {}
+        self.reregistered: dict[int, list[int]] = {}
+        # global_features adapters/both: the global clustering waits for the first training's adapters. Never
+        # true in a checkpoint, which is written after a training round, whose aggregation clusters.
+        self.features_pending = False
         self.dim = hidden_size(cfg.model)
         # Oracle clients have one cluster per own task, which may exceed n_local.
         self.max_local = max(self.method.n_local, len(cfg.data.tasks))
@@ -167,6 +236,10 @@ class FedRouter(Strategy):
         self.register(cohort)
         if not self.registry:
             raise RuntimeError("no client completed registration; cannot build global clusters")
+        if self.method.global_features != "centroids":
+            self.defer_clustering()
+            self.bank = [copy_state(self.initial_adapter) for _ in range(self.method.n_global)]
+            return {"registered": sorted(self.registry)}  # the clustering is reported by the first training round
         self.cluster_globally()
         self.bank = [copy_state(self.initial_adapter) for _ in range(len(self.centroids))]
         return {"registered": sorted(self.registry), "clustering": self.clustering_report()}
@@ -225,6 +298,52 @@ class FedRouter(Strategy):
             self.centroids, labels = kmeans(points, self.method.n_global, derive_seed(self.cfg.seed, "global-kmeans"))
         self._set_assignment(items, labels)
 
+    def defer_clustering(self) -> None:
+        """Until the first training's adapters arrive: every local cluster maps to global cluster 0.
+
+        Every global adapter is still the initial one, so where a local cluster
+        or a test sample goes cannot matter yet; all global centroids are the
+        mean local centroid, so an evaluation before the first round routes
+        everything to cluster 0.
+        """
+        items, points = self._local_clusters()
+        self.centroids = np.repeat(points.mean(axis=0, keepdims=True), self.method.n_global, axis=0)
+        self._set_assignment(items, np.zeros(len(items), dtype=np.int64))
+        self.features_pending = True
+
+    def cluster_by_features(self, replies: Sequence[Reply]) -> None:
+        """Global clusters from the first training's local adapters (``global_features`` adapters or both).
+
+        Every local cluster a valid reply trained is a point: its adapter's
+        update from the initial adapter (and its data centroid, with ``both``),
+        see :func:`global_clustering_features`. A global cluster's routing
+        centroid is the mean data centroid of its local clusters. Registered
+        clients without a clustered adapter (not sampled, or their reply
+        refused) are mapped like late joiners, to the nearest routing centroid.
+        """
+        items = [(r.client, j) for r in replies for j in self.trained.get(r.client, [])]
+        if len(items) < self.method.n_global:
+            raise RuntimeError(
+                f"method.n_global={self.method.n_global} exceeds the {len(items)} local adapters the first training "
+                f"returned, which method.global_features={self.method.global_features} clusters"
+            )
+        adapters = {r.client: r.adapters for r in replies}
+        updates = np.stack([adapter_update(adapters[c][local_adapter_name(j)], self.initial_adapter) for c, j in items])
+        centroids = np.stack([self.registry[c].centroids[j] for c, j in items])
+        features = global_clustering_features(self.method.global_features, centroids, updates)
+        _, labels = kmeans(features, self.method.n_global, derive_seed(self.cfg.seed, "global-kmeans"))
+        # k-means leaves a cluster empty only when there are fewer distinct points than clusters; the mean of
+        # every centroid then keeps that cluster's routing centroid defined.
+        self.centroids = np.stack(
+            [(centroids[labels == k] if (labels == k).any() else centroids).mean(axis=0) for k in range(len(self.bank))]
+        ).astype(np.float32)
+        self._set_assignment(items, labels)
+        for client in sorted(set(self.registry) - {c for c, _ in items}):
+            self.assign(client)
+        for client in self.joined:
+            self.joined[client] = list(self.registry[client].assignment)
+        self.features_pending = False
+
     def _local_clusters(self) -> tuple[list[tuple[int, int]], np.ndarray]:
         items = [(client, j) for client in sorted(self.registry) for j in range(len(self.registry[client].sizes))]
         return items, np.stack([self.registry[c].centroids[j] for c, j in items])
@@ -273,10 +392,41 @@ class FedRouter(Strategy):
             self.assign(client)
             self.joined[client] = list(self.registry[client].assignment)
 
+    def recheck(self, clients: Sequence[int]) -> None:
+        """Ask registered ``clients`` whether their local clusters still fit their data (``method.drift_check``).
+
+        A client answers ``fedrouter.unchanged`` (no centroids), or registers
+        again with its new local clusters: read and checked as a first
+        registration, they replace its old ones and are mapped to the nearest
+        global centroids, as a late joiner's are (the global clusters stay).
+        A client whose new registration is refused leaves the registry, so its
+        next instruction asks it to register anew.
+        """
+        if not clients:
+            return
+        assert self.comm is not None, "the round loop attaches its communicator"
+        replies = self.comm.send(REGISTER, {c: RecordDict({CONFIG: ConfigRecord({CHECK: True})}) for c in clients})
+        for reply in replies:
+            if CENTROIDS not in reply.content.array_records and reply.metrics.get(UNCHANGED) == 1:
+                continue
+            try:
+                info = self._read_registration(reply)
+            except InvalidReplyError as err:
+                self.registry.pop(reply.client, None)
+                self.comm.reject(REGISTER, reply.client, f"new registration: {err}")
+                continue
+            self.registry[reply.client] = info
+            self.assign(reply.client)
+            self.reregistered[reply.client] = list(info.assignment)
+
     # Rounds.
 
     def configure_train(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
+        known = [c for c in clients if c in self.registry]
         self.ensure_registered(clients)
+        # Data cannot have changed since a registration in this round or the setup (round 0 or 1).
+        if self.method.drift_check and server_round > 1:
+            self.recheck(known)
         self.reclustered = {}
         if self.method.recluster_every and server_round > 1 and server_round % self.method.recluster_every == 0:
             self.reclustered = self.recluster()
@@ -288,7 +438,9 @@ class FedRouter(Strategy):
                 continue
             info = self.registry[client]
             n = len(info.sizes)
-            local = list(range(n)) if self.method.schedule == "all" else [(server_round - 1) % n]
+            # Clustering by adapters needs every local cluster's adapter once, trained from the initial adapter.
+            everything = self.method.schedule == "all" or self.features_pending
+            local = list(range(n)) if everything else [(server_round - 1) % n]
             self.trained[client] = local
             payloads[client] = self._payload(info, {info.assignment[j] for j in local}, records, {"train": local})
         return payloads
@@ -321,6 +473,9 @@ class FedRouter(Strategy):
                 read_count(reply.metrics, key)
 
     def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any]:
+        clustered = self.features_pending
+        if clustered:
+            self.cluster_by_features(replies)
         means: dict[int, WeightedMean] = defaultdict(WeightedMean)
         for reply in replies:
             info = self.registry[reply.client]
@@ -334,11 +489,16 @@ class FedRouter(Strategy):
         for k, mean in means.items():
             self.bank[k] = mean.result()
         report: dict[str, Any] = {"contributors": {str(k): mean.count for k, mean in sorted(means.items())}}
+        if clustered:
+            report["clustering"] = self.clustering_report()
         if self.reclustered:
             report["reclustered"] = self.reclustered
         if self.joined:
             report["joined"] = {str(c): a for c, a in sorted(self.joined.items())}
             self.joined = {}
+        if self.reregistered:
+            report["reregistered"] = {str(c): a for c, a in sorted(self.reregistered.items())}
+            self.reregistered = {}
         return report
 
     def configure_evaluate(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:
@@ -459,6 +619,30 @@ class FedRouter(Strategy):
             f"FedRouter(n_local={m.n_local}, n_global={m.n_global}, clustering={m.clustering}, "
             f"schedule={m.schedule}, weighting={m.weighting}, router={m.router})"
         )
+
+
+def adapter_update(state: LoraState, start: LoraState) -> np.ndarray:
+    """``state - start`` over every LoRA tensor, sorted by name, as one float32 vector."""
+    return np.concatenate([(state[key] - start[key]).ravel() for key in sorted(start)]).astype(np.float32)
+
+
+def global_clustering_features(kind: str, centroids: np.ndarray, updates: np.ndarray) -> np.ndarray:
+    """Points the server's k-means clusters local clusters by (``method.global_features``).
+
+    ``centroids``: the data centroids as they are. ``adapters``: the adapter
+    updates scaled to unit length, so k-means compares their directions
+    (squared distance ``2 - 2 cos``), not how far a cluster's training moved.
+    ``both``: the unit centroid and the unit update side by side; each half
+    has norm 1, so each contributes a squared distance in ``[0, 4]`` and
+    neither dominates by its dimension or scale.
+    """
+    if kind == "centroids":
+        return centroids
+    if kind == "adapters":
+        return unit_rows(updates)
+    if kind == "both":
+        return np.concatenate([unit_rows(centroids), unit_rows(updates)], axis=1)
+    raise ValueError(f"unknown global features {kind!r}; valid: {', '.join(GLOBAL_FEATURES)}")
 
 
 def _route_key(key: str) -> tuple[str, str, str, int] | None:

@@ -7,6 +7,12 @@ every slot its cluster's mean. Clusters keep their identity across rounds
 (Hungarian matching of new means to old), so the server keeps K adapters and
 a (client, slot) -> cluster index, not one adapter per slot: a client that
 sat out rounds gets the current mean of the cluster its slot last landed in.
+
+Under ``unseen_rule=router`` (this project's rule, not the paper's) every slot
+also carries the frozen-base centroid of its training samples; the server keeps
+one centroid per cluster (size-weighted over the slots in it) and sends them
+with evaluation instructions, so clients route each test sample of a task they
+never had to the cluster of its nearest centroid (see :mod:`fedrouter_app.task_routing`).
 """
 
 from __future__ import annotations
@@ -21,16 +27,19 @@ from flwr.app import ConfigRecord, RecordDict
 from fedrouter_app.aggregation import WeightedMean
 from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.clustering import kmeans, majority, match_clusters
+from fedrouter_app.model.loading import hidden_size
 from fedrouter_app.model.lora import LoraState, LoraTemplate
-from fedrouter_app.records import CONFIG, InvalidReplyError, adapter_record, read_count
+from fedrouter_app.records import CONFIG, InvalidReplyError, adapter_record, matrix_record, read_count, read_matrix
 from fedrouter_app.registry import MethodConfig, register_strategy
 from fedrouter_app.rounds import Reply
 from fedrouter_app.seeding import derive_seed
 from fedrouter_app.settings import RunConfig, one_of, require
+from fedrouter_app.task_routing import CENTROIDS, check_route_metrics, pooled_centroids, routing_summary
 from strategies.base import Strategy
 
 INITIAL = "initial"
-UNSEEN_RULES = ("perplexity", "oracle", "average")
+UNSEEN_RULES = ("perplexity", "oracle", "average", "router")
+ROUTER_CLUSTERS = "fltac.router-clusters"
 
 
 def cluster_name(k: int) -> str:
@@ -85,8 +94,9 @@ class FLTACConfig(MethodConfig):
     unseen_rule: str = field(
         metadata={
             "help": "Adapter for a test task the client never had: 'perplexity' (the cluster with the lowest "
-            "prompt loss on that task's prompts), 'oracle' (the cluster mostly holding that task), or "
-            "'average' (the mean of the client's own slots)."
+            "prompt loss on that task's prompts), 'oracle' (the cluster mostly holding that task), "
+            "'average' (the mean of the client's own slots), or 'router' (each sample to the cluster whose "
+            "centroid, the mean frozen-base embedding of its slots' training samples, is nearest)."
         }
     )
 
@@ -108,6 +118,11 @@ class FLTAC(Strategy):
         self.means: list[LoraState] = []
         self.slot_cluster: dict[tuple[int, int], int] = {}
         self.slot_task: dict[tuple[int, int], str] = {}
+        # Router rule only: each slot's centroid and training size (the weight of its centroid).
+        self.router = self.method.unseen_rule == "router"
+        self.dim = hidden_size(cfg.model) if self.router else 0
+        self.slot_centroid: dict[tuple[int, int], np.ndarray] = {}
+        self.slot_size: dict[tuple[int, int], int] = {}
 
     def _payload(self, client: int, clusters: Sequence[int]) -> RecordDict:
         slots = sorted(j for (c, j) in self.slot_cluster if c == client)
@@ -136,11 +151,27 @@ class FLTAC(Strategy):
             read_count(reply.metrics, f"slot.{j}.size", minimum=1)
             if (task := _slot_task(reply.metrics, j)) and task not in self.cfg.data.tasks:
                 raise InvalidReplyError(f"slot {j} names task {task[:40]!r}, not a task of this run")
+        if self.router:
+            self.slot_centroids(reply, n)
+
+    def slot_centroids(self, reply: Reply, n: int) -> np.ndarray:
+        """The ``(n, hidden)`` centroids of a reply's ``n`` slots (router rule); :class:`InvalidReplyError` if not."""
+        if CENTROIDS not in reply.content.array_records:
+            raise InvalidReplyError("reply has no slot centroids (method.unseen_rule=router)")
+        centroids = read_matrix(reply.content.array_records[CENTROIDS], CENTROIDS, max_rows=n, cols=self.dim)
+        if len(centroids) != n:
+            raise InvalidReplyError(f"reply has {len(centroids)} slot centroids for {n} slots")
+        return centroids
 
     def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any]:
         items, adapters, weights = [], [], []
         for reply in replies:
-            for j in range(int(reply.metrics["num-slots"])):
+            n = int(reply.metrics["num-slots"])
+            if self.router:
+                for j, centroid in enumerate(self.slot_centroids(reply, n)):
+                    self.slot_centroid[(reply.client, j)] = centroid
+                    self.slot_size[(reply.client, j)] = int(reply.metrics[f"slot.{j}.size"])
+            for j in range(n):
                 items.append((reply.client, j))
                 adapters.append(reply.adapters[slot_name(j)])
                 weights.append(reply.metrics[f"slot.{j}.size"] if self.method.weighting == "num_examples" else 1.0)
@@ -173,12 +204,45 @@ class FLTAC(Strategy):
             "fltac.oracle-tasks": tasks or [""],
             "fltac.oracle-clusters": [min(k for k, t in holder.items() if t == task) for task in tasks] or [-1],
         }
+        centroids = self.cluster_centroids()
+        # One record for every client; the client matches its rows to the cluster ids in the config.
+        router = {ROUTER_CLUSTERS: sorted(centroids)} if centroids else {}
+        record = matrix_record(CENTROIDS, np.stack([centroids[k] for k in sorted(centroids)])) if centroids else None
         payloads = {}
         for client in clients:
             payload = self._payload(client, range(len(self.means)))
-            payload[CONFIG] = ConfigRecord({**payload[CONFIG], "fltac.unseen-rule": self.method.unseen_rule, **oracle})
+            payload[CONFIG] = ConfigRecord(
+                {**payload[CONFIG], "fltac.unseen-rule": self.method.unseen_rule, **oracle, **router}
+            )
+            if record is not None:
+                payload[CENTROIDS] = record
             payloads[client] = payload
         return payloads
+
+    def cluster_centroids(self) -> dict[int, np.ndarray]:
+        """Router rule: each cluster's centroid, the mean of its slots' centroids weighted by their sizes.
+
+        A slot counts in the cluster it last landed in; a cluster no slot with a
+        centroid is in has none (and is never routed to). Empty under the other rules.
+        """
+        return pooled_centroids(
+            (k, self.slot_centroid[item], self.slot_size[item])
+            for item, k in sorted(self.slot_cluster.items())
+            if item in self.slot_centroid
+        )
+
+    def check_evaluate_reply(self, server_round: int, reply: Reply) -> None:
+        """Routing counts must name a run task and a cluster, with a count."""
+        check_route_metrics(reply.metrics, self.cfg.data.tasks, len(self.means))
+
+    def aggregate_evaluate(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any]:
+        """Router rule: routing confusion (true task -> cluster) and the share routed to the task's cluster.
+
+        A sample is routed right when its cluster mostly holds its task's slots.
+        """
+        if not self.router or not self.cluster_centroids():
+            return {}
+        return {"routing": routing_summary((r.metrics for r in replies), majority(self.cluster_tasks()))}
 
     def cluster_tasks(self) -> dict[int, dict[str, int]]:
         """Slots per task in each cluster (from the task names clients report for diagnostics)."""
@@ -191,12 +255,20 @@ class FLTAC(Strategy):
 
     def state_dict(self) -> StrategyState:
         slots = [[c, j, k, self.slot_task.get((c, j), "")] for (c, j), k in sorted(self.slot_cluster.items())]
-        return StrategyState(adapters=self.adapters(), meta={"slots": slots})
+        state = StrategyState(adapters=self.adapters(), meta={"slots": slots})
+        if self.slot_centroid:
+            items = sorted(self.slot_centroid)
+            state.arrays["slot_centroids"] = np.stack([self.slot_centroid[item] for item in items])
+            state.meta["centroid_slots"] = [[c, j, self.slot_size[(c, j)]] for c, j in items]
+        return state
 
     def load_state_dict(self, state: StrategyState) -> None:
         self.means = [state.adapters[f"cluster-{k}"] for k in range(len(state.adapters))]
         self.slot_cluster = {(int(c), int(j)): int(k) for c, j, k, _ in state.meta["slots"]}
         self.slot_task = {(int(c), int(j)): str(t) for c, j, _, t in state.meta["slots"] if t}
+        rows = state.meta.get("centroid_slots", [])
+        self.slot_centroid = {(int(c), int(j)): state.arrays["slot_centroids"][i] for i, (c, j, _) in enumerate(rows)}
+        self.slot_size = {(int(c), int(j)): int(size) for c, j, size in rows}
 
     def adapters(self) -> dict[str, LoraState]:
         return {f"cluster-{k}": mean for k, mean in enumerate(self.means)}

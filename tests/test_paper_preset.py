@@ -58,7 +58,7 @@ def test_the_preset_holds_the_authors_settings(local_hub):
     # Resumable: a fixed directory, one subdirectory per (scenario, method, seed).
     assert OmegaConf.to_container(config.hydra.sweep) == {
         "dir": "${output.dir}/sweeps/paper",
-        "subdir": "${scenario.name}-${method.name}-s${seed}",
+        "subdir": "${scenario.name}-${hydra:runtime.choices.method}-s${seed}",
     }
 
     # Composed as the sweep composes a job, with only the dataset ids pointed at local copies (no hub here).

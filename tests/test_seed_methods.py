@@ -28,14 +28,30 @@ BASE = [
         ["method=feddpa", "fraction_train=0.5"],
         ["method=feddpa_code", "method.variant=F", "method.finetune_steps=3"],
         ["method=tap", "method.distill_steps=3", "fraction_train=0.5"],
+        ["method=fltac_router", "fraction_train=0.5"],
+        ["method=tap_router", "method.distill_steps=3", "fraction_train=0.5"],
     ],
-    ids=["fltac", "fltac-code-oracle-partial", "fltac-average", "feddpa-t-partial", "feddpa-f-code", "tap-partial"],
+    ids=[
+        "fltac",
+        "fltac-code-oracle-partial",
+        "fltac-average",
+        "feddpa-t-partial",
+        "feddpa-f-code",
+        "tap-partial",
+        "fltac-router-partial",
+        "tap-router-partial",
+    ],
 )
 def test_method_completes(overrides):
     results, _, _ = run_inprocess([*BASE, *overrides], 4)
     assert results["run"]["status"] == "completed"
     final = results["rounds"][-1]["evaluate"]
     assert final["own_mean"]["score"] >= 0 and final["other_mean"]
+    if overrides[0].endswith("_router"):
+        # Every client routed its test samples of the two tasks it does not hold: 4 clients x 2 tasks x 4 samples.
+        routing = results["rounds"][-1]["strategy"]["evaluate"]["routing"]["global"]
+        assert sum(n for row in routing["confusion"].values() for n in row.values()) == 32
+        assert 0 <= routing["accuracy_other"] <= 1
 
 
 def test_feddpa_global_adapter_follows_fedit_exactly():

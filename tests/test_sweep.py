@@ -156,4 +156,7 @@ def test_real_compare_sweeps_every_method_in_three_settings_into_one_resumable_d
     }
     # A fixed directory and one subdirectory per (scenario, method, seed): running the sweep again resumes it.
     assert not any(part in str(config.hydra.sweep.dir) for part in ("now:", "%H"))
-    assert OmegaConf.to_container(config.hydra.sweep)["subdir"] == "${scenario.name}-${method.name}-s${seed}"
+    assert (
+        OmegaConf.to_container(config.hydra.sweep)["subdir"]
+        == "${scenario.name}-${hydra:runtime.choices.method}-s${seed}"
+    )

@@ -12,6 +12,11 @@ clients in Dirichlet proportions. Tasks in
 ``scenario.unseen_tasks`` are never trained on; a client's test set holds its
 own tasks (``eval.scope=local``) or every task, unseen ones included
 (``global``).
+
+With ``scenario.drift`` (``scenario=drift``) a client's data depend on the
+round: from :func:`drift_round` on, the clients :func:`drifting_clients` picks
+hold the tasks of client ``(i + offset) mod num_clients`` instead of their own
+(:func:`is_drifted`); in every other scenario the round plays no part.
 """
 
 from __future__ import annotations
@@ -76,13 +81,18 @@ def training_tasks(cfg: RunConfig) -> tuple[str, ...]:
     return tuple(t for t in cfg.data.tasks if t not in cfg.scenario.unseen_tasks)
 
 
-def train_counts(cfg: RunConfig, partition_id: int) -> dict[str, int]:
-    """Training examples of each task client ``partition_id`` holds (tasks with none are left out)."""
+def train_counts(cfg: RunConfig, partition_id: int, drifted: bool = False) -> dict[str, int]:
+    """Training examples of each task client ``partition_id`` holds (tasks with none are left out).
+
+    ``drifted``: what the client holds after a drift (``scenario.drift``): the
+    window of client :func:`drift_source` instead of its own.
+    """
     tasks = training_tasks(cfg)
     scenario = cfg.scenario
     if scenario.kind == "window":
         m = scenario.tasks_per_client
-        window = [tasks[(partition_id + j) % len(tasks)] for j in range(m)]
+        first = drift_source(cfg, partition_id) if drifted else partition_id
+        window = [tasks[(first + j) % len(tasks)] for j in range(m)]
         if scenario.shares == "pool":
             sizes = pool_sizes(cfg)
             shares = proportional_shares(scenario.train_examples_per_client, [sizes[t] for t in window])
@@ -98,6 +108,46 @@ def train_counts(cfg: RunConfig, partition_id: int) -> dict[str, int]:
         scenario.min_train_examples,
     )
     return {task: int(n) for task, n in zip(tasks, counts[partition_id], strict=True) if n > 0}
+
+
+def drift_round(cfg: RunConfig) -> int | None:
+    """First round on drifted data: ``scenario.drift.round``, half-way by default; None without drift."""
+    drift = cfg.scenario.drift
+    return None if drift is None else first_drift_round(drift.round, cfg.num_rounds)
+
+
+def first_drift_round(configured: int | None, num_rounds: int) -> int:
+    """``scenario.drift.round`` as configured, or half-way (``num_rounds // 2 + 1``) when null."""
+    return configured if configured is not None else num_rounds // 2 + 1
+
+
+@lru_cache(maxsize=32)
+def drifting_clients(seed: int, num_clients: int, fraction: float) -> tuple[int, ...]:
+    """The clients whose data drift, sorted: ``round(fraction * num_clients)`` of them, at least one.
+
+    Drawn without replacement by a generator seeded by (seed, "drift").
+    """
+    n = min(num_clients, max(1, round(fraction * num_clients)))
+    chosen = numpy_rng(seed, "drift").choice(num_clients, size=n, replace=False)
+    return tuple(sorted(int(c) for c in chosen))
+
+
+def drift_source(cfg: RunConfig, partition_id: int) -> int:
+    """The client whose tasks client ``partition_id`` takes when its data drift (``offset`` clients on)."""
+    drift = cfg.scenario.drift
+    if drift is None:
+        raise ValueError("drift_source needs scenario.drift")
+    offset = cfg.scenario.tasks_per_client if drift.offset is None else drift.offset
+    return (partition_id + offset) % cfg.num_clients
+
+
+def is_drifted(cfg: RunConfig, partition_id: int, server_round: int) -> bool:
+    """Whether client ``partition_id`` holds its drifted data in ``server_round`` (always False without drift)."""
+    first = drift_round(cfg)
+    if first is None or server_round < first:
+        return False
+    assert cfg.scenario.drift is not None
+    return partition_id in drifting_clients(cfg.seed, cfg.num_clients, cfg.scenario.drift.fraction)
 
 
 def client_tasks(cfg: RunConfig, partition_id: int) -> tuple[str, ...]:
@@ -177,17 +227,23 @@ def proportional_shares(total: int, weights: Sequence[int]) -> list[int]:
     return shares
 
 
-def build_client_data(cfg: RunConfig, partition_id: int) -> ClientData:
-    """Build the partition of client ``partition_id`` (pure function of the config)."""
+def build_client_data(cfg: RunConfig, partition_id: int, server_round: int = 0) -> ClientData:
+    """Build the partition of client ``partition_id`` in ``server_round`` (pure function of the config and round).
+
+    The round matters only under ``scenario.drift``: a drifting client from
+    :func:`drift_round` on trains and tests on its new tasks.
+    """
     if not 0 <= partition_id < cfg.num_clients:
         raise ValueError(f"partition-id {partition_id} is outside [0, {cfg.num_clients}) (num_clients)")
     source = make_source(cfg.data, cfg.seed)
-    counts = train_counts(cfg, partition_id)
+    drifted = is_drifted(cfg, partition_id, server_round)
+    counts = train_counts(cfg, partition_id, drifted)
     own = tuple(counts)
     n_test = cfg.scenario.test_examples_per_task
     train: list[Example] = []
     for task, share in counts.items():
-        train += source.examples(task, "train", stream_positions(cfg, source, task, "train", partition_id, share))
+        positions = stream_positions(cfg, source, task, "train", partition_id, share, drifted)
+        train += source.examples(task, "train", positions)
     test_tasks = own if cfg.eval.scope == "local" else tuple(cfg.data.tasks)
     test: list[Example] = []
     for task in test_tasks:
@@ -204,7 +260,13 @@ def build_client_data(cfg: RunConfig, partition_id: int) -> ClientData:
 
 
 def stream_positions(
-    cfg: RunConfig, source: DataSource, task: str, split: str, partition_id: int, count: int
+    cfg: RunConfig,
+    source: DataSource,
+    task: str,
+    split: str,
+    partition_id: int,
+    count: int,
+    drifted: bool = False,
 ) -> Sequence[int]:
     """Positions of ``task``'s ``split`` stream that client ``partition_id`` reads.
 
@@ -212,6 +274,8 @@ def stream_positions(
     i * STRIDE. A finite one (with ``size``) lays clients out one after the
     other, so clients hold disjoint examples while the pool lasts; beyond it
     positions wrap around (and are logged once), so clients then share some.
+    The drifted training data of drifting clients (``drifted``) come after
+    what every client reads before the drift, laid out alike.
     """
     size = getattr(source, "size", None)
     if size is None:
@@ -220,6 +284,12 @@ def stream_positions(
     if split == "train":
         start = sum(train_counts(cfg, c).get(task, 0) for c in range(partition_id))
         needed = sum(train_counts(cfg, c).get(task, 0) for c in range(cfg.num_clients))
+        if cfg.scenario.drift is not None:
+            movers = drifting_clients(cfg.seed, cfg.num_clients, cfg.scenario.drift.fraction)
+            moved = [train_counts(cfg, c, drifted=True).get(task, 0) for c in movers]
+            if drifted:
+                start = needed + sum(n for c, n in zip(movers, moved, strict=True) if c < partition_id)
+            needed += sum(moved)
     else:
         start = partition_id * count
         needed = cfg.num_clients * count

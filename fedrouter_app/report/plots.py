@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from fedrouter_app.report.runs import Run, last_evaluated, routing_mode
+from fedrouter_app.report.runs import Run, last_evaluated, registration_clustering, routing_mode
 
 # 20 distinct colours, the dark ones first, so that up to 20 methods never share one.
 COLORS = [*plt.cm.tab20.colors[::2], *plt.cm.tab20.colors[1::2]]
@@ -143,8 +143,7 @@ def _heatmap(matrix: np.ndarray, rows: list[str], cols: list[str], title: str, x
 
 
 def _cluster_labels(run: Run, n: int) -> list[str]:
-    setup = (run.results.get("rounds") or [{}])[0].get("strategy", {}).get("setup", {})
-    majority = setup.get("clustering", {}).get("majority_task", {})
+    majority = registration_clustering(run.results).get("majority_task", {})
     return [f"{k} ({majority[str(k)]})" if str(k) in majority else str(k) for k in range(n)]
 
 
@@ -169,8 +168,7 @@ def routing_confusion(run: Run, out: Path, stem: str) -> Path | None:
 
 def cluster_assignment(run: Run, out: Path, stem: str) -> Path | None:
     """Client x global cluster: training samples each client maps to each cluster at registration."""
-    setup = (run.results.get("rounds") or [{}])[0].get("strategy", {}).get("setup", {})
-    clustering = setup.get("clustering", {})
+    clustering = registration_clustering(run.results)
     assignment, sizes = clustering.get("assignment", {}), clustering.get("cluster_sizes", {})
     if not assignment:
         return None

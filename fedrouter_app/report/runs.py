@@ -199,11 +199,18 @@ def routing_mode(results: dict[str, Any], config: dict[str, Any]) -> str | None:
 
 
 def registration_clustering(results: dict[str, Any]) -> dict[str, Any]:
-    """The clustering a method recorded at registration (``rounds[i].strategy.setup.clustering``), else ``{}``."""
+    """The first global clustering a method recorded, else ``{}``.
+
+    Clustering by data centroids happens at registration
+    (``rounds[i].strategy.setup.clustering``); clustering by adapter updates
+    waits for the first training round (``rounds[i].strategy.train.clustering``).
+    """
     for r in results.get("rounds", []):
-        clustering = r.get("strategy", {}).get("setup", {}).get("clustering")
-        if clustering:
-            return clustering
+        strategy = r.get("strategy", {})
+        for phase in ("setup", "train"):
+            clustering = (strategy.get(phase) or {}).get("clustering")
+            if clustering:
+                return clustering
     return {}
 
 

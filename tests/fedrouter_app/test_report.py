@@ -339,3 +339,15 @@ def test_job_time_sums_the_completed_jobs(tmp_path):
         paths[-1].write_text(json.dumps(record))
     (tmp_path / "broken.json").write_text("{")
     assert job_time([*paths, tmp_path / "broken.json"]) == {"completed": 1, "seconds": 60.5}
+
+
+def test_clustering_is_found_at_registration_or_after_the_first_training():
+    from fedrouter_app.report.runs import registration_clustering
+
+    at_setup = {"rounds": [{"strategy": {"setup": {"clustering": {"ari": 0.5}}}}]}
+    after_training = {
+        "rounds": [{"strategy": {"setup": {"registered": [0]}}}, {"strategy": {"train": {"clustering": {"ari": 1.0}}}}]
+    }
+    assert registration_clustering(at_setup) == {"ari": 0.5}
+    assert registration_clustering(after_training) == {"ari": 1.0}
+    assert registration_clustering({"rounds": [{"strategy": {}}]}) == {}

@@ -1,11 +1,13 @@
 """FL-TAC's server rules on hand-made adapters."""
 
 import numpy as np
+import pytest
 from flwr.app import RecordDict
 
-from fedrouter_app.records import CONFIG, read_adapter
+from fedrouter_app.records import CONFIG, InvalidReplyError, matrix_record, read_adapter, read_matrix
 from fedrouter_app.rounds import Reply
-from strategies.fltac import FLTAC, cluster_adapters, cluster_name, flatten, slot_name
+from fedrouter_app.task_routing import CENTROIDS
+from strategies.fltac import FLTAC, ROUTER_CLUSTERS, cluster_adapters, cluster_name, flatten, slot_name
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
 
@@ -85,3 +87,96 @@ def test_a_new_client_gets_the_initial_adapter_for_its_slots(make_cfg):
     payload = strategy.configure_train(1, [5])[5]
     assert list(payload[CONFIG]["fltac.slots"]) == [-1]
     assert "initial" in payload.array_records and not any(k.startswith("cluster.") for k in payload.array_records)
+
+
+# The router rule (method.unseen_rule=router): slot centroids in, cluster centroids out.
+
+
+def router_reply(client: int, values: list[float], tasks: list[str], centroids, sizes: list[int]) -> Reply:
+    out = reply(client, values, tasks)
+    out.metrics.update({f"slot.{j}.size": n for j, n in enumerate(sizes)})
+    out.content[CENTROIDS] = matrix_record(CENTROIDS, np.asarray(centroids, np.float32))
+    return out
+
+
+def unit(strategy: FLTAC, i: int, scale: float = 1.0) -> np.ndarray:
+    return scale * np.eye(strategy.dim, dtype=np.float32)[i]
+
+
+def test_router_cluster_centroid_is_the_size_weighted_mean_of_its_slots(make_cfg):
+    strategy = FLTAC(make_cfg("method=fltac_router", "method.n_clusters=2"), TEMPLATE)
+    e = lambda i, s=1.0: unit(strategy, i, s)  # noqa: E731
+    strategy.aggregate_train(
+        1,
+        [
+            router_reply(0, [1.0, -5.0], ["a", "b"], [e(0, 1.0), e(1, 2.0)], [5, 5]),
+            router_reply(1, [3.0, -7.0], ["a", "b"], [e(0, 3.0), e(1, 4.0)], [15, 5]),
+        ],
+    )
+    slot_a, slot_b = strategy.slot_cluster[(0, 0)], strategy.slot_cluster[(0, 1)]
+    centroids = strategy.cluster_centroids()
+    np.testing.assert_allclose(centroids[slot_a], e(0, (5 * 1.0 + 15 * 3.0) / 20))
+    np.testing.assert_allclose(centroids[slot_b], e(1, 3.0))
+    # Client 1 sits the next round out: its slots still count, in the clusters they last landed in.
+    strategy.aggregate_train(2, [router_reply(0, [1.0, -5.0], ["a", "b"], [e(0, 1.0), e(1, 2.0)], [5, 5])])
+    np.testing.assert_allclose(strategy.cluster_centroids()[slot_a], e(0, 2.5))
+    payload = strategy.configure_evaluate(2, [3])[3]
+    ids = [int(k) for k in payload[CONFIG][ROUTER_CLUSTERS]]
+    assert ids == sorted(centroids)
+    sent = read_matrix(payload[CENTROIDS], CENTROIDS, max_rows=2, cols=strategy.dim)
+    np.testing.assert_allclose(sent[ids.index(slot_b)], e(1, 3.0))
+    # A checkpoint keeps the slot centroids.
+    restored = FLTAC(make_cfg("method=fltac_router", "method.n_clusters=2"), TEMPLATE)
+    restored.load_state_dict(strategy.state_dict())
+    assert all(np.array_equal(restored.cluster_centroids()[k], v) for k, v in strategy.cluster_centroids().items())
+
+
+def test_other_rules_send_no_centroids(make_cfg):
+    strategy = FLTAC(make_cfg("method=fltac"), TEMPLATE)
+    strategy.check_train_reply(1, reply(0, [1.0], ["copy"]))
+    strategy.aggregate_train(1, [reply(0, [1.0, -5.0], ["a", "b"]), reply(1, [3.0, -7.0], ["a", "b"])])
+    payload = strategy.configure_evaluate(1, [0])[0]
+    assert CENTROIDS not in payload.array_records and ROUTER_CLUSTERS not in payload[CONFIG]
+    assert strategy.aggregate_evaluate(1, []) == {} and "slot_centroids" not in strategy.state_dict().arrays
+
+
+@pytest.mark.parametrize(
+    ("centroids", "match"),
+    [
+        (None, "no slot centroids"),
+        (lambda d: np.zeros((1, d)), "1 slot centroids for 2 slots"),
+        (lambda d: np.zeros((3, d)), "expected float32 with 1..2 rows"),
+        (lambda d: np.zeros((2, d + 1)), "expected float32 with 1..2 rows"),
+        (lambda d: np.full((2, d), np.nan), "non-finite"),
+    ],
+)
+def test_router_refuses_a_reply_without_one_centroid_per_slot(make_cfg, centroids, match):
+    strategy = FLTAC(make_cfg("method=fltac_router"), TEMPLATE)
+    bad = reply(0, [1.0, 2.0], ["copy", "reverse"])
+    if centroids is not None:
+        bad.content[CENTROIDS] = matrix_record(CENTROIDS, centroids(strategy.dim))
+    with pytest.raises(InvalidReplyError, match=match):
+        strategy.check_train_reply(1, bad)
+
+
+def test_router_routing_metrics_are_checked_and_summarised(make_cfg):
+    strategy = FLTAC(make_cfg("method=fltac_router", "method.n_clusters=2"), TEMPLATE)
+    e = lambda i: unit(strategy, i)  # noqa: E731
+    tasks = ["copy", "reverse"]
+    strategy.aggregate_train(1, [router_reply(c, [1.0, -5.0], tasks, [e(0), e(1)], [4, 4]) for c in (0, 1)])
+    k_copy = strategy.slot_cluster[(0, 0)]
+    with pytest.raises(InvalidReplyError, match="routing metric"):
+        strategy.check_evaluate_reply(1, Reply(2, {"route.global.other.copy.2": 1}, {}, RecordDict()))
+    counts = {f"route.global.other.copy.{k_copy}": 3, f"route.global.other.copy.{1 - k_copy}": 1}
+    ok = Reply(2, counts, {}, RecordDict())
+    strategy.check_evaluate_reply(1, ok)
+    routing = strategy.aggregate_evaluate(1, [ok])["routing"]["global"]
+    assert routing["accuracy_other"] == 0.75
+    assert routing["confusion"] == {"copy": {str(k): n for k, n in sorted({k_copy: 3, 1 - k_copy: 1}.items())}}
+
+
+def test_fedrouter_all_is_the_compute_matched_counterpart_of_fltac(make_cfg):
+    # FL-TAC trains every local task each round; fedrouter_all trains every local cluster each round.
+    cfg = make_cfg("method=fedrouter_all")
+    assert (cfg.method.name, cfg.method.schedule) == ("fedrouter", "all")
+    assert make_cfg("method=fltac_router").method.unseen_rule == "router"
