@@ -83,7 +83,11 @@ def test_compare_preset_sweeps_every_method_scenario_and_seed():
     finally:
         GlobalHydra.instance().clear()
     jobs = job_overrides(cfg)
-    assert len(jobs) == len(method_names()) * 2 * 3
+    variants = {"fedrouter_all", "fedrouter_n1", "fltac_router", "tap_router"}
+    assert len(jobs) == (len(method_names()) + len(variants)) * 2 * 3
+    assert {o for job in jobs for o in job if o.startswith("method=")} == {
+        f"method={m}" for m in [*method_names(), *variants]
+    }
     assert {o for job in jobs for o in job if o.startswith("scenario=")} == {"scenario=dual", "scenario=unseen"}
     assert all("sweep=compare" in job for job in jobs)
 
