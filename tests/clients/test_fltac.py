@@ -146,3 +146,22 @@ def test_router_rule_before_any_centroid_uses_the_mean_of_the_slots(make_env):
             unseen[ex.task].append(ex)
     content = instruction(env, [env.initial_adapter()] * 3, rule="router")
     assert set(FLTACClient(env)._unseen_clusters(dict(unseen), content).values()) == {-1}
+
+
+def test_evaluation_with_every_speed_up_equals_the_reference_path(make_env):
+    # Own tasks under their slots and unseen tasks under their chosen clusters, all rows in one set of
+    # batches (with the shared prompt pass) against one pass per adapter without any speed-up.
+    fast = make_env(*FLTAC)
+    reference = make_env(
+        *FLTAC,
+        "speed.eval_batching=false",
+        "speed.shared_prefill=false",
+        "speed.scored_logits_only=false",
+        "speed.prefix_cache=false",
+    )
+    content = instruction(fast, trained_clusters(fast))
+    metrics = [FLTACClient(env).handle("evaluate", "default", content)["metrics"] for env in (fast, reference)]
+    tasks = [{k: v for k, v in m.items() if k.startswith(("task.", "unseen."))} for m in metrics]
+    assert tasks[0].keys() == tasks[1].keys() and any(k.startswith("unseen.") for k in tasks[0])
+    for key, value in tasks[0].items():
+        assert value == pytest.approx(tasks[1][key], rel=1e-4, abs=1e-4), key
