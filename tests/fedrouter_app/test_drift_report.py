@@ -76,6 +76,11 @@ def test_the_command_writes_json_and_prints_tables(tmp_path, capsys):
     assert "drift from round 3" in printed and "fedit" in printed and "staying" in printed
     saved = json.loads((tmp_path / "drift_report.json").read_text())
     assert saved["variants"]["fedit"]["final"]["all"]["mean"] == pytest.approx(0.75)
+    page = tmp_path / "drift.md"
+    assert main([str(tmp_path), "--markdown", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("# Data drift") and f"python -m fedrouter_app.report.drift {tmp_path}" in text
+    assert "drift from round 3" in text
 
 
 def test_runs_without_a_drift_are_no_drift_report(tmp_path, capsys):
