@@ -21,8 +21,10 @@ from fedrouter_app.results import RESULTS_FILE, compute_total
 JOB_FILE = "job.json"
 CONFIG_FILE = "config.yaml"
 
-# Override keys that place a run in a comparison (or only move its outputs) rather than make a variant.
-_NOT_VARIANT = ("seed", "method", "scenario", "sweep", "output")
+# Override keys that place a run in a comparison rather than make a variant (``method.n_local=1`` or
+# ``scenario.alpha=0.1`` do make one), and sections that only move a run's outputs.
+_NOT_VARIANT = ("seed", "method", "scenario", "sweep")
+_OUTPUT_ONLY = ("output", "checkpoint")
 
 
 @dataclass
@@ -123,7 +125,7 @@ def load_run(path: Path) -> Run:
     info = results.get("run", {})
     overrides = [str(o) for o in info.get("overrides", [])]
     chosen = {_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
-    variant = [o for o in overrides if _key(o).split(".")[0] not in _NOT_VARIANT]
+    variant = [o for o in overrides if _key(o) not in _NOT_VARIANT and _key(o).split(".")[0] not in _OUTPUT_ONLY]
     name = str(config.get("method", {}).get("name", info.get("method", "?")))
     return Run(
         path=path,
