@@ -281,6 +281,8 @@ def main() -> None:
     parser.add_argument("--json", default="outputs/bench/real_profile.json")
     parser.add_argument("--variants", nargs="*", help="names of the variants to run (default: all)")
     parser.add_argument("--last-k", type=int, default=8, help="blocks with LoRA in the last-k variants")
+    parser.add_argument("--preset", default="real", help="the sweep preset whose job is profiled (default: real)")
+    parser.add_argument("--scenario", help="override the preset's scenario (e.g. dual)")
     parser.add_argument("--rounds", type=int, default=0, help="override num_rounds (0: the preset's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: as a one-CPU Ray actor)")
     parser.add_argument("--render", action="store_true", help="only render the tables of an existing --json")
@@ -292,7 +294,9 @@ def main() -> None:
         publish(json.loads(Path(args.json).read_text()), args.into, args.marker)
         return
     torch.set_num_threads(args.threads)
-    base = ["sweep=real", "method=fedrouter", "checkpoint.every=0", *args.overrides]
+    base = [f"sweep={args.preset}", "method=fedrouter", "checkpoint.every=0", *args.overrides]
+    if args.scenario:
+        base.append(f"scenario={args.scenario}")
     if args.rounds:
         base.append(f"num_rounds={args.rounds}")
     chosen = variants(args.last_k)
