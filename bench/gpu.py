@@ -147,7 +147,7 @@ def tokens_per_example(overrides: list[str]) -> tuple[float, float]:
 
     cfg = load_run_config(overrides)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.name)
-    fmt = PromptFormat(cfg.data.prompt_template, cfg.data.response_template, cfg.model.max_length)
+    fmt = PromptFormat.from_settings(cfg.data, cfg.model.max_length, tokenizer)
     encoded = [encode_example(tokenizer, ex, fmt) for ex in build_client_data(cfg, 0).train]
     supervised = statistics.mean(sum(label != IGNORE_INDEX for label in e.labels) for e in encoded)
     return supervised, statistics.mean(len(e.input_ids) for e in encoded)

@@ -120,7 +120,7 @@ class ClientEnv:
 
     @property
     def fmt(self) -> PromptFormat:
-        return PromptFormat(self.cfg.data.prompt_template, self.cfg.data.response_template, self.cfg.model.max_length)
+        return PromptFormat.from_settings(self.cfg.data, self.cfg.model.max_length, self.model().tokenizer)
 
     def model(self) -> AdapterModel:
         """The process's base model with its LoRA slot."""

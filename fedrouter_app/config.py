@@ -87,6 +87,8 @@ def _load_cached(overrides: tuple[str, ...]) -> RunConfig:
 # checkpoint resumes) instead of running them again. Any other value counts as usual.
 NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
     ("data", "task_prompts"): True,
+    ("data", "prompt_format"): "plain",
+    ("data", "system_prompt"): None,
     ("scenario", "shares"): "even",
     ("scenario", "drift"): None,
     ("method", "drift_check"): False,

@@ -195,8 +195,8 @@ class DataSettings:
     )
     tasks: list[str] = field(metadata={"help": "Tasks in the federation, in a fixed order."})
     prefix_free: bool = field(metadata={"help": "Drop task keywords from instructions (synthetic only)."})
-    prompt_template: str = field(metadata={"help": "Prompt text; '{instruction}' is replaced."})
-    response_template: str = field(metadata={"help": "Target text; '{response}' is replaced."})
+    prompt_template: str = field(metadata={"help": "Prompt text; '{instruction}' is replaced (plain format)."})
+    response_template: str = field(metadata={"help": "Target text; '{response}' is replaced (plain format)."})
     tables: list[TableSettings] = field(
         default_factory=list, metadata={"help": "files, hub, bigbench: the tables examples are read from."}
     )
@@ -214,6 +214,21 @@ class DataSettings:
     held_out: list[str] = field(
         default_factory=list,
         metadata={"help": "Tasks of data.tasks that scenario=unseen holds out of all training (the held-out tasks)."},
+    )
+    prompt_format: str = field(
+        default="plain",
+        metadata={
+            "help": "'plain' fills prompt_template and response_template; 'chat' puts the instruction in a user "
+            "turn of the tokenizer's chat template (instruct models ship one) and the response after the "
+            "assistant header, the templates unused."
+        },
+    )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "prompt_format=chat: a system turn before each user turn; null keeps the chat template's own "
+            "default (SmolLM2's adds one)."
+        },
     )
     task_prompts: bool = field(
         default=True,
@@ -240,6 +255,11 @@ class DataSettings:
         unknown = [t for t in self.tasks if t not in known]
         require(not unknown, f"unknown task(s) {', '.join(map(repr, unknown))}; valid choices: {', '.join(known)}")
         require(0 < len(set(self.tasks)) == len(self.tasks), "data.tasks must be a non-empty list without repeats")
+        one_of("data.prompt_format", self.prompt_format, ("plain", "chat"))
+        require(
+            self.system_prompt is None or self.prompt_format == "chat",
+            "data.system_prompt is used with data.prompt_format=chat only",
+        )
         require("{instruction}" in self.prompt_template, "data.prompt_template must contain '{instruction}'")
         require("{response}" in self.response_template, "data.response_template must contain '{response}'")
 

@@ -1,19 +1,28 @@
-"""From examples to token tensors: prompt templates and response-only loss masks.
+"""From examples to token tensors: prompt formats and response-only loss masks.
 
 The prompt and the response are tokenized separately and concatenated, so the
 boundary is known exactly by token count: labels are ``-100`` on every prompt
 token and on padding, whatever the tokenizer or chat format.
+
+Two prompt formats: *plain* fills the data's text templates; *chat* puts the
+instruction in a user turn of the tokenizer's own chat template (instruct
+models are tuned on it) and the response after the assistant header.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from fedrouter_app.data.errors import DataError
 from fedrouter_app.data.example import Example
+
+if TYPE_CHECKING:
+    from fedrouter_app.settings import DataSettings
 
 IGNORE_INDEX = -100
 
@@ -25,22 +34,68 @@ class PromptFormat:
     Attributes
     ----------
     prompt_template : str
-        Contains ``{instruction}``.
+        Contains ``{instruction}`` (plain format).
     response_template : str
-        Contains ``{response}``; the end-of-sequence token is appended.
+        Contains ``{response}`` (plain format); the end-of-sequence token is appended.
     max_length : int
         Maximum tokens of prompt plus response.
+    chat : callable, optional
+        Instruction -> prompt text in the tokenizer's chat template, ending
+        with the assistant header (chat format; see :func:`chat_renderer`).
+        The templates are then not used: the response follows the header as it is.
     """
 
     prompt_template: str
     response_template: str
     max_length: int
+    chat: Callable[[str], str] | None = None
+
+    @classmethod
+    def from_settings(cls, data: DataSettings, max_length: int, tokenizer: PreTrainedTokenizerBase) -> PromptFormat:
+        """The format ``data.prompt_format`` names, for this tokenizer."""
+        chat = chat_renderer(tokenizer, data.system_prompt) if data.prompt_format == "chat" else None
+        return cls(data.prompt_template, data.response_template, max_length, chat)
 
     def prompt(self, example: Example) -> str:
+        if self.chat is not None:
+            return self.chat(example.instruction)
         return self.prompt_template.format(instruction=example.instruction)
 
     def response(self, example: Example) -> str:
+        if self.chat is not None:
+            return example.response
         return self.response_template.format(response=example.response)
+
+
+def chat_renderer(tokenizer: PreTrainedTokenizerBase, system_prompt: str | None) -> Callable[[str], str]:
+    """Instruction -> the chat-template text of a user turn and the assistant header.
+
+    Parameters
+    ----------
+    tokenizer : PreTrainedTokenizerBase
+        Its ``chat_template`` renders the turns.
+    system_prompt : str, optional
+        A system turn before the user's; None keeps whatever the template puts
+        there by itself (some add a default system prompt).
+
+    Raises
+    ------
+    DataError
+        When the tokenizer has no chat template.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise DataError(
+            f"data.prompt_format=chat needs a tokenizer with a chat template; {name!r} has none "
+            "(use data.prompt_format=plain, or an instruct model)"
+        )
+    head = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
+
+    def render(instruction: str) -> str:
+        turns = [*head, {"role": "user", "content": instruction}]
+        return str(tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True))
+
+    return render
 
 
 @dataclass(frozen=True)
@@ -52,8 +107,14 @@ class EncodedExample:
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Token ids of a prompt, with the tokenizer's own special tokens (e.g. BOS)."""
-    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    """Token ids of a prompt, with the tokenizer's own special tokens (e.g. BOS).
+
+    A text that already starts with the BOS token (a chat template that writes
+    it) gets no second one.
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    special = not (isinstance(bos, str) and bos and text.startswith(bos))
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, example: Example, fmt: PromptFormat) -> EncodedExample:

@@ -24,6 +24,8 @@ from tests.conftest import TINY
         (["dp.mode=loud"], "dp.mode must be one of off, server, client"),
         (["dp.clipping_norm=0"], "dp.clipping_norm must be > 0"),
         (["max_reply_bytes=-1"], "max_reply_bytes must be >= 0"),
+        (["data.prompt_format=alpaca"], "data.prompt_format must be one of plain, chat"),
+        (["data.system_prompt=hi"], "data.system_prompt is used with data.prompt_format=chat only"),
     ],
 )
 def test_bad_input_gets_one_clear_line(overrides, message):
