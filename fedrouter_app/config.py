@@ -88,6 +88,7 @@ def _load_cached(overrides: tuple[str, ...]) -> RunConfig:
 NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
     ("data", "task_prompts"): True,
     ("data", "prompt_format"): "plain",
+    ("dp", "delta"): 1e-5,
     ("data", "system_prompt"): None,
     ("scenario", "shares"): "even",
     ("scenario", "drift"): None,

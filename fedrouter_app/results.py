@@ -19,6 +19,7 @@ from fedrouter_app.data.partition import seen_tasks, unseen_tasks
 from fedrouter_app.evaluation import METRICS
 from fedrouter_app.logs import get_logger
 from fedrouter_app.model.lora import LoraTemplate, num_parameters
+from fedrouter_app.privacy_accounting import privacy_summary
 from fedrouter_app.rounds import RoundRecord
 from fedrouter_app.settings import RunConfig
 
@@ -196,6 +197,7 @@ def round_to_json(record: RoundRecord, unseen: Collection[str] | None = None) ->
             **(summarize_round(record.evaluate, unseen) if record.evaluate else {}),
         },
         "strategy": record.strategy,
+        **({"privacy": record.privacy} if record.privacy else {}),
         "failures": [asdict(f) for f in record.failures],
         "failure_counts": failure_counts(record),
         "joined": {str(c): node for c, node in sorted(record.joined.items())},
@@ -313,6 +315,8 @@ class ProgressLog:
             parts.append(f"up {sum(up) / max(1, len(up)) / 1024:.1f} KB/client")
         if record.failures:
             parts.append(f"{len(record.failures)} failed")
+        if record.privacy:
+            parts.append(privacy_summary(record.privacy))
         parts.append(f"{record.seconds:.1f} s")
         log.info(" | ".join(parts))
 

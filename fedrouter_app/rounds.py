@@ -139,6 +139,8 @@ class RoundRecord:
     joined: dict[int, int] = field(default_factory=dict)  # client -> node id, for nodes that (re)joined this round
     # Metrics of the valid replies of a method's own phases (e.g. "query.register"): phase -> client -> metrics.
     queries: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    # Privacy spent so far, per mechanism (see fedrouter_app.privacy_accounting); empty when nothing is private.
+    privacy: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Callback(Protocol):
@@ -410,11 +412,16 @@ def _hello_partition(msg: Message, num_clients: int) -> int:
     return client
 
 
+def sample_size(num_clients: int, fraction: float) -> int:
+    """How many of ``num_clients`` clients a round samples: ``round(fraction * n)``, at least one."""
+    return num_clients if fraction >= 1.0 else max(1, round(fraction * num_clients))
+
+
 def sample_clients(clients: Sequence[int], fraction: float, seed: int, server_round: int, phase: str) -> list[int]:
-    """A sample of ``round(fraction * n)`` clients (at least one), seeded by (seed, phase, round)."""
+    """A sample of :func:`sample_size` clients, seeded by (seed, phase, round)."""
     if fraction >= 1.0:
         return sorted(clients)
-    k = max(1, round(fraction * len(clients)))
+    k = sample_size(len(clients), fraction)
     rng = numpy_rng(seed, "sample", phase, server_round)
     return sorted(int(c) for c in rng.choice(sorted(clients), size=k, replace=False))
 

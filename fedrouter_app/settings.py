@@ -533,9 +533,17 @@ class DPSettings:
     mode: str = field(metadata={"help": "'off', 'server' (server clips) or 'client' (clients clip, Flower's mod)."})
     noise_multiplier: float = field(metadata={"help": "z: noise std is z * clipping_norm / number of sampled clients."})
     clipping_norm: float = field(metadata={"help": "L2 bound on each client's update (all LoRA tensors together)."})
+    delta: float = field(
+        default=1e-5,
+        metadata={
+            "help": "The delta of the (epsilon, delta) reported per round for dp.mode and FedRouter's noisy "
+            "centroids (results.json, progress line)."
+        },
+    )
 
     def validate(self) -> None:
         one_of("dp.mode", self.mode, ("off", "server", "client"))
+        require(0 < self.delta < 1, f"dp.delta must be in (0, 1), got {self.delta}")
         require(self.noise_multiplier >= 0, f"dp.noise_multiplier must be >= 0, got {self.noise_multiplier}")
         require(self.clipping_norm > 0, f"dp.clipping_norm must be > 0, got {self.clipping_norm}")
 
