@@ -89,6 +89,11 @@ NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
     ("data", "task_prompts"): True,
     ("data", "prompt_format"): "plain",
     ("dp", "delta"): 1e-5,
+    ("aggregation", "rule"): "mean",
+    ("aggregation", "trim_fraction"): 0.1,
+    ("aggregation", "num_malicious"): 1,
+    ("aggregation", "keep"): 0,
+    ("aggregation", "clip_norm"): 1.0,
     ("data", "system_prompt"): None,
     ("scenario", "shares"): "even",
     ("scenario", "drift"): None,
@@ -107,6 +112,8 @@ def config_fingerprint(cfg: RunConfig) -> str:
     for (section, key), neutral in NEUTRAL_DEFAULTS.items():
         if section in settings and settings[section].get(key, neutral) == neutral:
             settings[section] = {k: v for k, v in settings[section].items() if k != key}
+    # A section added whole after fingerprints were recorded, at its neutral values, is not there at all.
+    settings = {k: v for k, v in settings.items() if v != {}}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -549,6 +549,37 @@ class DPSettings:
 
 
 @dataclass
+class AggregationSettings:
+    """How each aggregated adapter is formed from the replies (see ``fedrouter_app/robust_aggregation.py``)."""
+
+    rule: str = field(
+        default="mean",
+        metadata={
+            "help": "'mean' (weighted; the methods' own rule), 'norm_clip' (updates clipped to clip_norm, then the "
+            "mean), 'median' or 'trimmed_mean' (coordinate-wise), 'krum' or 'multi_krum'. Applied to each "
+            "aggregated adapter: per cluster, slot or task key."
+        },
+    )
+    trim_fraction: float = field(
+        default=0.1, metadata={"help": "trimmed_mean: share of the largest and of the smallest values left out."}
+    )
+    num_malicious: int = field(
+        default=1, metadata={"help": "krum, multi_krum: f, the replies per aggregate assumed malicious."}
+    )
+    keep: int = field(default=0, metadata={"help": "multi_krum: replies averaged; 0: n - f."})
+    clip_norm: float = field(default=1.0, metadata={"help": "norm_clip: L2 bound on each update (all LoRA tensors)."})
+
+    def validate(self) -> None:
+        one_of("aggregation.rule", self.rule, ("mean", "norm_clip", "median", "trimmed_mean", "krum", "multi_krum"))
+        require(
+            0 <= self.trim_fraction < 0.5, f"aggregation.trim_fraction must be in [0, 0.5), got {self.trim_fraction}"
+        )
+        require(self.num_malicious >= 0, f"aggregation.num_malicious must be >= 0, got {self.num_malicious}")
+        require(self.keep >= 0, f"aggregation.keep must be >= 0, got {self.keep}")
+        require(self.clip_norm > 0, f"aggregation.clip_norm must be > 0, got {self.clip_norm}")
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; composed from ``conf/config.yaml``."""
 
@@ -575,6 +606,10 @@ class RunConfig:
     output: OutputSettings = field(metadata={"help": "Outputs."})
     checkpoint: CheckpointSettings = field(metadata={"help": "Checkpoints and resuming."})
     dp: DPSettings = field(metadata={"help": "Central differential privacy of averaged adapters."})
+    aggregation: AggregationSettings = field(
+        default_factory=AggregationSettings,
+        metadata={"help": "Aggregation rule of every aggregated adapter (robust rules against malicious replies)."},
+    )
     speed: SpeedSettings = field(
         default_factory=SpeedSettings, metadata={"help": "Exact speed-ups (same results, less time)."}
     )
@@ -597,9 +632,15 @@ class RunConfig:
             self.output,
             self.checkpoint,
             self.dp,
+            self.aggregation,
             self.speed,
         ):
             section.validate()
+        require(
+            self.dp.mode == "off" or self.aggregation.rule == "mean",
+            f"dp.mode={self.dp.mode} aggregates through Flower's DP wrappers; aggregation.rule must be mean, "
+            f"got {self.aggregation.rule}",
+        )
         # With node-local data each node's files decide what it holds; the scenario deals out nothing.
         require(
             self.data.source != "node" or self.scenario.drift is None,
@@ -644,5 +685,6 @@ SECTIONS: dict[str, type] = {
     "eval": EvalSettings,
     "output": OutputSettings,
     "dp": DPSettings,
+    "aggregation": AggregationSettings,
     "speed": SpeedSettings,
 }

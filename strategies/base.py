@@ -22,6 +22,7 @@ from flwr.app import RecordDict
 from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.model.lora import LoraState, LoraTemplate, initial_lora_state, num_parameters
 from fedrouter_app.records import ADAPTER, InvalidReplyError, adapter_record
+from fedrouter_app.robust_aggregation import Aggregate, new_aggregate
 from fedrouter_app.rounds import Communicator, Reply
 from fedrouter_app.settings import ConfigError, RunConfig
 
@@ -65,6 +66,10 @@ class Strategy(ABC):
                 f"dp.mode={cfg.dp.mode} needs a method whose server averages one adapter (fedit and the methods on "
                 f"its server: fedprox, ditto, feddpa, fedavg_ft); {cfg.method.name!r} is not one"
             )
+
+    def new_aggregate(self, reference: LoraState | None = None) -> Aggregate:
+        """An empty aggregate under ``aggregation.rule``, for replies that started from ``reference``."""
+        return new_aggregate(self.cfg.aggregation, reference)
 
     @classmethod
     def told_task_labels(cls, method: Mapping[str, Any]) -> bool:

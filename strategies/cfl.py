@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 from flwr.app import RecordDict
 
-from fedrouter_app.aggregation import WeightedMean
 from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.clustering import unit_rows
 from fedrouter_app.logs import get_logger
 from fedrouter_app.model.lora import LoraState, LoraTemplate, is_lora_b
 from fedrouter_app.records import NUM_EXAMPLES, InvalidReplyError
 from fedrouter_app.registry import MethodConfig, register_strategy
+from fedrouter_app.robust_aggregation import Aggregate
 from fedrouter_app.rounds import Reply
 from fedrouter_app.settings import RunConfig, one_of, require
 from strategies.base import Strategy
@@ -201,7 +201,7 @@ class CFL(Strategy):
         if not replies:
             return None
         if not self.clustered and server_round < self.method.cluster_round:
-            mean = WeightedMean()
+            mean = self.new_aggregate(self.global_adapter)
             for reply in replies:
                 mean.add(self.require_adapter(reply), reply.metrics[NUM_EXAMPLES])
             self.global_adapter = mean.result()
@@ -221,7 +221,7 @@ class CFL(Strategy):
             )
         labels = ward_clusters(cosine_matrix(features), k)
         self.directions = cluster_directions(unit_rows(features), labels, k)
-        means = [WeightedMean() for _ in range(k)]
+        means = [self.new_aggregate(self.global_adapter) for _ in range(k)]
         for reply, adapter, label in zip(replies, adapters, labels, strict=True):
             means[label].add(adapter, self._weight(reply))
             self.assignment[reply.client] = int(label)
@@ -236,7 +236,7 @@ class CFL(Strategy):
         }
 
     def _aggregate_clusters(self, replies: Sequence[Reply]) -> dict[str, Any]:
-        means: dict[int, WeightedMean] = {}
+        means: dict[int, Aggregate] = {}
         joined: dict[str, int] = {}
         for reply in replies:
             adapter = self.require_adapter(reply)
@@ -245,7 +245,9 @@ class CFL(Strategy):
                 feature = update_features([adapter], self.global_adapter, self.keys)[0]
                 self.assignment[reply.client] = joined[str(reply.client)] = closest_cluster(feature, self.directions)
                 continue
-            means.setdefault(k, WeightedMean()).add(adapter, self._weight(reply))
+            if k not in means:
+                means[k] = self.new_aggregate(self.clusters[k])
+            means[k].add(adapter, self._weight(reply))
         # A cluster nobody trained this round keeps its adapter.
         for k, mean in means.items():
             self.clusters[k] = mean.result()

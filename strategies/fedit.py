@@ -8,7 +8,6 @@ from typing import Any
 
 from flwr.app import ConfigRecord, RecordDict
 
-from fedrouter_app.aggregation import WeightedMean
 from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.dp import KEY_CLIPPING_NORM, check_clipped, dp_mean
 from fedrouter_app.model.lora import LoraState, LoraTemplate
@@ -79,7 +78,7 @@ class FedIT(Strategy):
                 server_round,
             )
             return None
-        mean = WeightedMean()
+        mean = self.new_aggregate(self.global_adapter)
         for state, weight in zip(states, weights, strict=True):
             mean.add(state, weight)
         self.global_adapter = mean.result()

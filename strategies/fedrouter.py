@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from fedrouter_app.aggregation import WeightedMean
 from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.clustering import kmeans, majority, match_clusters, nearest, scores_from_counts, unit_rows
 from fedrouter_app.model.loading import hidden_size
@@ -32,6 +31,7 @@ from fedrouter_app.records import (
     read_matrix,
 )
 from fedrouter_app.registry import MethodConfig, register_strategy
+from fedrouter_app.robust_aggregation import Aggregate
 from fedrouter_app.rounds import Communicator, Reply, sample_clients
 from fedrouter_app.seeding import derive_seed
 from fedrouter_app.settings import RunConfig, one_of, require
@@ -476,7 +476,7 @@ class FedRouter(Strategy):
         clustered = self.features_pending
         if clustered:
             self.cluster_by_features(replies)
-        means: dict[int, WeightedMean] = defaultdict(WeightedMean)
+        means: dict[int, Aggregate] = {}
         for reply in replies:
             info = self.registry[reply.client]
             for j in self.trained.get(reply.client, []):
@@ -485,7 +485,10 @@ class FedRouter(Strategy):
                     "client_size": reply.metrics[NUM_EXAMPLES],
                     "uniform": 1.0,
                 }[self.method.weighting]
-                means[info.assignment[j]].add(reply.adapters[local_adapter_name(j)], float(weight))
+                k = info.assignment[j]
+                if k not in means:
+                    means[k] = self.new_aggregate(self.bank[k])
+                means[k].add(reply.adapters[local_adapter_name(j)], float(weight))
         for k, mean in means.items():
             self.bank[k] = mean.result()
         report: dict[str, Any] = {"contributors": {str(k): mean.count for k, mean in sorted(means.items())}}

@@ -14,7 +14,6 @@ from typing import Any
 
 from flwr.app import RecordDict
 
-from fedrouter_app.aggregation import WeightedMean
 from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.model.lora import LoraState, LoraTemplate, is_lora_a
 from fedrouter_app.records import NUM_EXAMPLES, InvalidReplyError, adapter_record, read_adapter
@@ -64,7 +63,7 @@ class FedSALoRA(Strategy):
         self.received[reply.client] = read_adapter(records[LORA_A], self.a_template)
 
     def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any] | None:
-        mean = WeightedMean()
+        mean = self.new_aggregate(self.shared_a)
         for reply in replies:
             weight = reply.metrics[NUM_EXAMPLES] if self.cfg.method.weighting == "num_examples" else 1.0
             mean.add(self.received.pop(reply.client), weight)

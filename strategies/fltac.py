@@ -17,7 +17,7 @@ never had to the cluster of its nearest centroid (see :mod:`fedrouter_app.task_r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from fedrouter_app.model.loading import hidden_size
 from fedrouter_app.model.lora import LoraState, LoraTemplate
 from fedrouter_app.records import CONFIG, InvalidReplyError, adapter_record, matrix_record, read_count, read_matrix
 from fedrouter_app.registry import MethodConfig, register_strategy
+from fedrouter_app.robust_aggregation import Aggregate
 from fedrouter_app.rounds import Reply
 from fedrouter_app.seeding import derive_seed
 from fedrouter_app.settings import RunConfig, one_of, require
@@ -58,9 +59,13 @@ def flatten(state: LoraState) -> np.ndarray:
 
 
 def cluster_adapters(
-    adapters: Sequence[LoraState], weights: Sequence[float], k: int, seed: int
+    adapters: Sequence[LoraState],
+    weights: Sequence[float],
+    k: int,
+    seed: int,
+    new_aggregate: Callable[[], Aggregate] = WeightedMean,
 ) -> tuple[list[LoraState], np.ndarray]:
-    """k-means on flattened adapters, then the weighted mean of each cluster.
+    """k-means on flattened adapters, then each cluster's aggregate (``new_aggregate``: the weighted mean).
 
     With no more adapters than clusters, every adapter is its own cluster and
     comes back unchanged (the authors' code does the same).
@@ -77,7 +82,7 @@ def cluster_adapters(
     _, labels = kmeans(np.stack([flatten(a) for a in adapters]), k, seed)
     means = []
     for cluster in range(k):
-        mean = WeightedMean()
+        mean = new_aggregate()
         for adapter, weight, label in zip(adapters, weights, labels, strict=True):
             if label == cluster:
                 mean.add(adapter, weight)
@@ -104,6 +109,13 @@ class FLTACConfig(MethodConfig):
         require(self.n_clusters >= 1, "method.n_clusters must be >= 1")
         one_of("method.weighting", self.weighting, ("uniform", "num_examples"))
         one_of("method.unseen_rule", self.unseen_rule, UNSEEN_RULES)
+
+    def validate_run(self, cfg: RunConfig) -> None:
+        # A k-means cluster mixes slots that started from different means: no one adapter to clip against.
+        require(
+            cfg.aggregation.rule != "norm_clip",
+            "aggregation.rule=norm_clip needs one starting adapter per aggregate; fltac has none",
+        )
 
 
 @register_strategy("fltac", config=FLTACConfig)
@@ -180,7 +192,7 @@ class FLTAC(Strategy):
         if not adapters:
             return {}
         seed = derive_seed(self.cfg.seed, "fltac-kmeans", server_round)
-        means, labels = cluster_adapters(adapters, weights, self.method.n_clusters, seed)
+        means, labels = cluster_adapters(adapters, weights, self.method.n_clusters, seed, self.new_aggregate)
         ids = self._keep_identities(means)
         for item, label in zip(items, labels, strict=True):
             self.slot_cluster[item] = int(ids[label])

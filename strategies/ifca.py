@@ -8,18 +8,17 @@ the clients that picked it. Evaluation picks a cluster the same way.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import RecordDict
 
-from fedrouter_app.aggregation import WeightedMean
 from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.model.lora import LoraState, LoraTemplate, initial_lora_state
 from fedrouter_app.records import NUM_EXAMPLES, InvalidReplyError, adapter_record
 from fedrouter_app.registry import MethodConfig, register_strategy
+from fedrouter_app.robust_aggregation import Aggregate
 from fedrouter_app.rounds import Reply
 from fedrouter_app.seeding import derive_seed
 from fedrouter_app.settings import RunConfig, require
@@ -84,9 +83,12 @@ class IFCA(Strategy):
         return int(value)
 
     def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any]:
-        means: dict[int, WeightedMean] = defaultdict(WeightedMean)
+        means: dict[int, Aggregate] = {}
         for reply in replies:
-            means[self.chosen(reply)].add(self.require_adapter(reply), reply.metrics[NUM_EXAMPLES])
+            k = self.chosen(reply)
+            if k not in means:
+                means[k] = self.new_aggregate(self.clusters[k])
+            means[k].add(self.require_adapter(reply), reply.metrics[NUM_EXAMPLES])
         # A cluster nobody chose keeps its adapter.
         for k, mean in means.items():
             self.clusters[k] = mean.result()

@@ -16,8 +16,7 @@ nearest centroid (see :mod:`fedrouter_app.task_routing`).
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +37,7 @@ from fedrouter_app.records import (
     read_matrix,
 )
 from fedrouter_app.registry import MethodConfig, register_strategy
+from fedrouter_app.robust_aggregation import Aggregate
 from fedrouter_app.rounds import Communicator, Reply
 from fedrouter_app.settings import RunConfig, one_of, require
 from fedrouter_app.task_routing import CENTROIDS, check_route_metrics, pooled_centroids, routing_summary
@@ -70,12 +70,20 @@ def centroid_size_name(key: str) -> str:
 
 
 def average_by_key(
-    uploads: Sequence[tuple[Mapping[str, LoraState], float]], bank: Mapping[str, LoraState]
+    uploads: Sequence[tuple[Mapping[str, LoraState], float]],
+    bank: Mapping[str, LoraState],
+    new_aggregate: Callable[[LoraState | None], Aggregate] = lambda _: WeightedMean(),
 ) -> dict[str, LoraState]:
-    """Key-wise weighted mean over the clients holding each key; keys nobody sent keep their value."""
-    means: dict[str, WeightedMean] = defaultdict(WeightedMean)
+    """Key-wise aggregate (by default the weighted mean) over the clients holding each key.
+
+    Keys nobody sent keep their value; ``new_aggregate`` gets the key's adapter
+    in ``bank`` (what its holders were sent), or None for a new key.
+    """
+    means: dict[str, Aggregate] = {}
     for adapters, weight in uploads:
         for key, state in adapters.items():
+            if key not in means:
+                means[key] = new_aggregate(bank.get(key))
             means[key].add(state, weight)
     return {**bank, **{key: mean.result() for key, mean in means.items()}}
 
@@ -189,7 +197,10 @@ class TAP(Strategy):
             ({k: r.adapters[reply_name(k)] for k in self.keys[r.client]}, float(r.metrics[NUM_EXAMPLES]))
             for r in replies
         ]
-        self.bank = average_by_key(uploads, self.bank)
+        # A key new to the server started from the initial adapter on its clients.
+        self.bank = average_by_key(
+            uploads, self.bank, lambda sent: self.new_aggregate(self.initial_adapter if sent is None else sent)
+        )
         if self.router:
             for reply in replies:
                 for key, (centroid, size) in self.task_centroids(reply).items():
