@@ -49,6 +49,7 @@ from flwr.app import Message
 from flwr.common.serde import message_from_proto, message_to_proto
 
 from bench.common import write_json
+from fedrouter_app.compat.flwr_internals import set_message_id
 from fedrouter_app.inprocess import InProcessGrid
 from fedrouter_app.report.headline import splice
 
@@ -169,7 +170,7 @@ class ProfilingGrid(InProcessGrid):
         replies = []
         with self.clock.phase("client"):
             for msg in messages:
-                msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # normally set by the SuperLink
+                set_message_id(msg, uuid.uuid4().hex)  # normally set by the SuperLink
                 self.sent.append(msg)
                 with self.clock.phase("serialisation"):
                     received = message_from_proto(message_to_proto(msg))

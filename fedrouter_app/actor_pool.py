@@ -15,7 +15,8 @@ dead actor get new actors; other Ray settings (CPUs, address) a new Ray.
 :func:`release_actors` stops actors and Ray; it runs at exit.
 :func:`keeping_actors` installs the backend for the duration of one
 ``run_simulation`` call (Flower's simulation runtime looks the class up when a
-run starts).
+run starts). The Flower internals involved are behind
+:mod:`fedrouter_app.compat.flwr_internals`.
 """
 
 from __future__ import annotations
@@ -31,9 +32,18 @@ from typing import Any
 
 import ray
 from flwr.clientapp import ClientApp
-from flwr.server.superlink.fleet.vce.backend import raybackend
-from flwr.simulation.ray_transport.ray_actor import BasicActorPool, pool_size_from_resources
 
+from fedrouter_app.compat.flwr_internals import (
+    RAY_INIT_ARGS_KEY,
+    ActorPool,
+    RayBackend,
+    adopt_actor_pool,
+    backend_actor_pool,
+    pool_actors,
+    pool_fits_cluster,
+    pool_is_busy,
+    ray_backend_class,
+)
 from fedrouter_app.logs import get_logger
 
 log = get_logger(__name__)
@@ -48,7 +58,7 @@ class KeptPool:
 
     ray_settings: str
     actor_settings: str
-    pool: BasicActorPool
+    pool: ActorPool
     ray_node: str  # this process's Ray node: another one (Ray shut down and started again) means stale handles
 
 
@@ -67,8 +77,8 @@ def _pop_kept() -> KeptPool | None:
     return kept
 
 
-def _kill(pool: BasicActorPool) -> None:
-    for actor in pool.pool:
+def _kill(pool: ActorPool) -> None:
+    for actor in pool_actors(pool):
         with contextlib.suppress(ray.exceptions.RayError, ValueError):
             ray.kill(actor)
 
@@ -89,21 +99,21 @@ def _ray_node() -> str:
     return str(ray.get_runtime_context().get_node_id())
 
 
-def _reusable(pool: BasicActorPool) -> bool:
+def _reusable(pool: ActorPool) -> bool:
     """Every actor of ``pool`` answers, and the cluster still fits exactly that many."""
     try:
-        ray.get([actor.__ray_ready__.remote() for actor in pool.pool], timeout=READY_TIMEOUT_S)
+        ray.get([actor.__ray_ready__.remote() for actor in pool_actors(pool)], timeout=READY_TIMEOUT_S)
         # Ray's cluster can have gained or lost machines since.
-        return pool.num_actors == len(pool.pool) == pool_size_from_resources(pool.client_resources)
+        return pool_fits_cluster(pool)
     except (ray.exceptions.RayError, ValueError) as error:
         log.warning("kept Ray actors cannot be reused (%s); starting new ones", error)
         return False
 
 
-class KeptRayBackend(raybackend.RayBackend):
+class KeptRayBackend(RayBackend):
     """Flower's Ray backend, keeping its actors and Ray up between runs in this process."""
 
-    init_args_key_name = "init_args"  # Flower's key for ray.init's arguments; the rest configures actors
+    init_args_key_name = RAY_INIT_ARGS_KEY  # Flower's key for ray.init's arguments; the rest configures actors
 
     def __init__(self, backend_config: dict[str, Any]) -> None:
         self.ray_settings = _settings(backend_config.get(self.init_args_key_name))
@@ -118,8 +128,7 @@ class KeptRayBackend(raybackend.RayBackend):
         if kept is not None and kept.ray_node != _ray_node():
             kept = None  # Ray was shut down since (by someone else): its actors are gone with it
         if kept is not None and kept.actor_settings == self.actor_settings and _reusable(kept.pool):
-            self.pool = kept.pool
-            self.app_fn = app_fn
+            adopt_actor_pool(self, kept.pool, app_fn)
             log.info("reusing %d Ray actors from the previous run", kept.pool.num_actors)
             return
         if kept is not None:
@@ -128,22 +137,19 @@ class KeptRayBackend(raybackend.RayBackend):
 
     def terminate(self) -> None:
         global _kept
+        pool = backend_actor_pool(self)
         # An actor still busy (a message the run stopped waiting for) cannot be handed on.
-        if self.pool is None or self.pool._future_to_actor:
+        if pool is None or pool_is_busy(pool):
             super().terminate()
             return
         with _lock:
-            previous, _kept = _kept, KeptPool(self.ray_settings, self.actor_settings, self.pool, _ray_node())
-        if previous is not None and previous.pool is not self.pool:
+            previous, _kept = _kept, KeptPool(self.ray_settings, self.actor_settings, pool, _ray_node())
+        if previous is not None and previous.pool is not pool:
             _kill(previous.pool)
 
 
 @contextmanager
 def keeping_actors() -> Iterator[None]:
     """Run the simulations started inside this block on :class:`KeptRayBackend`."""
-    original = raybackend.RayBackend
-    raybackend.RayBackend = KeptRayBackend  # type: ignore[misc]
-    try:
+    with ray_backend_class(KeptRayBackend):
         yield
-    finally:
-        raybackend.RayBackend = original  # type: ignore[misc]

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.supercore.task_identity import TaskIdentity
+
+from fedrouter_app.compat.flwr_internals import set_message_id, set_task_identity
 
 # Node ids deliberately differ from partition ids.
 NODE_OFFSET = 1000
@@ -38,9 +39,7 @@ class InProcessGrid:
     """
 
     def __init__(self, client_app: ClientApp, num_nodes: int, fault: Fault | None = None) -> None:
-        TaskIdentity.run_id = 1
-        TaskIdentity.node_id = 0
-        TaskIdentity.task_id = 0
+        set_task_identity(run_id=1, node_id=0, task_id=0)
         self.client_app = client_app
         self.fault = fault
         self.sent: list[Message] = []
@@ -61,7 +60,7 @@ class InProcessGrid:
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         replies = []
         for msg in messages:
-            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # normally set by the SuperLink
+            set_message_id(msg, uuid.uuid4().hex)  # normally set by the SuperLink
             self.sent.append(msg)
             try:
                 reply = self.client_app(msg, self.contexts[msg.metadata.dst_node_id])

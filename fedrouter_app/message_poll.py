@@ -13,6 +13,7 @@ block, for one that first collects the nodes that have an undelivered message
 (one pass over the store) and asks only for those: each message is still
 handed out by the state's own ``get_message_ins``, with its checks and its
 delivery mark. States other than the in-memory one keep Flower's polling.
+The Flower internals involved are behind :mod:`fedrouter_app.compat.flwr_internals`.
 """
 
 from __future__ import annotations
@@ -21,42 +22,39 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from queue import Queue
+from typing import TYPE_CHECKING
 
 from flwr.app import Message
-from flwr.server.superlink.fleet.vce import vce_api
-from flwr.server.superlink.linkstate import InMemoryLinkState, LinkState
+
+from fedrouter_app.compat.flwr_internals import (
+    flower_message_poller,
+    is_in_memory_state,
+    polling_with,
+    undelivered_destinations,
+)
+
+if TYPE_CHECKING:
+    from fedrouter_app.compat.flwr_internals import LinkState
 
 POLL_INTERVAL_S = 0.02  # Flower polls every 0.1 s; a pass over the store is cheap, and each exchange waits for one
-
-
-def pending_nodes(state: InMemoryLinkState) -> set[int]:
-    """Nodes with a message not yet delivered, in one pass over the state's store."""
-    with state.lock:
-        return {m.metadata.dst_node_id for m in state.message_ins_store.values() if m.metadata.delivered_at == ""}
 
 
 def add_pending_messages_to_queue(
     state: LinkState, queue: Queue[Message], nodes_mapping: dict[int, int], f_stop: threading.Event
 ) -> None:
     """Flower's ``add_messages_to_queue``, asking only nodes that have a message waiting."""
-    if not isinstance(state, InMemoryLinkState):
-        _flower_add_messages_to_queue(state, queue, nodes_mapping, f_stop)
+    if not is_in_memory_state(state):
+        flower_message_poller()(state, queue, nodes_mapping, f_stop)
         return
     while not f_stop.is_set():
-        for node_id in pending_nodes(state) & nodes_mapping.keys():
+        for node_id in undelivered_destinations(state) & nodes_mapping.keys():
             for message in state.get_message_ins(node_id=node_id, limit=1):
                 queue.put(message)
         f_stop.wait(POLL_INTERVAL_S)
 
 
-_flower_add_messages_to_queue = vce_api.add_messages_to_queue
-
-
 @contextmanager
 def pending_nodes_only() -> Iterator[None]:
     """Simulations started inside this block poll with :func:`add_pending_messages_to_queue`."""
-    vce_api.add_messages_to_queue = add_pending_messages_to_queue
-    try:
+    with polling_with(add_pending_messages_to_queue):
         yield
-    finally:
-        vce_api.add_messages_to_queue = _flower_add_messages_to_queue

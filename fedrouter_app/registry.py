@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
+from fedrouter_app.method_packages import check_marker
+
 if TYPE_CHECKING:
     from clients.base import ClientMethod
     from strategies.base import Strategy
@@ -69,8 +71,11 @@ def register_client(name: str) -> Callable[[C], C]:
 
 def _load_methods() -> None:
     # Importing the packages runs their registration decorators.
-    import clients  # noqa: F401
-    import strategies  # noqa: F401
+    import clients
+    import strategies
+
+    check_marker(clients)
+    check_marker(strategies)
 
 
 def method_names() -> list[str]:

@@ -6,7 +6,8 @@ further slots and run the model under a *mixing*: which slots take part and
 with what weight, a scalar or one weight per batch row. A LoRA layer's output
 is ``W0 x + sum_s w_s * scale * B_s A_s x``, so mixing is linear in each
 slot's ``delta W`` and a per-row weight gives every example its own mix in one
-batched forward pass.
+batched forward pass. The peft internals this relies on are behind
+:mod:`fedrouter_app.compat.peft_internals`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from peft import LoraConfig, PeftModel
-from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedTokenizerBase
 
+from fedrouter_app.compat.peft_internals import (
+    LoraLayer,
+    active_adapters,
+    adapter_scaling,
+    lora_layers,
+    set_active_adapters,
+)
 from fedrouter_app.model.forward import PrefixCache, backbone_of, decoder_states, prefix_supported
 from fedrouter_app.model.lora import LoraState, LoraTemplate, initial_lora_state
 
@@ -172,7 +179,7 @@ class AdapterModel:
         self.slots[name] = params
         # add_adapter may change which adapter is active: keep the default one.
         for layer in self._lora_layers():
-            layer._active_adapter = [DEFAULT_SLOT]
+            set_active_adapters(layer, [DEFAULT_SLOT])
 
     def state(self, slot: str = DEFAULT_SLOT) -> LoraState:
         """A slot's weights as float32 NumPy arrays (copies)."""
@@ -225,17 +232,17 @@ class AdapterModel:
         scales = {slot: self._scale(base, w) for slot, w in weights.items()}
         saved = []
         for layer in self._lora_layers():
-            saved.append((layer, layer._active_adapter, {s: layer.scaling[s] for s in scales}))
+            scaling = adapter_scaling(layer)
+            saved.append((layer, active_adapters(layer), {s: scaling[s] for s in scales}))
             # Set directly: peft's set_adapter would also change requires_grad.
-            layer._active_adapter = list(scales)
-            for slot, scale in scales.items():
-                layer.scaling[slot] = scale
+            set_active_adapters(layer, list(scales))
+            scaling.update(scales)
         try:
             yield
         finally:
             for layer, active, scaling in saved:
-                layer._active_adapter = active
-                layer.scaling.update(scaling)
+                set_active_adapters(layer, active)
+                adapter_scaling(layer).update(scaling)
 
     def _scale(self, base: float, weight: Weight) -> Weight:
         if isinstance(weight, torch.Tensor):
@@ -245,5 +252,5 @@ class AdapterModel:
 
     def _lora_layers(self) -> list[LoraLayer]:
         if not self._layers:
-            self._layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+            self._layers = lora_layers(self.model)
         return self._layers

@@ -26,6 +26,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from fedrouter_app.compat.transformers_internals import reinitialize_weights
 from fedrouter_app.data.synthetic import PRETRAIN_TASKS, TASKS, make_example
 from fedrouter_app.logs import get_logger
 from fedrouter_app.seeding import derive_seed, python_rng
@@ -172,7 +173,7 @@ def _pretraining_batch(
 
 def _pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, spec: EmbeddedModelSpec) -> None:
     torch.manual_seed(derive_seed(spec.seed, "pretrain-init"))
-    model.apply(model._init_weights)
+    reinitialize_weights(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr, weight_decay=0.01)
     model.train()
     for step in range(spec.pretrain_steps):

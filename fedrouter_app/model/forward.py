@@ -17,7 +17,9 @@ float rounding:
   has a trainable parameter.
 
 With both off, :func:`scored_tokens` computes exactly what the model's own
-forward computes, in the same order.
+forward computes, in the same order. The prefix cache's reliance on how
+transformers' decoder stacks run is behind
+:mod:`fedrouter_app.compat.transformers_internals`.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ import contextlib
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedrouter_app.compat.transformers_internals import block_input, decoder_blocks, upper_blocks_only
 from fedrouter_app.data.encoding import IGNORE_INDEX, EncodedExample, collate
 
 log = logging.getLogger(__name__)
@@ -83,12 +86,6 @@ def backbone_of(peft_model: torch.nn.Module) -> torch.nn.Module:
     return peft_model.get_base_model().base_model
 
 
-def blocks_of(backbone: torch.nn.Module) -> torch.nn.ModuleList | None:
-    """The transformer blocks of a decoder stack, where it keeps them as ``layers`` (Llama and kin)."""
-    layers = getattr(backbone, "layers", None)
-    return layers if isinstance(layers, torch.nn.ModuleList) else None
-
-
 class PrefixCache:
     """Hidden states entering block ``first_block``, per token sequence, bounded by bytes (LRU).
 
@@ -130,7 +127,7 @@ class PrefixCache:
         return [found[key] for key in keys]
 
     def _compute(self, backbone: torch.nn.Module, sequences: list[Sequence[int]]) -> list[torch.Tensor]:
-        blocks = blocks_of(backbone)
+        blocks = decoder_blocks(backbone)
         assert blocks is not None
         device = next(backbone.parameters()).device
         width = max(len(seq) for seq in sequences)
@@ -142,7 +139,7 @@ class PrefixCache:
         captured: list[torch.Tensor] = []
 
         def stop(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            captured.append(args[0] if args else kwargs["hidden_states"])
+            captured.append(block_input(args, kwargs))
             raise _PrefixReadyError
 
         handle = blocks[self.first_block].register_forward_pre_hook(stop, with_kwargs=True)
@@ -175,21 +172,9 @@ def _digest(seq: Sequence[int]) -> bytes:
     return hashlib.blake2b(np.asarray(seq, dtype=np.int64).tobytes(), digest_size=16).digest()
 
 
-@contextlib.contextmanager
-def upper_blocks(backbone: torch.nn.Module, first_block: int) -> Iterator[None]:
-    """Run ``backbone`` with its blocks below ``first_block`` left out (fed by ``inputs_embeds``)."""
-    blocks = blocks_of(backbone)
-    assert blocks is not None
-    backbone.layers = torch.nn.ModuleList(list(blocks)[first_block:])
-    try:
-        yield
-    finally:
-        backbone.layers = blocks
-
-
 def prefix_supported(backbone: torch.nn.Module, first_block: int) -> str:
     """Why the prefix cache cannot serve this model from ``first_block`` ('' when it can)."""
-    blocks = blocks_of(backbone)
+    blocks = decoder_blocks(backbone)
     if first_block <= 0:
         return "every block is adapted"
     if blocks is None:
@@ -226,7 +211,7 @@ def decoder_states(
     embeds = states[0].new_zeros((rows, width, states[0].shape[-1]))
     for row, state in enumerate(states):
         embeds[row, : state.shape[0]] = state
-    with upper_blocks(backbone, cache.first_block):
+    with upper_blocks_only(backbone, cache.first_block):
         return backbone(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False)[0]
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from fedrouter_app.report import plots
 from fedrouter_app.report.paired import CONFIDENCE, DIFF_COLUMNS, difference_tables, differences_to_json, scenario_best
 from fedrouter_app.report.runs import FailedJob, Run, assign_variants, find, load_job_failure, load_run
 from fedrouter_app.report.table import (
@@ -174,6 +173,9 @@ def slug(text: str) -> str:
 
 def make_figures(runs: Sequence[Run], out: Path) -> list[Path]:
     """Every figure the runs allow (see :mod:`fedrouter_app.report.plots`)."""
+    # Imported here: matplotlib is an optional extra, needed only for figures.
+    from fedrouter_app.report import plots
+
     jobs = []
     for scenario in sorted({r.scenario for r in runs}):
         jobs += [(fn, (runs, scenario, out)) for fn in (plots.task_scores, plots.curves, plots.bytes_per_round)]

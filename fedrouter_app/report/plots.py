@@ -16,12 +16,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+
+try:
+    import matplotlib
+except ImportError:
+    raise ImportError(
+        "the report's figures need matplotlib: pip install 'fedrouter[report]' (or pass --no-plots)"
+    ) from None
 
 matplotlib.use("Agg")  # files only; never a window
 
 import matplotlib.pyplot as plt
-import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from fedrouter_app.report.runs import Run, last_evaluated, registration_clustering, routing_mode

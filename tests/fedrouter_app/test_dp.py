@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
+from fedrouter_app.compat.flwr_internals import set_message_id, set_task_identity
 from fedrouter_app.dp import KEY_CLIPPING_NORM, check_clipped, dp_clipping_mod, dp_mean
 from fedrouter_app.model.lora import LoraState
 from fedrouter_app.records import ADAPTER, CONFIG, InvalidReplyError, adapter_record, read_adapter
@@ -21,9 +21,7 @@ TEMPLATE = {"m.q.lora_A.weight": (2, 2), "m.q.lora_B.weight": (2, 2)}
 @pytest.fixture(autouse=True)
 def _task_identity():
     # Messages take their run id from here; Flower's runtime (or fedrouter_app.inprocess) sets it in a real run.
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 0
+    set_task_identity(run_id=1, node_id=0, task_id=0)
 
 
 def full(value: float) -> LoraState:
@@ -64,7 +62,7 @@ def test_client_mod_clips_training_replies_with_flowers_fixedclipping_mod():
 
     content = RecordDict({ADAPTER: adapter_record(sent), CONFIG: ConfigRecord({KEY_CLIPPING_NORM: 0.5})})
     msg = Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
-    msg.metadata.__dict__["_message_id"] = "x"
+    set_message_id(msg, "x")
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     out = read_adapter(dp_clipping_mod(msg, context, trained).content[ADAPTER], TEMPLATE)
     norm = np.sqrt(sum((v**2).sum() for v in out.values()))
@@ -72,7 +70,7 @@ def test_client_mod_clips_training_replies_with_flowers_fixedclipping_mod():
     check_clipped(out, sent, 0.5)
     # Without a clipping norm the reply passes untouched.
     plain = Message(RecordDict({ADAPTER: adapter_record(sent)}), dst_node_id=1, message_type=MessageType.TRAIN)
-    plain.metadata.__dict__["_message_id"] = "y"
+    set_message_id(plain, "y")
     untouched = read_adapter(dp_clipping_mod(plain, context, trained).content[ADAPTER], TEMPLATE)
     np.testing.assert_array_equal(untouched[next(iter(TEMPLATE))], 1.0)
 

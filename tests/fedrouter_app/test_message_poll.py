@@ -10,7 +10,8 @@ from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.superlink.federation import NoOpFederationManager
 
-from fedrouter_app.message_poll import add_pending_messages_to_queue, pending_nodes, pending_nodes_only
+from fedrouter_app.compat.flwr_internals import undelivered_destinations
+from fedrouter_app.message_poll import add_pending_messages_to_queue, pending_nodes_only
 
 
 def in_memory_state():
@@ -24,7 +25,7 @@ def message(node: int, delivered: bool = False) -> SimpleNamespace:
 def test_pending_nodes_are_those_with_an_undelivered_message():
     state = in_memory_state()
     state.message_ins_store.update({"a": message(7), "b": message(8, delivered=True), "c": message(7), "d": message(9)})
-    assert pending_nodes(state) == {7, 9}
+    assert undelivered_destinations(state) == {7, 9}
 
 
 def test_only_pending_nodes_are_asked_and_each_message_is_queued_once(monkeypatch):
@@ -40,7 +41,7 @@ def test_only_pending_nodes_are_asked_and_each_message_is_queued_once(monkeypatc
         found = [m for m in state.message_ins_store.values() if m.metadata.dst_node_id == node_id][:limit]
         for m in found:
             m.metadata.delivered_at = "now"
-        if not pending_nodes(state) & nodes.keys():
+        if not undelivered_destinations(state) & nodes.keys():
             stop.set()
         return found
 

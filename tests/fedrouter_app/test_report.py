@@ -1,8 +1,10 @@
 """The report's aggregation, paired differences and tables on hand-made run directories."""
 
+import importlib
 import json
 import math
 import statistics
+import sys
 
 import pytest
 import yaml
@@ -306,6 +308,14 @@ def test_report_figures_and_another_reference(runs_dir, tmp_path):
     fedit = next(r for r in rows if r["label"] == "fedit")
     assert fedit["gain"]["own"] == pytest.approx((0.3 - 0.6) / 0.6)
     assert fedit["differences"]["reference"]["own"]["against"] == "router"
+
+
+def test_without_matplotlib_tables_are_written_and_figures_name_the_extra(runs_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # None in sys.modules: the import fails
+    monkeypatch.delitem(sys.modules, "fedrouter_app.report.plots", raising=False)
+    assert (build_report([runs_dir], tmp_path / "r", with_figures=False)).exists()
+    with pytest.raises(ImportError, match=r"pip install 'fedrouter\[report\]'"):
+        importlib.import_module("fedrouter_app.report.plots")
 
 
 def test_report_without_runs_fails_clearly(tmp_path):

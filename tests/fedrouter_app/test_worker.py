@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedrouter_app.client_app import handle
 from fedrouter_app.client_handler import handle_message
+from fedrouter_app.compat.flwr_internals import set_message_id, set_task_identity
 from fedrouter_app.config import config_fingerprint, load_run_config
 from fedrouter_app.model.loading import cached_adapter_model
 from fedrouter_app.records import ADAPTER, CONFIG, adapter_record
@@ -82,9 +82,9 @@ def context(node_config: dict[str, Any], overrides: list[str] = OVERRIDES) -> Co
 
 
 def message(content: RecordDict, message_type: str) -> Message:
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 0, 0  # set by Flower in a ServerApp
+    set_task_identity(run_id=7, node_id=0, task_id=0)  # set by Flower in a ServerApp
     msg = Message(content, dst_node_id=1005, message_type=message_type)
-    msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # set by the SuperLink in a federation
+    set_message_id(msg, uuid.uuid4().hex)  # set by the SuperLink in a federation
     return msg
 
 

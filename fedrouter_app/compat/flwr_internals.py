@@ -1,0 +1,176 @@
+"""Flower's simulation-runtime internals that fedrouter patches or reads, behind small functions.
+
+The in-process simulation (:mod:`fedrouter_app.simulation`) swaps two things
+in Flower's simulation runtime for the duration of a run, and reads some
+state of the objects involved:
+
+- the function of the thread that moves instructions from the in-memory link
+  state to the actors (``vce_api.add_messages_to_queue``, looked up when a run
+  starts the thread), and the in-memory state's ``lock`` and
+  ``message_ins_store`` (:mod:`fedrouter_app.message_poll`);
+- the Ray backend class (``raybackend.RayBackend``, looked up when a run builds
+  its backend), its ``pool`` and ``app_fn`` and its ``"init_args"`` key, and the
+  actor pool's ``pool``, ``num_actors``, ``client_resources`` and in-flight
+  futures (:mod:`fedrouter_app.actor_pool`).
+
+The in-process runner (:mod:`fedrouter_app.inprocess`) plays the SuperLink's
+part: it sets the task identity and gives each message an id, which Flower
+keeps in ``Metadata._message_id``.
+
+Importing this module checks the installed flwr against :data:`TESTED_FLWR`
+first, before any of those names is looked up.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from queue import Queue
+from typing import Any
+
+from fedrouter_app.compat.versions import require_tested_version
+
+TESTED_FLWR = ">=1.41,<1.42"
+RELIES_ON = "patches Flower's simulation runtime"
+
+
+def check_flwr_version() -> str:
+    """The installed flwr version; raises ``RuntimeError`` outside :data:`TESTED_FLWR`."""
+    return require_tested_version("flwr", TESTED_FLWR, RELIES_ON, "flwr==1.41.*")
+
+
+# Checked before the imports below: a renamed internal module would otherwise fail with a bare ImportError.
+FLWR_VERSION = check_flwr_version()
+
+from flwr.app import Message  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.server.superlink.fleet.vce import vce_api  # noqa: E402
+from flwr.server.superlink.fleet.vce.backend import raybackend  # noqa: E402
+from flwr.server.superlink.linkstate import InMemoryLinkState, LinkState  # noqa: E402
+from flwr.simulation.ray_transport.ray_actor import BasicActorPool, pool_size_from_resources  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+__all__ = [
+    "FLWR_VERSION",
+    "RAY_INIT_ARGS_KEY",
+    "TESTED_FLWR",
+    "ActorPool",
+    "LinkState",
+    "MessagePoller",
+    "RayBackend",
+    "adopt_actor_pool",
+    "backend_actor_pool",
+    "check_flwr_version",
+    "flower_message_poller",
+    "is_in_memory_state",
+    "polling_with",
+    "pool_actors",
+    "pool_fits_cluster",
+    "pool_is_busy",
+    "ray_backend_class",
+    "set_message_id",
+    "set_task_identity",
+    "undelivered_destinations",
+]
+
+# The runtime's polling thread function: (state, queue, node id -> partition id, stop event).
+MessagePoller = Callable[[LinkState, Queue[Message], dict[int, int], threading.Event], None]
+# Flower's Ray backend, to subclass; its actor pool.
+RayBackend = raybackend.RayBackend
+ActorPool = BasicActorPool
+# The backend config's key for ray.init's arguments (RayBackend.init_args_key); the rest configures actors.
+RAY_INIT_ARGS_KEY = "init_args"
+
+_flower_poller: MessagePoller = vce_api.add_messages_to_queue
+
+
+# Message polling.
+
+
+def flower_message_poller() -> MessagePoller:
+    """Flower's own polling thread function (as it was when this module was imported)."""
+    return _flower_poller
+
+
+@contextmanager
+def polling_with(poller: MessagePoller) -> Iterator[None]:
+    """Simulations started inside this block move instructions to the actors with ``poller``."""
+    vce_api.add_messages_to_queue = poller
+    try:
+        yield
+    finally:
+        vce_api.add_messages_to_queue = _flower_poller
+
+
+def is_in_memory_state(state: LinkState) -> bool:
+    """Whether ``state`` is Flower's in-memory link state, whose store :func:`undelivered_destinations` reads."""
+    return isinstance(state, InMemoryLinkState)
+
+
+def undelivered_destinations(state: LinkState) -> set[int]:
+    """Nodes with an instruction not yet delivered, in one pass over an in-memory state's store."""
+    assert isinstance(state, InMemoryLinkState)
+    with state.lock:
+        return {m.metadata.dst_node_id for m in state.message_ins_store.values() if m.metadata.delivered_at == ""}
+
+
+# The Ray backend and its actor pool.
+
+
+@contextmanager
+def ray_backend_class(backend: type[RayBackend]) -> Iterator[None]:
+    """Simulations started inside this block build ``backend`` (a subclass of Flower's) instead of Flower's."""
+    original = raybackend.RayBackend
+    raybackend.RayBackend = backend  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        raybackend.RayBackend = original  # type: ignore[misc]
+
+
+def backend_actor_pool(backend: RayBackend) -> ActorPool | None:
+    """The backend's actor pool (None before ``build``)."""
+    return backend.pool
+
+
+def adopt_actor_pool(backend: RayBackend, pool: ActorPool, app_fn: Callable[[], ClientApp]) -> None:
+    """Make ``backend`` built, on an existing ``pool``: what ``RayBackend.build`` leaves, without new actors."""
+    backend.pool = pool
+    backend.app_fn = app_fn
+
+
+def pool_actors(pool: ActorPool) -> list[Any]:
+    """The Ray actor handles of a pool."""
+    return list(pool.pool)
+
+
+def pool_is_busy(pool: ActorPool) -> bool:
+    """Whether a message submitted to the pool has not been collected (an actor may still be working)."""
+    return bool(pool._future_to_actor)
+
+
+def pool_fits_cluster(pool: ActorPool) -> bool:
+    """Whether the pool holds every actor it counts, and Ray's cluster now fits exactly that many.
+
+    Raises
+    ------
+    ValueError
+        From Flower, when the cluster cannot fit a single actor of these resources.
+    """
+    return pool.num_actors == len(pool.pool) == pool_size_from_resources(pool.client_resources)
+
+
+# Playing the SuperLink's part in one process.
+
+
+def set_task_identity(run_id: int, node_id: int, task_id: int) -> None:
+    """Set the identity of the task this process runs, which a SuperLink-launched process is given."""
+    TaskIdentity.run_id = run_id
+    TaskIdentity.node_id = node_id
+    TaskIdentity.task_id = task_id
+
+
+def set_message_id(message: Message, message_id: str) -> None:
+    """Give ``message`` the id a SuperLink would (Flower's metadata has no public setter)."""
+    message.metadata.__dict__["_message_id"] = message_id
