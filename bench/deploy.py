@@ -20,6 +20,12 @@ each node's processes. ``--smollm2`` adds the three rows for SmolLM2-135M,
 where loading the model is part of every message without a worker.
 
     python -m bench.deploy --json outputs/bench/deploy.json [--clients 3] [--rounds 4] [--smollm2]
+
+``--render`` only renders the tables of an existing ``--json`` (with
+``--before``, the comparison of that record against an earlier one), and
+``--into`` puts them into a Markdown file between markers::
+
+    python -m bench.deploy --render --json outputs/bench/deploy.json --into docs/deploy.md --marker deploy
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -137,14 +144,135 @@ def message_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+GIB = 2**30
+
+
+def _memory(row: dict[str, Any]) -> str:
+    if "peak_pss_bytes_per_node" in row:
+        return f"{max(row['peak_pss_bytes_per_node']) / GIB:.2f} GiB per node (most)"
+    return f"{row['peak_pss_bytes_total'] / GIB:.2f} GiB in all ({row['client_actors']} actors)"
+
+
+def _load_range(rows: list[dict[str, Any]]) -> tuple[float, float]:
+    """Lowest and highest one-minute load average seen before or after a row."""
+    loads = [r[key][0] for r in rows for key in ("load_average_before", "load_average_after")]
+    return min(loads), max(loads)
+
+
+def render(record: dict[str, Any]) -> str:
+    """Markdown of a benchmark record: rows side by side, then the phases of the workers' messages by type."""
+    rows = record["rows"]
+    sim = {r["model"]: r["seconds_per_round"] for r in rows if r["name"] == "simulation"}
+    low, high = _load_range(rows)
+    lines = [
+        f"Measured on {record['cpus']} CPU cores, {record['clients']} clients and {record['rounds']} rounds, "
+        f"{record['wall_seconds'] / 60:.0f} min in all; one-minute load average {low:.1f} to {high:.1f} "
+        "between the rows.",
+        "",
+        "| model | runtime | s/round | vs simulation | per message: start | our imports | work | worker channel | "
+        "time outside ClientApps per round | peak memory (PSS) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        ratio = f"{r['seconds_per_round'] / sim[r['model']]:.1f}x" if r["model"] in sim else "-"
+        if "breakdown" in r:
+            mean = r["breakdown"]["mean"]
+            cells = [f"{mean[p]:.2f}" for p in ("start", "imports", "work", "channel")]
+            cells.append(f"{r['breakdown']['outside_per_round']:.2f}")
+        else:
+            cells = ["-"] * 5
+        lines.append(
+            f"| {_model(r)} | {r['name']} | {r['seconds_per_round']:.2f} | {ratio} | {' | '.join(cells)} | "
+            f"{_memory(r)} |"
+        )
+    lines += [
+        "",
+        "| model | runtime | message | arrays it carries | start (s) | Flower's imports alone (s) | work (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        if r["name"] != "deployment + workers":
+            continue
+        for kind, x in sorted(r["breakdown"]["by_type"].items(), key=lambda kv: kv[0] != "train"):
+            lines.append(
+                f"| {_model(r)} | {r['name']} | {kind} | {x['arrays']:.0f} | {x['start']:.2f} | "
+                f"{r['flower_import_seconds']:.2f} | {x['work']:.2f} |"
+            )
+    lines += ["", f"Command: `{_command(record)}`."]
+    return "\n".join(lines) + "\n"
+
+
+def render_against(record: dict[str, Any], before: dict[str, Any]) -> str:
+    """Markdown of ``record``'s rows next to the same rows of an earlier record (``before -> now``)."""
+    earlier = {(r["model"], r["name"]): r for r in before["rows"]}
+    low, high = _load_range(record["rows"])
+    lines = [
+        f"Measured on {record['cpus']} CPU cores, {record['wall_seconds'] / 60:.0f} min in all; one-minute load "
+        f"average {low:.1f} to {high:.1f} between the rows (before: {_load_range(before['rows'])[0]:.1f} to "
+        f"{_load_range(before['rows'])[1]:.1f}).",
+        "",
+        "| model | runtime | s/round before -> now | message | arrays before -> now | start (s) before -> now | "
+        "Flower's imports alone (s) before -> now | time outside ClientApps per round (s) before -> now |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in record["rows"]:
+        old = earlier.get((r["model"], r["name"]))
+        if old is None:
+            continue
+        per_round = f"{old['seconds_per_round']:.2f} -> {r['seconds_per_round']:.2f}"
+        if "breakdown" not in r or "breakdown" not in old:
+            lines.append(f"| {_model(r)} | {r['name']} | {per_round} | - | - | - | - | - |")
+            continue
+        imports = f"{old['flower_import_seconds']:.2f} -> {r['flower_import_seconds']:.2f}"
+        outside = f"{old['breakdown']['outside_per_round']:.2f} -> {r['breakdown']['outside_per_round']:.2f}"
+        kinds = sorted(set(r["breakdown"]["by_type"]) & set(old["breakdown"]["by_type"]), key=lambda k: k != "train")
+        for i, kind in enumerate(kinds):
+            x, y = old["breakdown"]["by_type"][kind], r["breakdown"]["by_type"][kind]
+            first = i == 0
+            lines.append(
+                f"| {_model(r)} | {r['name']} | {per_round if first else ''} | {kind} | "
+                f"{x['arrays']:.0f} -> {y['arrays']:.0f} | {x['start']:.2f} -> {y['start']:.2f} | "
+                f"{imports if first else ''} | {outside if first else ''} |"
+            )
+    lines += ["", f"Command: `{_command(record)}`."]
+    return "\n".join(lines) + "\n"
+
+
+def _command(record: dict[str, Any]) -> str:
+    """The record's command, with the machine's own path to ``outputs/`` left out."""
+    return re.sub(r"\S*/(outputs/)", r"\1", record["command"])
+
+
+def _model(row: dict[str, Any]) -> str:
+    return {"smollm2": "SmolLM2-135M"}.get(row["model"], row["model"])
+
+
+def publish(text: str, into: Path | None, marker: str) -> None:
+    """Print ``text``; with ``into``, also put it between that Markdown file's markers."""
+    print(text)
+    if into is not None:
+        from fedrouter_app.report.headline import splice
+
+        into.write_text(splice(into.read_text(), marker, text))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--render", action="store_true", help="only render the tables of an existing --json")
+    parser.add_argument("--before", type=Path, help="with --render: compare --json against this earlier record")
+    parser.add_argument("--into", type=Path, help="with --render: put the tables into this Markdown file")
+    parser.add_argument("--marker", default="deploy", help="marker name for --into (default: deploy)")
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--smollm2", action="store_true", help="also the three rows with SmolLM2-135M")
     parser.add_argument("--only", choices=("simulation", "deployment", "workers"), nargs="*", default=None)
     args = parser.parse_args(argv)
+    if args.render:
+        record = json.loads(args.json.read_text())
+        before = json.loads(args.before.read_text()) if args.before else None
+        publish(render(record) if before is None else render_against(record, before), args.into, args.marker)
+        return
     if args.rounds < 3 or args.clients < 2:
         parser.error("--rounds must be >= 3 (rounds 2.. are timed) and --clients >= 2")
     cache = os.environ.get("FEDROUTER_CACHE", str(Path.home() / ".cache" / "fedrouter"))

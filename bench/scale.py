@@ -5,7 +5,9 @@ Run from the repository root (about 10 minutes on 2 idle cores)::
     FEDROUTER_CACHE=/tmp/fcache python -m bench.scale
 
 It prints a table and writes ``outputs/bench/scale.json`` (``--json``), with
-every part's log in ``scale.log`` beside it. Parts, each in its own process:
+every part's log in ``scale.log`` beside it; ``--render`` only renders the tables of an
+existing JSON, and ``--into docs/scale.md`` puts them between ``<!-- scale:start -->`` and
+``<!-- scale:end -->`` of that file. Parts, each in its own process:
 
 1. ``bench.sim_run``: FedRouter on Flower's Ray simulation with 8, 64 and 500
    clients (all, 25% and 10% per round), 2 one-CPU actors: wall time per
@@ -80,7 +82,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[8, 64, 500])
     parser.add_argument("--workers", type=int, default=2, help="1-CPU Ray actors = plain-loop processes")
     parser.add_argument("--json", type=Path, default=Path("outputs/bench/scale.json"))
+    parser.add_argument("--render", action="store_true", help="only render the tables of an existing --json")
+    parser.add_argument("--into", type=Path, help="also put the tables into this Markdown file, between markers")
+    parser.add_argument("--marker", default="scale", help="marker name for --into (default: scale)")
     args = parser.parse_args()
+    if args.render:
+        publish(json.loads(args.json.read_text()), args.into, args.marker)
+        return
     work = args.json.with_suffix("")
     work.mkdir(parents=True, exist_ok=True)
     log = args.json.with_name("scale.log")
@@ -120,8 +128,18 @@ def main() -> None:
     report["machine"]["load_after"] = os.getloadavg()
     report["seconds"] = time.perf_counter() - start
     write_json(args.json, report)
-    print(format_report(report))
+    publish(report, args.into, args.marker)
     print(f"\nJSON: {args.json}   log: {log}   wall: {report['seconds'] / 60:.1f} min")
+
+
+def publish(report: dict[str, Any], into: Path | None, marker: str) -> None:
+    """Print the tables; with ``into``, also put them between the markers of that Markdown file."""
+    text = format_report(report) + "\n"
+    print(text)
+    if into is not None:
+        from fedrouter_app.report.headline import splice
+
+        into.write_text(splice(into.read_text(), marker, text))
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ a method directly, so adding a method touches ``strategies/``, ``clients/`` and
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from fedrouter_app.method_packages import check_marker
@@ -28,7 +28,7 @@ class MethodConfig:
         Registered method name (``fedit``, ``local``, ...).
     """
 
-    name: str
+    name: str = field(metadata={"help": "Registered method name; set by the method's config file, not changed."})
 
     def validate(self) -> None:
         """Raise ``ValueError`` (or ``ConfigError``) on unusable values; nothing by default."""

@@ -1,5 +1,6 @@
 """The documentation holds together: README.md and docs/*.md link to files that exist (and to headings that
-exist), the README keeps the headline markers a script fills, and every page of docs/ is in the site's nav."""
+exist), the README keeps the headline markers a script fills, and every page of docs/ (subfolders included) is in
+the site's nav."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-PAGES = sorted([ROOT / "README.md", *DOCS.glob("*.md")])
+PAGES = sorted([ROOT / "README.md", *DOCS.rglob("*.md")])
 HEADLINE_MARKERS = ("<!-- headline:start -->", "<!-- headline:end -->")
 
 FENCE = re.compile(r"^ {0,3}(```|~~~).*?^ {0,3}\1[^\n]*$", re.M | re.S)
@@ -72,6 +73,13 @@ def broken_links(path: Path, root: Path = ROOT) -> list[str]:
     return problems
 
 
+class _MkdocsLoader(yaml.SafeLoader):
+    """mkdocs.yml's YAML: tags such as ``!!python/name:`` (a mermaid fence's formatter) read as plain values."""
+
+
+_MkdocsLoader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader, suffix, node: suffix)
+
+
 def _nav_pages(nav) -> list[str]:
     if isinstance(nav, str):
         return [nav]
@@ -116,10 +124,10 @@ def test_readme_keeps_the_headline_markers():
 
 
 def test_every_docs_page_is_in_the_nav():
-    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=_MkdocsLoader)
     assert config["docs_dir"] == "docs"
     nav = _nav_pages(config["nav"])
     assert sorted(nav) == sorted(set(nav)), "a page is listed twice in the nav"
-    pages = {p.relative_to(DOCS).as_posix() for p in DOCS.glob("*.md")}
+    pages = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
     assert pages - set(nav) == set(), "pages missing from mkdocs.yml's nav"
     assert {p for p in nav if not (DOCS / p).is_file()} == set(), "nav entries without a page"

@@ -1,0 +1,243 @@
+"""The configuration reference, generated from the settings dataclasses' types and help text.
+
+Every key of :class:`~fedrouter_app.settings.RunConfig` (nested sections
+included) and of each registered method's config dataclass becomes one row:
+dotted key, type, default and help. The default is the value ``conf/`` gives
+the key in the default composition (``conf/config.yaml``; for a method,
+``conf/method/<name>.yaml``), shown as written there (interpolations such as
+``${train.lr}`` unresolved), or else the dataclass default. Keys with neither
+must be set by a config group (``required``)::
+
+    python -m fedrouter_app.settings_doc --into docs/reference.md
+
+replaces what lies between ``<!-- settings:start -->`` and ``<!-- settings:end -->``
+in that file; without ``--into`` the tables are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from dataclasses import MISSING, dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fedrouter_app.registry import method_config_class, method_names
+from fedrouter_app.settings import RunConfig
+
+MARKER = "settings"
+REQUIRED = "required"
+# RunConfig.method holds the method's own dataclass: documented per method, not under RunConfig.
+METHOD_KEY = "method"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration key."""
+
+    key: str
+    type: str
+    default: str
+    help: str
+
+
+def type_name(annotation: Any) -> str:
+    """A field's type in words: ``int``, ``list of str``, ``float or null``, ``any``."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return "any"
+    if annotation is type(None):
+        return "null"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(arg) for arg in typing.get_args(annotation))
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return f"list of {type_name(item)}"
+    if dataclasses.is_dataclass(annotation):
+        return "section"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def nested_dataclass(annotation: Any) -> tuple[type | None, bool]:
+    """The dataclass a field holds (directly, optionally or as a list of them), and whether it is a list."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return annotation, False
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found, is_list = nested_dataclass(arg)
+            if found is not None:
+                return found, is_list
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if dataclasses.is_dataclass(item):
+            return item, True
+    return None, False
+
+
+def format_value(value: Any) -> str:
+    """A default as it would be written in YAML: ``null``, ``true``, ``""``, ``[a, b]``, numbers as they are."""
+    if isinstance(value, str):
+        return json.dumps(value) if value != value.strip() or not value else value
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return str(value)
+
+
+_UNSET = object()
+
+
+def _lookup(values: Any, name: str) -> Any:
+    if isinstance(values, dict) and name in values:
+        return values[name]
+    return _UNSET
+
+
+def rows_of(cls: type, prefix: str = "", values: Any = None, skip: tuple[str, ...] = ()) -> list[Row]:
+    """Rows of every field of dataclass ``cls`` (and of the dataclasses it nests), keys under ``prefix``.
+
+    ``values`` is the unresolved config under ``prefix`` (a plain dict), the source of defaults.
+    """
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        key = f"{prefix}{f.name}"
+        annotation = hints[f.name]
+        help_text = str(f.metadata.get("help", ""))
+        value = _lookup(values, f.name)
+        inner, is_list = nested_dataclass(annotation)
+        if inner is not None:
+            kind = f"list of {inner.__name__}" if is_list else type_name(annotation).replace("section", inner.__name__)
+            rows.append(Row(key, kind, _default(f, value) if is_list or value is None else "", help_text))
+            below = value if isinstance(value, dict) else None
+            rows += rows_of(inner, f"{key}[]." if is_list else f"{key}.", None if is_list else below)
+            continue
+        rows.append(Row(key, type_name(annotation), _default(f, value), help_text))
+    return rows
+
+
+def _default(f: dataclasses.Field, value: Any) -> str:
+    if value is not _UNSET:
+        return format_value(value)
+    if f.default is not MISSING:
+        return format_value(f.default)
+    if f.default_factory is not MISSING:
+        return format_value(dataclasses.asdict(made) if dataclasses.is_dataclass(made := f.default_factory()) else made)
+    return REQUIRED
+
+
+def composed(overrides: list[str]) -> dict[str, Any]:
+    """The default composition of ``conf/`` with ``overrides``, unresolved, as plain containers."""
+    from fedrouter_app.config import compose_config
+
+    raw: DictConfig = compose_config(overrides)
+    return OmegaConf.to_container(raw, resolve=False)  # type: ignore[return-value]
+
+
+def run_rows() -> list[Row]:
+    """Every key of :class:`RunConfig` except ``method.*`` (see :func:`method_rows`)."""
+    return rows_of(RunConfig, values=composed([]), skip=(METHOD_KEY,))
+
+
+def method_rows(name: str) -> list[Row]:
+    """Every key of method ``name``'s config dataclass, with the defaults of ``conf/method/<name>.yaml``."""
+    cls = method_config_class(name)
+    return rows_of(cls, f"{METHOD_KEY}.", composed([f"method={name}"])[METHOD_KEY])
+
+
+def all_rows() -> dict[str, list[Row]]:
+    """Rows per table: ``run`` for RunConfig, then one entry per registered method."""
+    return {"run": run_rows(), **{name: method_rows(name) for name in method_names()}}
+
+
+def _cell(text: str) -> str:
+    """Text safe in a Markdown table cell (pipes, emphasis, HTML and line breaks escaped)."""
+    text = " ".join(text.split())
+    for raw, escaped in (("\\", "\\\\"), ("|", "\\|"), ("*", "\\*"), ("<", "&lt;"), (">", "&gt;")):
+        text = text.replace(raw, escaped)
+    return text
+
+
+def _code(text: str) -> str:
+    return f"`{text}`" if text else ""
+
+
+def table(rows: list[Row]) -> str:
+    """Rows as one Markdown table."""
+    lines = ["| key | type | default | help |", "| --- | --- | --- | --- |"]
+    for row in rows:
+        default = row.default if row.default in ("", REQUIRED) else _code(row.default.replace("|", "\\|"))
+        lines.append(f"| `{row.key}` | {_cell(row.type)} | {default} | {_cell(row.help)} |")
+    return "\n".join(lines)
+
+
+def render(tables: dict[str, list[Row]] | None = None) -> str:
+    """The whole reference as Markdown: run settings by section, then one table per method."""
+    tables = all_rows() if tables is None else tables
+    run = tables["run"]
+    out = ["## Run settings", ""]
+    top = [r for r in run if "." not in r.key]
+    out += ["### Top level", "", table(top), ""]
+    sections = dict.fromkeys(r.key.split(".", 1)[0] for r in run if "." in r.key)
+    for section in sections:
+        head = next(r for r in run if r.key == section)
+        out += [f"### {section}", "", _cell(head.help), ""]
+        out += [table([r for r in run if r.key.startswith(f"{section}.")]), ""]
+    out += [
+        "## Method settings",
+        "",
+        "Keys under `method.` depend on the method (`method=<name>`); defaults are those of `conf/method/<name>.yaml`.",
+        "",
+    ]
+    for name, rows in tables.items():
+        if name == "run":
+            continue
+        cls = method_config_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        out += [f"### {name}", "", _cell(doc), ""]
+        out += [table(rows), ""]
+    return "\n".join(out)
+
+
+def check_help(cls: type = RunConfig) -> list[str]:
+    """Keys of ``cls`` (nested dataclasses included) and of every method config that have no help text."""
+    missing = []
+    classes = [("", cls)] + [(f"{METHOD_KEY}.", method_config_class(n)) for n in method_names()]
+    for prefix, owner in classes:
+        for row in rows_of(owner, prefix):
+            if not row.help.strip():
+                missing.append(row.key)
+    return sorted(set(missing))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedrouter_app.settings_doc", description=__doc__.splitlines()[0])
+    parser.add_argument("--into", type=Path, help="Markdown file to put the tables into (between the markers)")
+    parser.add_argument("--marker", default=MARKER, help=f"marker name (default: {MARKER})")
+    args = parser.parse_args(argv)
+    text = render() + "\n"
+    if args.into is None:
+        sys.stdout.write(text)
+        return 0
+    from fedrouter_app.report.headline import splice
+
+    try:
+        args.into.write_text(splice(args.into.read_text(), args.marker, text))
+    except ValueError as err:
+        print(f"error: {args.into}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
