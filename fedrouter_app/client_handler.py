@@ -20,20 +20,33 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from clients.base import DEFAULT_ACTION
 from fedrouter_app.checkpoint import CHECKPOINT_ROUND, RUN_KEY, STATE_MARKER, ClientStateStore
 from fedrouter_app.client_env import ClientEnv, RoundInfo, client_data
-from fedrouter_app.config import config_fingerprint, load_run_config, overrides_from_run_config
+from fedrouter_app.config import config_fingerprint, load_run_config
 from fedrouter_app.data.node_local import node_client_data, uses_node_data
 from fedrouter_app.logs import get_logger
 from fedrouter_app.records import CLIENT_ID, CONFIG, METRICS, NUM_EXAMPLES
 from fedrouter_app.registry import client_class
-from fedrouter_app.rounds import CLOSE, FINGERPRINT, HELLO
+from fedrouter_app.rounds import CLOSE, FINGERPRINT, HELLO, NUM_CLIENTS
+from fedrouter_app.run_config import naming_flat_keys, overrides_from_run_config
+from fedrouter_app.settings import ConfigError
 
 log = get_logger(__name__)
 
 
-def build_env(context: Context, overrides: Sequence[str], server_round: int = 0) -> ClientEnv:
-    """The environment of one message of ``server_round``: config, this node's data (in that round), its state."""
-    all_overrides = (*overrides_from_run_config(context.run_config), *overrides)
-    cfg = load_run_config(all_overrides)
+def build_env(
+    context: Context, overrides: Sequence[str], server_round: int = 0, num_clients: int | None = None
+) -> ClientEnv:
+    """The environment of one message of ``server_round``: config, this node's data (in that round), its state.
+
+    ``num_clients`` is the server's (sent with every message); where the run
+    config leaves num_clients to the federation, it is used, else the node's
+    ``num-partitions``.
+    """
+    try:
+        all_overrides = (*overrides_from_run_config(context.run_config), *overrides)
+        size = num_clients or _int_or_none(context.node_config.get("num-partitions"))
+        cfg = load_run_config(all_overrides, size)
+    except ConfigError as err:
+        raise naming_flat_keys(err, context.run_config) from None
     partition_id = int(context.node_config["partition-id"])
     if uses_node_data(cfg):
         return ClientEnv(cfg=cfg, data=node_client_data(cfg, partition_id, context.node_config), state=context.state)
@@ -44,8 +57,20 @@ def build_env(context: Context, overrides: Sequence[str], server_round: int = 0)
             "make them agree (simulation: the federation's num-supernodes; deployment: each SuperNode's "
             "--node-config num-partitions)"
         )
-    data = client_data(cfg, repr(all_overrides), partition_id, server_round)
+    # The overrides alone do not say num_clients (it may follow the federation), and the partitions depend on it.
+    data = client_data(cfg, repr((all_overrides, cfg.num_clients)), partition_id, server_round)
     return ClientEnv(cfg=cfg, data=data, state=context.state)
+
+
+def _int_or_none(value: object) -> int | None:
+    return int(value) if isinstance(value, int | str) and str(value).strip().isdigit() else None
+
+
+def message_num_clients(msg: Message) -> int | None:
+    """The run's num_clients as the server sent it with ``msg`` (None from a server that does not send it)."""
+    config = msg.content.config_records.get(CONFIG)
+    value = config.get(NUM_CLIENTS) if config is not None else None
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def hello(msg: Message, env: ClientEnv) -> Message:
@@ -114,7 +139,7 @@ def close(msg: Message, env: ClientEnv) -> Message:
 def handle_message(msg: Message, context: Context, overrides: Sequence[str] = ()) -> Message:
     """Do the work of any message the server sends this app, with ``overrides`` added to the run config."""
     # The round matters to the data only under scenario.drift; messages outside rounds (hello, close) carry none.
-    env = build_env(context, overrides, RoundInfo.from_content(msg.content).server_round)
+    env = build_env(context, overrides, RoundInfo.from_content(msg.content).server_round, message_num_clients(msg))
     message_type = msg.metadata.message_type
     if message_type == HELLO:
         return hello(msg, env)

@@ -1,10 +1,17 @@
 """Composing the run configuration from ``conf/`` with Hydra.
 
-Flower passes three strings through ``--run-config``: ``method``, ``scenario``
-and ``overrides`` (Hydra override syntax). :func:`load_run_config` turns them
-into a typed :class:`~fedrouter_app.settings.RunConfig`, or raises
+Flower passes ``--run-config`` as flat keys and ``overrides`` (Hydra override
+syntax); :mod:`fedrouter_app.run_config` turns them into Hydra overrides.
+:func:`load_run_config` composes those into a typed
+:class:`~fedrouter_app.settings.RunConfig`, or raises
 :class:`~fedrouter_app.settings.ConfigError` with one line saying what is wrong
 and what the valid choices are.
+
+``num_clients`` follows the federation unless it is set: ``conf/config.yaml``
+gives it as ``${federation_size:8}``, which the server replaces by the number
+of nodes it finds and clients by the number the server sends them
+(``federation_size`` of :func:`load_run_config`); 8 where no federation is
+known (composing a config on its own, ``simulate``).
 """
 
 from __future__ import annotations
@@ -12,8 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import fields
 from functools import lru_cache
 from pathlib import Path
@@ -26,9 +32,17 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedrouter_app.registry import method_config_class
+from fedrouter_app.run_config import overrides_from_run_config
 from fedrouter_app.settings import SECTIONS, ConfigError, RunConfig
 
-__all__ = ["ConfigError", "RunConfig", "config_fingerprint", "load_run_config", "overrides_from_run_config"]
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "config_fingerprint",
+    "follows_federation",
+    "load_run_config",
+    "overrides_from_run_config",
+]
 
 OmegaConf.register_new_resolver("len", lambda value: len(value), replace=True)
 
@@ -57,29 +71,46 @@ def _tasks_per_client(default: int, *, _root_: DictConfig) -> int:
 # ${tasks_per_client:2} in conf/: e.g. one local cluster per task a client holds (FedRouter's n_local).
 OmegaConf.register_new_resolver("tasks_per_client", _tasks_per_client, replace=True)
 
+FEDERATION_SIZE = "federation_size"
+# ${federation_size:8} in conf/config.yaml: num_clients when nothing sets it. The value is the default; the server
+# and clients put the federation's size in its place before resolving (see load_run_config).
+OmegaConf.register_new_resolver(FEDERATION_SIZE, lambda default: int(default), replace=True)
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("method", "scenario", "model", "data")
 
 
-def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
-    """Hydra overrides from Flower's run config (``method``, ``scenario``, ``overrides``)."""
-    overrides = [f"{group}={run_config[group]}" for group in GROUPS if run_config.get(group)]
-    extra = str(run_config.get("overrides", "") or "")
-    try:
-        overrides += shlex.split(extra)
-    except ValueError as err:
-        raise ConfigError(f"cannot parse overrides {extra!r}: {err}") from None
-    return overrides
+def load_run_config(overrides: Sequence[str] = (), federation_size: int | None = None) -> RunConfig:
+    """Compose ``conf/`` with Hydra ``overrides`` and validate the result (cached).
+
+    Parameters
+    ----------
+    overrides : sequence of str
+        Hydra overrides.
+    federation_size : int, optional
+        The number of nodes (clients) of the federation: ``num_clients`` when
+        neither the overrides nor a preset they pick set it.
+    """
+    return _load_cached(tuple(overrides), federation_size)
 
 
-def load_run_config(overrides: Sequence[str] = ()) -> RunConfig:
-    """Compose ``conf/`` with Hydra ``overrides`` and validate the result (cached)."""
-    return _load_cached(tuple(overrides))
+def follows_federation(overrides: Sequence[str]) -> bool:
+    """Whether ``num_clients`` is left to the federation's size (nothing in ``overrides`` or their presets sets it)."""
+    return _follows_federation(compose_config(overrides))
+
+
+def _follows_federation(raw: DictConfig) -> bool:
+    node = raw._get_node("num_clients")
+    value = node._value() if node is not None else None
+    return isinstance(value, str) and value.replace(" ", "").startswith("${" + FEDERATION_SIZE + ":")
 
 
 @lru_cache(maxsize=8)
-def _load_cached(overrides: tuple[str, ...]) -> RunConfig:
-    return build_run_config(compose_config(overrides))
+def _load_cached(overrides: tuple[str, ...], federation_size: int | None) -> RunConfig:
+    raw = compose_config(overrides)
+    if federation_size is not None and _follows_federation(raw):
+        raw.num_clients = federation_size
+    return build_run_config(raw)
 
 
 # Settings added after sweeps had recorded fingerprints, with the value that keeps the old behaviour: at that value

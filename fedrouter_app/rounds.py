@@ -11,7 +11,9 @@ reach an aggregate; the run goes on.
 
 Clients are known by partition id. A ``query.hello`` message at the start maps
 Flower node ids to partition ids and checks that every node composed the same
-configuration as the server.
+configuration as the server. Every message carries ``num_clients``
+(:data:`NUM_CLIENTS`): where the run leaves it to the federation, the server
+counts the nodes (:func:`count_nodes`) and clients take the count from there.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from fedrouter_app.records import (
     tensor_bytes,
     wire_bytes,
 )
-from fedrouter_app.run_command import DEPLOYMENT, runtime_of
+from fedrouter_app.run_command import DEPLOYMENT, SIMULATION, runtime_of
 from fedrouter_app.seeding import numpy_rng
 from fedrouter_app.settings import RunConfig
 from fedrouter_app.training import learning_rate
@@ -57,6 +59,11 @@ log = get_logger(__name__)
 HELLO = "query.hello"
 CLOSE = "query.close"
 FINGERPRINT = "config-fingerprint"
+# The run's num_clients, in every message's config: clients whose config leaves it to the federation use it.
+NUM_CLIENTS = "num-clients"
+# How long the number of connected nodes must stay the same to count as the federation's size: the simulation
+# registers its nodes all at once; SuperNodes started together connect within a few seconds of one another.
+SETTLE_SECONDS = {SIMULATION: 1.0, DEPLOYMENT: 5.0}
 # How often the loop asks a SuperLink for replies (Flower's own deployment grid waits 3 s between asks).
 PULL_INTERVAL = 0.2
 # A registration (hello) that failed is recorded under this client id: the node never said which client it is.
@@ -185,6 +192,11 @@ class Communicator:
         self.early_failures: list[Failure] = []
 
     @property
+    def size_config(self) -> dict[str, int]:
+        """The run's num_clients for a message's config (nothing when the loop does not know it)."""
+        return {NUM_CLIENTS: self.num_clients} if self.num_clients else {}
+
+    @property
     def clients(self) -> list[int]:
         """Registered clients whose node is connected, by partition id."""
         return sorted(c for c, node in self.node_of.items() if node in self.connected)
@@ -201,7 +213,7 @@ class Communicator:
         """
         phase = message_type
         current = {"server-round": self.record.server_round} if self.record is not None else {}
-        shared = ConfigRecord({**current, **self.common, **(config or {})})
+        shared = ConfigRecord({**current, **self.size_config, **self.common, **(config or {})})
         messages, sent = [], {}
         for client, payload in payloads.items():
             content = RecordDict({**payload, CONFIG: _merged_config(payload, shared)})
@@ -339,6 +351,31 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
         time.sleep(0.5)
 
 
+def count_nodes(grid: Grid, timeout: float) -> int:
+    """The number of nodes the federation has: wait for the first, then until no more join for a while.
+
+    Raises
+    ------
+    RunAbortedError
+        When no node connects within ``timeout`` seconds.
+    """
+    settle = SETTLE_SECONDS[runtime_of(grid)]
+    deadline = time.monotonic() + timeout
+    count, since = 0, time.monotonic()
+    while True:
+        now = time.monotonic()
+        nodes = len(list(grid.get_node_ids()))
+        if nodes != count:
+            count, since = nodes, now
+        elif count and now - since >= settle:
+            return count
+        if now > deadline:
+            if count:
+                return count
+            raise RunAbortedError(f"no node connected within {timeout:g} s (node_wait_timeout); start the SuperNodes")
+        time.sleep(0.25)
+
+
 def missing_nodes_advice(grid: Grid, expected: int) -> str:
     """What to do about too few nodes, on the runtime the run is on."""
     if runtime_of(grid) == DEPLOYMENT:
@@ -360,7 +397,11 @@ def register_clients(comm: Communicator, fingerprint: str) -> None:
     if not new:
         return
     messages = [
-        Message(RecordDict({CONFIG: ConfigRecord({FINGERPRINT: fingerprint})}), dst_node_id=node, message_type=HELLO)
+        Message(
+            RecordDict({CONFIG: ConfigRecord({FINGERPRINT: fingerprint, **comm.size_config})}),
+            dst_node_id=node,
+            message_type=HELLO,
+        )
         for node in new
     ]
     errors = []
@@ -489,7 +530,7 @@ def close_clients(comm: Communicator) -> None:
     SuperLink, with an error in its log); nodes that did not are not asked.
     Best effort: a client that misses it keeps a few files under ``checkpoint.client_dir``.
     """
-    config = ConfigRecord(dict(comm.common))
+    config = ConfigRecord({**comm.size_config, **comm.common})
     messages = [
         Message(RecordDict({CONFIG: config}), dst_node_id=comm.node_of[c], message_type=CLOSE)
         for c in comm.clients

@@ -2,7 +2,8 @@
 
 ``flwr run .`` loads :data:`app`. Tests and the sweep launcher build their own
 with :func:`make_server_app`, passing Hydra overrides directly (the in-process
-simulation API gives the app an empty run config).
+simulation API gives the app an empty run config). Where nothing sets
+``num_clients``, the run has as many clients as the federation has nodes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from fedrouter_app.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
 )
-from fedrouter_app.config import config_fingerprint, load_run_config, overrides_from_run_config
+from fedrouter_app.config import compose_config, config_fingerprint, follows_federation, load_run_config
 from fedrouter_app.logs import get_logger
 from fedrouter_app.model.loading import lora_config, lora_template, model_path
 from fedrouter_app.model.lora import LoraTemplate, save_peft_adapter
@@ -34,9 +35,10 @@ from fedrouter_app.privacy_accounting import PrivacyLedger
 from fedrouter_app.progress import RoundProgress, TensorBoardLog
 from fedrouter_app.registry import strategy_class
 from fedrouter_app.results import FinalTable, ProgressLog, ResultsWriter
-from fedrouter_app.rounds import run_federation
+from fedrouter_app.rounds import count_nodes, run_federation
 from fedrouter_app.run_command import SIMULATION, reproduce_command, runtime_of
-from fedrouter_app.settings import RunConfig
+from fedrouter_app.run_config import naming_flat_keys, overrides_from_run_config
+from fedrouter_app.settings import ConfigError, RunConfig
 
 log = get_logger(__name__)
 
@@ -54,7 +56,10 @@ def make_server_app(overrides: Sequence[str] = (), on_finish: Callable[[Path], N
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_dir = serve(grid, [*overrides_from_run_config(context.run_config), *overrides])
+        try:
+            run_dir = serve(grid, [*overrides_from_run_config(context.run_config), *overrides])
+        except ConfigError as err:
+            raise naming_flat_keys(err, context.run_config) from None
         if on_finish is not None:
             on_finish(run_dir)
 
@@ -63,7 +68,7 @@ def make_server_app(overrides: Sequence[str] = (), on_finish: Callable[[Path], N
 
 def serve(grid: Grid, overrides: Sequence[str]) -> Path:
     """Run one federated job described by Hydra ``overrides``; return its run directory."""
-    cfg = load_run_config(overrides)
+    cfg = load_run_config(overrides, federation_size(grid, overrides))
     template = lora_template(cfg.model, cfg.lora)
     strategy = strategy_class(cfg.method.name)(cfg, template)
     fingerprint = config_fingerprint(cfg)
@@ -95,6 +100,15 @@ def serve(grid: Grid, overrides: Sequence[str]) -> Path:
             save_peft_adapter(state, lora_config(cfg.lora, model_path(cfg.model)), run_dir / "adapters" / name)
     log.info("results in %s", run_dir / "results.json")
     return run_dir
+
+
+def federation_size(grid: Grid, overrides: Sequence[str]) -> int | None:
+    """The number of nodes ``grid`` has, where ``overrides`` leave num_clients to it; else None (no wait)."""
+    if not follows_federation(overrides):
+        return None
+    size = count_nodes(grid, float(compose_config(overrides).node_wait_timeout))
+    log.info("num_clients=%d: the number of nodes the federation has", size)
+    return size
 
 
 def new_run_key(run_dir: Path) -> str:

@@ -584,7 +584,12 @@ class RunConfig:
     """Everything a run needs; composed from ``conf/config.yaml``."""
 
     seed: int = field(metadata={"help": "Run seed; every random choice derives from it."})
-    num_clients: int = field(metadata={"help": "Number of clients (SuperNodes / data partitions)."})
+    num_clients: int = field(
+        metadata={
+            "help": "Number of clients (SuperNodes / data partitions); unset: the number of nodes the federation "
+            "has (8 where none is known, e.g. a config composed on its own)."
+        }
+    )
     num_rounds: int = field(metadata={"help": "Federated rounds."})
     fraction_train: float = field(metadata={"help": "Fraction of clients trained per round."})
     fraction_evaluate: float = field(metadata={"help": "Fraction of clients evaluated per evaluation round."})

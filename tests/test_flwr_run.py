@@ -1,4 +1,8 @@
-"""The README's main path: `flwr run .` on the local simulation runtime, as a user runs it."""
+"""The README's main path: `flwr run .` on the local simulation runtime, as a user runs it.
+
+Settings come as the flat run-config keys of pyproject.toml plus `overrides`; num_clients is not given, so the run
+has one client per SuperNode of the federation.
+"""
 
 import json
 import os
@@ -23,16 +27,18 @@ def test_flwr_run_completes_and_writes_results(tmp_path):
         "FEDROUTER_OUTPUT_DIR": str(out_dir),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     }
-    overrides = " ".join(tiny_overrides("output.run_name=cli"))
+    # The tiny settings, less those given as keys of their own or left to the federation.
+    flat = ("num_clients", "num_rounds", "train.local_steps")
+    overrides = " ".join(o for o in tiny_overrides() if o.split("=")[0] not in flat)
     command = [
         "flwr",
         "run",
         ".",
         "--stream",
         "--run-config",
-        f"method='local' overrides='{overrides}'",
+        f"method='local' num-server-rounds=2 local-steps=3 run-name='cli' overrides='{overrides}'",
         "--federation-config",
-        "num-supernodes=4 client-resources-num-cpus=1",
+        "num-supernodes=3 client-resources-num-cpus=1",
     ]
     try:
         proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
@@ -45,4 +51,6 @@ def test_flwr_run_completes_and_writes_results(tmp_path):
     results = json.loads(results_file.read_text())
     assert results["run"]["status"] == "completed", log[-4000:]
     assert results["run"]["method"] == "local" and len(results["rounds"]) == 3
+    assert results["config"]["num_clients"] == 3 and results["config"]["train"]["local_steps"] == 3
+    assert sorted(results["rounds"][-1]["train"]["clients"]) == ["0", "1", "2"]
     assert "round 2/2" in log

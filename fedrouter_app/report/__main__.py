@@ -9,8 +9,8 @@ from pathlib import Path
 from fedrouter_app.report.build import build_report
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedrouter_app.report", description=__doc__)
+def main(argv: list[str] | None = None, prog: str = "python -m fedrouter_app.report") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("paths", nargs="+", type=Path, help="sweep directories, job or run directories")
     parser.add_argument("--out", type=Path, required=True, help="directory for report.md, report.json and figures")
     parser.add_argument("--reference", default="fedit", help="method the gains are relative to (default: fedit)")

@@ -134,10 +134,8 @@ def splice(document: str, marker: str, content: str) -> str:
     return pattern.sub(lambda _: f"{start}\n{content}{end}", document, count=1)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m fedrouter_app.report.headline", description=__doc__.splitlines()[0]
-    )
+def main(argv: list[str] | None = None, prog: str = "python -m fedrouter_app.report.headline") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("report", type=Path, help="a report.json")
     parser.add_argument("--claim", action="append", required=True, help="scenario:column, e.g. unseen:held_out")
     parser.add_argument("--cost-scenario", help="scenario whose cost columns are shown (default: the first claim's)")
