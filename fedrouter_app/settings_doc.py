@@ -136,12 +136,12 @@ def _default(f: dataclasses.Field, value: Any) -> str:
     return REQUIRED
 
 
-def composed(overrides: list[str]) -> dict[str, Any]:
-    """The default composition of ``conf/`` with ``overrides``, unresolved, as plain containers."""
+def composed(overrides: list[str], resolve: bool = False) -> dict[str, Any]:
+    """The composition of ``conf/`` with ``overrides`` as plain containers (interpolations kept unless ``resolve``)."""
     from fedrouter_app.config import compose_config
 
     raw: DictConfig = compose_config(overrides)
-    return OmegaConf.to_container(raw, resolve=False)  # type: ignore[return-value]
+    return OmegaConf.to_container(raw, resolve=resolve)  # type: ignore[return-value]
 
 
 def run_rows() -> list[Row]:

@@ -74,7 +74,7 @@ def test_config_shows_type_default_and_help(capsys):
     status, out, _ = run_cli(capsys, "config")
     assert status == 0
     assert "train.lr (float, default 0.003; run config: lr)\n    Peak learning rate" in out
-    assert "method.n_global (int" in out and "dp.mode (str, default 'off')" in out
+    assert "method.n_global (int" in out and "dp.mode (str, default off)" in out
 
 
 @pytest.mark.parametrize("key", ["lr", "train.lr"])

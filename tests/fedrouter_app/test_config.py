@@ -127,10 +127,12 @@ def test_settings_added_later_leave_fingerprints_unchanged_at_their_old_behaviou
     stripped = cfg.to_dict()
     for section, key in NEUTRAL_DEFAULTS:
         stripped[section].pop(key, None)  # a method setting exists only in its method's config
-    settings = {k: v for k, v in stripped.items() if k not in ("output", "checkpoint")}
+    # A section added whole (aggregation) is left out altogether at its neutral values.
+    settings = {k: v for k, v in stripped.items() if k not in ("output", "checkpoint") and v != {}}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert config_fingerprint(cfg) == digest
     assert config_fingerprint(load_run_config(["+data.task_prompts=false"])) != digest
+    assert config_fingerprint(load_run_config(["aggregation.rule=median"])) != digest
 
 
 def test_every_setting_has_help_text():
