@@ -27,8 +27,8 @@ def capped_weights(weights: Sequence[float], max_share: float) -> list[float]:
     The cap ``c`` is the largest value for which ``min(w, c) / sum(min(w_i, c))
     <= max_share`` for every client (water-filling from the largest weight
     down). Where no cap can satisfy it (fewer than ``1 / max_share`` clients
-    with positive weight), every positive weight becomes equal: the most even
-    split there is. ``max_share >= 1`` returns the weights unchanged.
+    with positive weight), every positive weight becomes the smallest one: the
+    most even split there is (a sole client keeps its weight). ``max_share >= 1`` returns the weights unchanged.
 
     Parameters
     ----------
@@ -48,10 +48,10 @@ def capped_weights(weights: Sequence[float], max_share: float) -> list[float]:
         if max_share * m >= 1:
             break
         cap = max_share * rest / (1 - max_share * m)  # c = share * (rest + m * c)
-        if values[order[m]] <= cap <= values[order[m - 1]]:
+        if cap > 0 and values[order[m]] <= cap <= values[order[m - 1]]:
             return [min(v, cap) for v in values]
-    positive = [v > 0 for v in values]
-    return [1.0 if p else 0.0 for p in positive]
+    smallest = min(v for v in values if v > 0)
+    return [smallest if v > 0 else 0.0 for v in values]
 
 
 def leave_one_out_distances(points: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -751,12 +751,14 @@ def client_share_factors(
     capped: dict[int, list[int]] = {}
     for k, by_client in totals.items():
         clients = sorted(by_client)
-        new = capped_weights([by_client[c] for c in clients], max_share)
-        for client, weight in zip(clients, new, strict=True):
-            total = by_client[client]
-            factors[(k, client)] = weight / total if total > 0 and weight != total else 1.0
-        if any(factors[(k, c)] != 1.0 for c in clients):
-            capped[k] = [c for c in clients if factors[(k, c)] < 1.0]
+        old = [by_client[c] for c in clients]
+        new = capped_weights(old, max_share)
+        for client, before, after in zip(clients, old, new, strict=True):
+            factors[(k, client)] = after / before if before > 0 and after != before else 1.0
+        # Capped: whose share went down (a sole contributor keeps its whole share, whatever its weight).
+        lower = [c for c, b, a in zip(clients, old, new, strict=True) if a / sum(new) < b / sum(old) - 1e-12]
+        if lower:
+            capped[k] = lower
     return factors, capped
 
 
