@@ -39,6 +39,15 @@ class ClientMethod(ABC):
     def evaluate(self, content: RecordDict, info: RoundInfo) -> RecordDict:
         """Handle an evaluation instruction."""
 
+    def sent_adapter_name(self, reply_name: str, instruction: RecordDict, reply: RecordDict) -> str | None:
+        """The instruction's adapter that reply adapter ``reply_name`` was trained from; None: not known.
+
+        Read by model-poisoning attacks (:mod:`fedrouter_app.attacks`), which
+        poison the update against it. By default an adapter goes back under the
+        name it came with; methods that rename override this.
+        """
+        return reply_name if reply_name in instruction.array_records else None
+
     def handle(self, category: str, action: str, content: RecordDict) -> RecordDict:
         """Dispatch a message to the matching handler."""
         info = RoundInfo.from_content(content)

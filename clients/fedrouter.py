@@ -171,6 +171,14 @@ class FedRouterClient(ClientMethod):
             extra[f"cluster.{j}.loss"] = stats.mean_loss if stats.steps else 0.0
         return self.env.train_reply(TrainStats.merge(parts), adapters, extra)
 
+    def sent_adapter_name(self, reply_name: str, instruction: RecordDict, reply: RecordDict) -> str | None:
+        """``adapter.<j>`` was trained from the global adapter local cluster j is mapped to."""
+        j = reply_name.removeprefix("adapter.")
+        assignment = list(instruction.config_records[CONFIG].get("fedrouter.map", []))
+        if not j.isdigit() or int(j) >= len(assignment):
+            return None
+        return global_adapter_name(int(assignment[int(j)]))
+
     # Data drift.
 
     def follow_data(self, check: bool) -> LocalClusters:
@@ -223,7 +231,8 @@ class FedRouterClient(ClientMethod):
         embeddings = self.test_embeddings()
         routes = {
             "global": nearest(embeddings, centroids),
-            "local": nearest(embeddings, centroids, candidates=assignment),
+            # A local cluster the server refused (method.centroid_outlier_threshold) is mapped to -1: no candidate.
+            "local": nearest(embeddings, centroids, candidates=[k for k in assignment if k >= 0] or None),
         }
         test = self.env.data.test
         # Every (sample, cluster) pair either router asks for, scored once, all in one set of batches.

@@ -11,7 +11,7 @@ from clients.base import ClientMethod
 from fedrouter_app.client_env import RoundInfo
 from fedrouter_app.data.example import Example
 from fedrouter_app.model.lora import LoraState
-from fedrouter_app.records import ADAPTER
+from fedrouter_app.records import ADAPTER, METRICS
 from fedrouter_app.registry import register_client
 from fedrouter_app.seeding import numpy_rng
 from strategies.ifca import CHOSEN, cluster_adapter_name, loss_metric
@@ -56,6 +56,11 @@ class IFCAClient(ClientMethod):
         _, start, extra = self.choose(content, info)
         adapter, stats = self.env.train(start, info)
         return self.env.train_reply(stats, {ADAPTER: adapter}, extra)
+
+    def sent_adapter_name(self, reply_name: str, instruction: RecordDict, reply: RecordDict) -> str | None:
+        """The reply's adapter was trained from the cluster adapter it chose (reported as a metric)."""
+        chosen = reply.metric_records.get(METRICS, {}).get(CHOSEN)
+        return cluster_adapter_name(int(chosen)) if reply_name == ADAPTER and chosen is not None else None
 
     def evaluate(self, content: RecordDict, info: RoundInfo) -> RecordDict:
         _, adapter, extra = self.choose(content, info)

@@ -18,6 +18,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from clients.base import DEFAULT_ACTION
+from fedrouter_app.attacks import attack_reply, poison_data
 from fedrouter_app.checkpoint import CHECKPOINT_ROUND, RUN_KEY, STATE_MARKER, ClientStateStore
 from fedrouter_app.client_env import ClientEnv, RoundInfo, client_data
 from fedrouter_app.config import config_fingerprint, load_run_config
@@ -49,7 +50,8 @@ def build_env(
         raise naming_flat_keys(err, context.run_config) from None
     partition_id = int(context.node_config["partition-id"])
     if uses_node_data(cfg):
-        return ClientEnv(cfg=cfg, data=node_client_data(cfg, partition_id, context.node_config), state=context.state)
+        data = node_client_data(cfg, partition_id, context.node_config)
+        return ClientEnv(cfg=cfg, data=poison_data(cfg, data, server_round), state=context.state)
     num_partitions = int(context.node_config.get("num-partitions", cfg.num_clients))
     if num_partitions != cfg.num_clients:
         raise ValueError(
@@ -59,7 +61,8 @@ def build_env(
         )
     # The overrides alone do not say num_clients (it may follow the federation), and the partitions depend on it.
     data = client_data(cfg, repr((all_overrides, cfg.num_clients)), partition_id, server_round)
-    return ClientEnv(cfg=cfg, data=data, state=context.state)
+    # A malicious client (attack.*) trains on poisoned responses; an honest one gets its data unchanged.
+    return ClientEnv(cfg=cfg, data=poison_data(cfg, data, server_round), state=context.state)
 
 
 def _int_or_none(value: object) -> int | None:
@@ -123,6 +126,8 @@ def handle_method(msg: Message, env: ClientEnv) -> Message:
     category, _, action = msg.metadata.message_type.partition(".")
     method = client_class(env.cfg.method.name)(env)
     content = method.handle(category, action or DEFAULT_ACTION, msg.content)
+    # A malicious client (attack.*) sends a poisoned reply; an honest one's goes out as produced.
+    content = attack_reply(env, method, msg.metadata.message_type, msg.content, content)
     if saved is not None:
         saved[0].save(env.state, saved[1], saved[2])
     return Message(env.stamp(content), reply_to=msg)

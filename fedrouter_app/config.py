@@ -134,6 +134,15 @@ NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
     ("method", "global_features"): "centroids",
     ("method", "embedding"): "mean",
     ("method", "embedding_layer"): None,
+    ("method", "max_client_share"): 1.0,
+    ("method", "centroid_outlier_threshold"): 0.0,
+    ("attack", "kind"): "none",
+    ("attack", "fraction"): 0.25,
+    ("attack", "start_round"): 1,
+    ("attack", "scale"): 10.0,
+    ("attack", "std"): 0.0,
+    ("attack", "target_task"): None,
+    ("attack", "source_task"): None,
 }
 
 

@@ -19,6 +19,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import OmegaConf
 
+from fedrouter_app.attacks import malicious_clients
 from fedrouter_app.checkpoint import (
     CHECKPOINT_DIR,
     Checkpoint,
@@ -153,6 +154,16 @@ def run_info(cfg: RunConfig, overrides: Sequence[str], run_dir: Path, runtime: s
         "overrides": list(overrides),
         "runtime": runtime,
         "command": reproduce_command(overrides, runtime, cfg.num_clients),
+        **(
+            {
+                "attack": {
+                    "kind": cfg.attack.kind,
+                    "clients": sorted(malicious_clients(cfg.seed, cfg.num_clients, cfg.attack.fraction)),
+                }
+            }
+            if cfg.attack.kind != "none"
+            else {}
+        ),
     }
 
 

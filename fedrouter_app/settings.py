@@ -579,6 +579,94 @@ class AggregationSettings:
         require(self.clip_norm > 0, f"aggregation.clip_norm must be > 0, got {self.clip_norm}")
 
 
+# attack.kind values by what they change (fedrouter_app/attacks.py).
+MODEL_ATTACKS = ("sign_flip", "scale", "random", "target")
+DATA_ATTACKS = ("label_swap", "label_random")
+REGISTRATION_ATTACKS = ("inflate_sizes", "capture", "pollute")
+ATTACKS = ("none", *MODEL_ATTACKS, *DATA_ATTACKS, *REGISTRATION_ATTACKS)
+
+
+@dataclass
+class AttackSettings:
+    """Malicious clients: a seeded minority that runs the same app but poisons what it sends or trains on.
+
+    See ``fedrouter_app/attacks.py`` and the threat model in ``docs/robustness.md``.
+    """
+
+    kind: str = field(
+        default="none",
+        metadata={
+            "help": "'none'; model poisoning of every adapter a malicious client sends: 'sign_flip' (update "
+            "-(reply - sent) x scale), 'scale' (update x scale), 'random' (Gaussian update: the honest update's norm, "
+            "or std per coordinate), 'target' (a fixed adapter: the initial one plus a seeded direction of L2 norm "
+            "scale); data poisoning of its training data: 'label_swap' (target_task's responses replaced by "
+            "source_task's), 'label_random' (responses shuffled); FedRouter registration: 'inflate_sizes' (cluster "
+            "sizes x scale), 'capture' (every centroid set to target_task's centroid), 'pollute' (centroids in seeded "
+            "random directions at scale x their mean norm)."
+        },
+    )
+    fraction: float = field(
+        default=0.25,
+        metadata={
+            "help": "Share of clients that are malicious: the round(fraction x num_clients) (at least 1) with the "
+            "smallest keys seeded by (run seed, client)."
+        },
+    )
+    start_round: int = field(
+        default=1,
+        metadata={
+            "help": "First round whose training replies (model poisoning) and data (data poisoning) are poisoned; "
+            "registration attacks poison every registration."
+        },
+    )
+    scale: float = field(
+        default=10.0,
+        metadata={
+            "help": "sign_flip and scale: update multiplier; target: L2 norm of the offset from the initial adapter; "
+            "inflate_sizes: size multiplier; pollute: distance in multiples of the centroids' mean norm."
+        },
+    )
+    std: float = field(
+        default=0.0, metadata={"help": "random: std of each coordinate of the update; 0: the honest update's norm."}
+    )
+    target_task: str | None = field(
+        default=None,
+        metadata={
+            "help": "label_swap: the task whose responses are replaced (null: the client's first own task); "
+            "capture: the task whose global cluster is captured (null: the first training task the client lacks)."
+        },
+    )
+    source_task: str | None = field(
+        default=None,
+        metadata={"help": "label_swap: the task whose responses are written in (null: the task after target_task)."},
+    )
+
+    def validate(self) -> None:
+        one_of("attack.kind", self.kind, ATTACKS)
+        require(0 <= self.fraction <= 1, f"attack.fraction must be in [0, 1], got {self.fraction}")
+        require(self.start_round >= 1, f"attack.start_round must be >= 1, got {self.start_round}")
+        require(self.scale > 0, f"attack.scale must be > 0, got {self.scale}")
+        require(self.std >= 0, f"attack.std must be >= 0, got {self.std}")
+
+    def validate_run(self, cfg: RunConfig) -> None:
+        """What the attack needs from the rest of the run."""
+        for name in ("target_task", "source_task"):
+            task = getattr(self, name)
+            require(
+                task is None or task in cfg.data.tasks,
+                f"attack.{name}={task!r} is not a task of the run; valid choices: {', '.join(cfg.data.tasks)}",
+            )
+        require(
+            self.kind not in REGISTRATION_ATTACKS or cfg.method.name == "fedrouter",
+            f"attack.kind={self.kind} poisons FedRouter's registration; method is {cfg.method.name!r}",
+        )
+        require(
+            self.kind not in (*DATA_ATTACKS, "capture") or cfg.data.source != "node",
+            f"attack.kind={self.kind} draws examples of other tasks from the data source, which data.source=node "
+            "does not offer",
+        )
+
+
 @dataclass
 class RunConfig:
     """Everything a run needs; composed from ``conf/config.yaml``."""
@@ -618,6 +706,10 @@ class RunConfig:
     speed: SpeedSettings = field(
         default_factory=SpeedSettings, metadata={"help": "Exact speed-ups (same results, less time)."}
     )
+    attack: AttackSettings = field(
+        default_factory=AttackSettings,
+        metadata={"help": "Malicious clients and what they poison (robustness experiments); kind none: all honest."},
+    )
 
     def validate(self) -> None:
         require(self.num_clients >= 1, f"num_clients must be >= 1, got {self.num_clients}")
@@ -639,8 +731,10 @@ class RunConfig:
             self.dp,
             self.aggregation,
             self.speed,
+            self.attack,
         ):
             section.validate()
+        self.attack.validate_run(self)
         require(
             self.dp.mode == "off" or self.aggregation.rule == "mean",
             f"dp.mode={self.dp.mode} aggregates through Flower's DP wrappers; aggregation.rule must be mean, "
@@ -692,4 +786,5 @@ SECTIONS: dict[str, type] = {
     "dp": DPSettings,
     "aggregation": AggregationSettings,
     "speed": SpeedSettings,
+    "attack": AttackSettings,
 }

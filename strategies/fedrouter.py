@@ -18,7 +18,16 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedrouter_app.checkpoint import StrategyState
-from fedrouter_app.clustering import kmeans, majority, match_clusters, nearest, scores_from_counts, unit_rows
+from fedrouter_app.cluster_defences import capped_weights, leave_one_out_distances, outliers
+from fedrouter_app.clustering import (
+    kmeans,
+    majority,
+    match_clusters,
+    nearest,
+    scores_from_counts,
+    squared_distances,
+    unit_rows,
+)
 from fedrouter_app.model.loading import hidden_size
 from fedrouter_app.model.lora import LoraState, LoraTemplate, copy_state
 from fedrouter_app.records import (
@@ -138,6 +147,21 @@ class FedRouterConfig(MethodConfig):
         default=1.25,
         metadata={"help": "drift_check: ratio of mean nearest-centroid distance to its value at clustering (> 0)."},
     )
+    max_client_share: float = field(
+        default=1.0,
+        metadata={
+            "help": "Defence: a client's weight in a global cluster's mean is capped at this share of the cluster's "
+            "total weight (e.g. 0.5), so inflated cluster sizes buy no more; 1.0: no cap."
+        },
+    )
+    centroid_outlier_threshold: float = field(
+        default=0.0,
+        metadata={
+            "help": "Defence: a registered centroid whose distance to the nearest global cluster mean (computed "
+            "without it) exceeds this x the median such distance of the registration is refused: its client trains "
+            "nothing for that local cluster. 0: off. Needs clustering=kmeans, global_features=centroids."
+        },
+    )
 
     def validate(self) -> None:
         require(self.n_local >= 1 and self.n_global >= 1, "method.n_local and method.n_global must be >= 1")
@@ -156,6 +180,18 @@ class FedRouterConfig(MethodConfig):
         require(self.centroid_clip > 0, f"method.centroid_clip must be > 0, got {self.centroid_clip}")
         require(self.drift_threshold > 0, f"method.drift_threshold must be > 0, got {self.drift_threshold}")
         one_of("method.global_features", self.global_features, GLOBAL_FEATURES)
+        require(
+            0 < self.max_client_share <= 1, f"method.max_client_share must be in (0, 1], got {self.max_client_share}"
+        )
+        require(
+            self.centroid_outlier_threshold >= 0,
+            f"method.centroid_outlier_threshold must be >= 0 (0: off), got {self.centroid_outlier_threshold}",
+        )
+        require(
+            self.centroid_outlier_threshold == 0
+            or (self.clustering == "kmeans" and self.global_features == "centroids"),
+            "method.centroid_outlier_threshold needs method.clustering=kmeans and method.global_features=centroids",
+        )
         one_of("method.embedding", self.embedding, tuple(EMBEDDING_POOLING))
         if self.global_features != "centroids":
             require(
@@ -203,6 +239,12 @@ class ClientClusters:
     sizes: list[int]
     tasks: list[dict[str, int]]
     assignment: list[int] = field(default_factory=list)
+    # Local clusters refused as outliers (method.centroid_outlier_threshold): assigned -1, never trained.
+    rejected: set[int] = field(default_factory=set)
+
+    def accepted(self) -> list[int]:
+        """The local clusters the server took (all but the refused ones)."""
+        return [j for j in range(len(self.sizes)) if j not in self.rejected]
 
 
 @register_strategy("fedrouter", config=FedRouterConfig)
@@ -226,6 +268,9 @@ class FedRouter(Strategy):
         # true in a checkpoint, which is written after a training round, whose aggregation clusters.
         self.features_pending = False
         self.dim = hidden_size(cfg.model)
+        # method.centroid_outlier_threshold: the median outlier distance of the setup's registration, which later
+        # registrations (late joiners, drift) are measured against; None until the global clustering.
+        self.outlier_scale: float | None = None
         # Oracle clients have one cluster per own task, which may exceed n_local.
         self.max_local = max(self.method.n_local, len(cfg.data.tasks))
 
@@ -296,7 +341,39 @@ class FedRouter(Strategy):
                     f"(clients that failed registration, or clusters merged below method.min_cluster_size, share none)"
                 )
             self.centroids, labels = kmeans(points, self.method.n_global, derive_seed(self.cfg.seed, "global-kmeans"))
+            # One pass: the outliers of the first clustering are refused, the rest clustered again without them.
+            first = self.outlier_scale is None
+            if self.method.centroid_outlier_threshold > 0 and first and self.reject_outliers(items, points, labels):
+                self.cluster_globally()
+                return
         self._set_assignment(items, labels)
+
+    def reject_outliers(self, items: list[tuple[int, int]], points: np.ndarray, labels: np.ndarray) -> bool:
+        """Refuse registered centroids far from every global cluster (``method.centroid_outlier_threshold``).
+
+        Sets :attr:`outlier_scale` (the median distance), which later
+        registrations are measured against; returns whether any centroid was
+        refused.
+        """
+        distances = leave_one_out_distances(points, labels)
+        if self.outlier_scale is None:
+            self.outlier_scale = float(np.median(distances))
+        refused = outliers(distances, self.method.centroid_outlier_threshold, self.outlier_scale)
+        for i in np.flatnonzero(refused):
+            self.refuse(*items[i], float(distances[i]))
+        return bool(refused.any())
+
+    def refuse(self, client: int, j: int, distance: float) -> None:
+        """Refuse ``client``'s local cluster ``j`` as an outlier, saying why."""
+        self.registry[client].rejected.add(j)
+        assert self.comm is not None, "the round loop attaches its communicator"
+        self.comm.reject(
+            REGISTER,
+            client,
+            f"local cluster {j}: centroid at distance {distance:.4g} from the nearest global cluster, over "
+            f"{self.method.centroid_outlier_threshold:g} x the median {self.outlier_scale:.4g} "
+            "(method.centroid_outlier_threshold); it trains nothing for it",
+        )
 
     def defer_clustering(self) -> None:
         """Until the first training's adapters arrive: every local cluster maps to global cluster 0.
@@ -345,12 +422,15 @@ class FedRouter(Strategy):
         self.features_pending = False
 
     def _local_clusters(self) -> tuple[list[tuple[int, int]], np.ndarray]:
-        items = [(client, j) for client in sorted(self.registry) for j in range(len(self.registry[client].sizes))]
+        items = [(client, j) for client in sorted(self.registry) for j in self.registry[client].accepted()]
+        if not items:
+            raise RuntimeError("every registered centroid was refused (method.centroid_outlier_threshold)")
         return items, np.stack([self.registry[c].centroids[j] for c, j in items])
 
     def _set_assignment(self, items: list[tuple[int, int]], labels: np.ndarray) -> None:
         for client in self.registry:
-            self.registry[client].assignment = [0] * len(self.registry[client].sizes)
+            info = self.registry[client]
+            info.assignment = [-1 if j in info.rejected else 0 for j in range(len(info.sizes))]
         for (client, j), k in zip(items, labels, strict=True):
             self.registry[client].assignment[j] = int(k)
 
@@ -365,6 +445,13 @@ class FedRouter(Strategy):
             ]
         else:
             info.assignment = [int(k) for k in nearest(info.centroids, self.centroids)]
+            if self.method.centroid_outlier_threshold > 0 and self.outlier_scale is not None:
+                # Not part of the clustering: its distance to the nearest global centroid is already "without it".
+                distances = np.sqrt(squared_distances(info.centroids, self.centroids).min(axis=1))
+                far = outliers(distances, self.method.centroid_outlier_threshold, self.outlier_scale)
+                for j in np.flatnonzero(far):
+                    self.refuse(client, int(j), float(distances[j]))
+            info.assignment = [-1 if j in info.rejected else k for j, k in enumerate(info.assignment)]
 
     def recluster(self) -> dict[str, Any]:
         """Global k-means again over every registered client (late joiners included).
@@ -437,10 +524,12 @@ class FedRouter(Strategy):
             if client not in self.registry:
                 continue
             info = self.registry[client]
-            n = len(info.sizes)
+            accepted = info.accepted()
+            if not accepted:
+                continue  # every local cluster refused as an outlier: nothing to train
             # Clustering by adapters needs every local cluster's adapter once, trained from the initial adapter.
             everything = self.method.schedule == "all" or self.features_pending
-            local = list(range(n)) if everything else [(server_round - 1) % n]
+            local = accepted if everything else [accepted[(server_round - 1) % len(accepted)]]
             self.trained[client] = local
             payloads[client] = self._payload(info, {info.assignment[j] for j in local}, records, {"train": local})
         return payloads
@@ -476,7 +565,7 @@ class FedRouter(Strategy):
         clustered = self.features_pending
         if clustered:
             self.cluster_by_features(replies)
-        means: dict[int, Aggregate] = {}
+        contributions: list[tuple[int, Reply, int, float]] = []
         for reply in replies:
             info = self.registry[reply.client]
             for j in self.trained.get(reply.client, []):
@@ -485,13 +574,20 @@ class FedRouter(Strategy):
                     "client_size": reply.metrics[NUM_EXAMPLES],
                     "uniform": 1.0,
                 }[self.method.weighting]
-                k = info.assignment[j]
-                if k not in means:
-                    means[k] = self.new_aggregate(self.bank[k])
-                means[k].add(reply.adapters[local_adapter_name(j)], float(weight))
+                contributions.append((info.assignment[j], reply, j, float(weight)))
+        factors, capped = client_share_factors(
+            [(k, reply.client, w) for k, reply, _, w in contributions], self.method.max_client_share
+        )
+        means: dict[int, Aggregate] = {}
+        for k, reply, j, weight in contributions:
+            if k not in means:
+                means[k] = self.new_aggregate(self.bank[k])
+            means[k].add(reply.adapters[local_adapter_name(j)], weight * factors[(k, reply.client)])
         for k, mean in means.items():
             self.bank[k] = mean.result()
         report: dict[str, Any] = {"contributors": {str(k): mean.count for k, mean in sorted(means.items())}}
+        if capped:
+            report["share_capped"] = {str(k): clients for k, clients in sorted(capped.items())}
         if clustered:
             report["clustering"] = self.clustering_report()
         if self.reclustered:
@@ -561,6 +657,8 @@ class FedRouter(Strategy):
         table: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for info in self.registry.values():
             for j, k in enumerate(info.assignment):
+                if k < 0:
+                    continue  # refused: in no global cluster
                 for task, n in info.tasks[j].items():
                     table[k][task] += n
         return table
@@ -577,6 +675,11 @@ class FedRouter(Strategy):
             "n_global": len(self.centroids),
             "assignment": {str(c): info.assignment for c, info in sorted(self.registry.items())},
             "cluster_sizes": {str(c): info.sizes for c, info in sorted(self.registry.items())},
+            **(
+                {"refused": {str(c): sorted(i.rejected) for c, i in sorted(self.registry.items()) if i.rejected}}
+                if any(i.rejected for i in self.registry.values())
+                else {}
+            ),
             "majority_task": {str(k): t for k, t in sorted(self.cluster_majority().items())},
             "global": scores_from_counts(self.cluster_counts()),
             "local_mean": {m: float(np.nanmean([s[m] for s in local])) for m in ("ari", "purity")} if local else {},
@@ -593,6 +696,7 @@ class FedRouter(Strategy):
                 "local_centroids": np.concatenate(local) if local else np.zeros((0, self.dim), np.float32),
             },
             meta={
+                **({"outlier_scale": self.outlier_scale} if self.outlier_scale is not None else {}),
                 "cluster_tasks": self.cluster_tasks,
                 "registry": [
                     [c, self.registry[c].sizes, self.registry[c].tasks, self.registry[c].assignment] for c in clients
@@ -602,6 +706,7 @@ class FedRouter(Strategy):
 
     def load_state_dict(self, state: StrategyState) -> None:
         self.centroids = state.arrays["centroids"]
+        self.outlier_scale = state.meta.get("outlier_scale")
         self.cluster_tasks = list(state.meta["cluster_tasks"])
         self.bank = [state.adapters[f"cluster-{k}"] for k in range(len(self.centroids))]
         local, start = state.arrays["local_centroids"], 0
@@ -609,7 +714,11 @@ class FedRouter(Strategy):
         for client, sizes, tasks, assignment in state.meta["registry"]:
             n = len(sizes)
             self.registry[int(client)] = ClientClusters(
-                centroids=local[start : start + n], sizes=sizes, tasks=tasks, assignment=assignment
+                centroids=local[start : start + n],
+                sizes=sizes,
+                tasks=tasks,
+                assignment=assignment,
+                rejected={j for j, k in enumerate(assignment) if k < 0},
             )
             start += n
 
@@ -622,6 +731,35 @@ class FedRouter(Strategy):
             f"FedRouter(n_local={m.n_local}, n_global={m.n_global}, clustering={m.clustering}, "
             f"schedule={m.schedule}, weighting={m.weighting}, router={m.router})"
         )
+
+
+def client_share_factors(
+    contributions: Sequence[tuple[int, int, float]], max_share: float
+) -> tuple[dict[tuple[int, int], float], dict[int, list[int]]]:
+    """Per (global cluster, client), the factor its weights are scaled by under ``method.max_client_share``.
+
+    ``contributions`` are (cluster, client, weight), a client possibly
+    several times in one cluster (several local clusters mapped to it): its
+    total weight there is capped (:func:`capped_weights`) and each of its
+    weights scaled alike. Also returns, per cluster, the clients that were
+    capped. With ``max_share`` 1 every factor is exactly 1.
+    """
+    totals: dict[int, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+    for k, client, weight in contributions:
+        totals[k][client] += weight
+    factors: dict[tuple[int, int], float] = {}
+    capped: dict[int, list[int]] = {}
+    for k, by_client in totals.items():
+        clients = sorted(by_client)
+        old = [by_client[c] for c in clients]
+        new = capped_weights(old, max_share)
+        for client, before, after in zip(clients, old, new, strict=True):
+            factors[(k, client)] = after / before if before > 0 and after != before else 1.0
+        # Capped: whose share went down (a sole contributor keeps its whole share, whatever its weight).
+        lower = [c for c, b, a in zip(clients, old, new, strict=True) if a / sum(new) < b / sum(old) - 1e-12]
+        if lower:
+            capped[k] = lower
+    return factors, capped
 
 
 def adapter_update(state: LoraState, start: LoraState) -> np.ndarray:
