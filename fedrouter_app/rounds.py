@@ -1,11 +1,14 @@
 """The shared round loop: one for every method.
 
 Per round: sample clients, ask the strategy for each client's payload, add the
-round's shared settings, send, validate the replies, hand the valid ones to
-the strategy, evaluate when due, and report to callbacks (logging, results,
-checkpoints). Every client reply is checked before a strategy sees it: its size
-(from the bytes it holds, before anything is decoded), its metrics, its
-adapters, then what the strategy needs. Bad or missing replies are recorded
+round's shared settings, send, validate the replies as they arrive, hand the
+valid ones to the strategy (one by one as they come when it folds them in,
+:meth:`~strategies.base.Strategy.folds_replies`, so the server does not hold
+the round's replies; else all at once, in client order), evaluate when due,
+and report to callbacks (logging, results, checkpoints). Every client reply is
+checked before a strategy sees it: its size (from the bytes it holds, before
+anything is decoded), its metrics, its adapters, then what the strategy
+needs. Bad or missing replies are recorded
 with their reason and kind (:class:`Failure`), counted per round, and never
 reach an aggregate; the run goes on.
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -207,9 +210,24 @@ class Communicator:
         payloads: Mapping[int, RecordDict],
         config: Mapping[str, int | float | str] | None = None,
     ) -> list[Reply]:
-        """Send one payload per client and return the valid replies.
+        """Send one payload per client and return the valid replies, in client order.
 
         Failures and traffic are added to the current round record.
+        """
+        return sorted(self.stream(message_type, payloads, config), key=lambda reply: reply.client)
+
+    def stream(
+        self,
+        message_type: str,
+        payloads: Mapping[int, RecordDict],
+        config: Mapping[str, int | float | str] | None = None,
+    ) -> Iterator[Reply]:
+        """Send one payload per client and yield the valid replies as they arrive.
+
+        Each reply is validated when it arrives and kept by no one but the
+        reader, so a reader that folds it in and drops it holds one reply at a
+        time. Failures and traffic are added to the current round record;
+        clients that did not answer in time are recorded when the stream ends.
         """
         phase = message_type
         current = {"server-round": self.record.server_round} if self.record is not None else {}
@@ -217,17 +235,17 @@ class Communicator:
         messages, sent = [], {}
         for client, payload in payloads.items():
             content = RecordDict({**payload, CONFIG: _merged_config(payload, shared)})
-            msg = Message(content, dst_node_id=self.node_of[client], message_type=message_type)
-            messages.append(msg)
-            sent[client] = content
+            messages.append(Message(content, dst_node_id=self.node_of[client], message_type=message_type))
+            # What went down, counted now: the instruction need not be kept for its reply.
+            sent[client] = (sum(tensor_bytes(r) for r in content.array_records.values()), wire_bytes(content))
             self.contacted.add(client)
-        replies: list[Reply] = []
         answered: set[int] = set()
-        received = exchange(self.grid, messages, self.timeout)
-        # Replies are matched to instructions by id (set when pushed): the SuperLink itself answers for a node
-        # that stopped sending heartbeats, with its own node id as the sender.
-        client_of = {msg.metadata.message_id: client for msg, client in zip(messages, sent, strict=True)}
-        for msg in received:
+        client_of: dict[str, int] = {}
+        for msg in receive(self.grid, messages, self.timeout):
+            if not client_of:
+                # Replies are matched to instructions by id (set when pushed): the SuperLink itself answers for a
+                # node that stopped sending heartbeats, with its own node id as the sender.
+                client_of = {m.metadata.message_id: c for m, c in zip(messages, sent, strict=True)}
             client = client_of.get(msg.metadata.reply_to_message_id)
             if client is None or client in answered:
                 continue
@@ -245,17 +263,18 @@ class Communicator:
                 if msg.metadata.src_node_id != node:
                     raise InvalidReplyError(f"reply comes from node {msg.metadata.src_node_id}, not node {node}")
                 reply = self._validate(msg, client)
-                replies.append(reply)
-                self.lost.discard(node)
-                if self.record is not None and phase not in ("train", "evaluate", HELLO, CLOSE):
-                    self.record.queries.setdefault(phase, {})[client] = dict(reply.metrics)
             except InvalidReplyError as err:
                 self.reject(phase, client, str(err), node)
+                continue
+            self.lost.discard(node)
+            if self.record is not None and phase not in ("train", "evaluate", HELLO, CLOSE):
+                self.record.queries.setdefault(phase, {})[client] = dict(reply.metrics)
+            del msg
+            yield reply
         for client in sorted(set(sent) - answered):
             self.lost.add(self.node_of[client])
             self._account(phase, client, sent[client], RecordDict())
             self.reject(phase, client, f"no reply within {self.timeout:g} s", self.node_of[client], MISSING)
-        return sorted(replies, key=lambda r: r.client)
 
     def _validate(self, msg: Message, client: int) -> Reply:
         content = msg.content
@@ -279,16 +298,17 @@ class Communicator:
         }
         return Reply(client=client, metrics=metrics, adapters=adapters, content=content)
 
-    def _account(self, phase: str, client: int, sent: RecordDict, received: RecordDict) -> None:
+    def _account(self, phase: str, client: int, sent: tuple[int, int], received: RecordDict) -> None:
+        """Record the bytes of one exchange; ``sent`` is (tensor bytes, wire bytes) of the instruction."""
         if self.record is None:
             return
         self.record.traffic.append(
             Exchange(
                 phase=phase,
                 client=client,
-                bytes_down=sum(tensor_bytes(r) for r in sent.array_records.values()),
+                bytes_down=sent[0],
                 bytes_up=sum(tensor_bytes(r) for r in received.array_records.values()),
-                wire_down=wire_bytes(sent),
+                wire_down=sent[1],
                 wire_up=wire_bytes(received),
             )
         )
@@ -300,28 +320,31 @@ class Communicator:
         (self.record.failures if self.record is not None else self.early_failures).append(failure)
 
 
-def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
-    """Send ``messages`` and collect their replies until all are in or ``timeout`` seconds have passed.
+def receive(grid: Grid, messages: list[Message], timeout: float) -> Iterator[Message]:
+    """Send ``messages`` and yield their replies as they arrive, until all are in or ``timeout`` seconds have passed.
 
-    On a SuperLink (the deployment runtime) replies are asked for every
-    :data:`PULL_INTERVAL` seconds; other grids (the simulation's in-memory one,
-    test grids) keep their own ``send_and_receive``.
+    Flower's grids (the simulation's in-memory one, a SuperLink's) are asked for
+    replies every ``pull_interval`` seconds (the in-memory grid's own, else
+    :data:`PULL_INTERVAL`; Flower's deployment grid waits 3 s between asks);
+    a pull removes the replies from the link state, so a reader that folds each
+    reply in and drops it holds the replies of one pull, not of the round.
+    Other grids (the in-process grid of tests and benchmarks) answer through
+    their ``send_and_receive``, all at once.
     """
-    from flwr.superlink.grid.http_grid import HttpGrid
-
-    if not isinstance(grid, HttpGrid):
-        return list(grid.send_and_receive(messages, timeout=timeout))
+    if not isinstance(grid, Grid):
+        yield from grid.send_and_receive(messages, timeout=timeout)
+        return
     waiting = set(grid.push_messages(messages))
+    interval = getattr(grid, "pull_interval", PULL_INTERVAL)
     deadline = time.monotonic() + timeout
-    replies: list[Message] = []
     while waiting:
         received = list(grid.pull_messages(waiting))
-        replies += received
         waiting.difference_update(msg.metadata.reply_to_message_id for msg in received)
+        yield from received
+        del received
         if not waiting or time.monotonic() >= deadline:
             break
-        time.sleep(PULL_INTERVAL)
-    return replies
+        time.sleep(interval)
 
 
 def error_reason(reason: str) -> str:
@@ -405,7 +428,7 @@ def register_clients(comm: Communicator, fingerprint: str) -> None:
         for node in new
     ]
     errors = []
-    for msg in exchange(comm.grid, messages, comm.timeout):
+    for msg in receive(comm.grid, messages, comm.timeout):
         node = msg.metadata.src_node_id
         if msg.has_error():
             reason = error_reason(msg.error.reason)
@@ -536,7 +559,7 @@ def close_clients(comm: Communicator) -> None:
         for c in comm.clients
         if c in comm.contacted and comm.node_of[c] not in comm.lost
     ]
-    for msg in exchange(comm.grid, messages, comm.timeout):
+    for msg in receive(comm.grid, messages, comm.timeout):
         if msg.has_error():
             log.debug("close: %s", msg.error.reason)
 
@@ -553,22 +576,45 @@ def _note(record: RoundRecord, phase: str, info: dict[str, Any] | None) -> None:
 def _train(comm: Communicator, cfg: RunConfig, strategy: Strategy, record: RoundRecord) -> None:
     r = record.server_round
     sampled = sample_clients(comm.clients, cfg.fraction_train, cfg.seed, r, "train")
-    replies = comm.send(MessageType.TRAIN, strategy.configure_train(r, sampled), _round_config(cfg, r, record.lr))
-    valid = []
+    payloads = strategy.configure_train(r, sampled)
+    arriving = comm.stream(MessageType.TRAIN, payloads, _round_config(cfg, r, record.lr))
+    valid = _checked_train_replies(comm, strategy, record, arriving)
+    folds = strategy.folds_replies()
+    if not folds:
+        valid = iter(sorted(valid, key=lambda reply: reply.client))
+    first = next(valid, None)
+    if sampled and first is None:
+        reasons = "; ".join(sorted({f.reason for f in record.failures}))
+        raise RunAbortedError(f"round {r}: no client returned a usable training reply ({reasons})")
+    replies: Iterable[Reply] = _prepended(first, valid) if first is not None else ()
+    del first  # the reader alone holds what it reads
+    _note(record, "train", strategy.aggregate_train(r, replies if folds else list(replies)))
+    for reply in valid:
+        raise RuntimeError(f"{type(strategy).__name__}.aggregate_train left client {reply.client}'s reply unread")
+    record.train = dict(sorted(record.train.items()))
+
+
+def _prepended(first: Reply, rest: Iterator[Reply]) -> Iterator[Reply]:
+    """``first``, then ``rest``, holding ``first`` no longer than the reader does (``itertools.chain`` would)."""
+    yield first
+    del first
+    yield from rest
+
+
+def _checked_train_replies(
+    comm: Communicator, strategy: Strategy, record: RoundRecord, replies: Iterable[Reply]
+) -> Iterator[Reply]:
+    """The training replies that pass the loop's and the strategy's checks, their metrics recorded."""
     for reply in replies:
         try:
             # Every method's aggregate may weigh by it; a client with no data has nothing to contribute.
             read_count(reply.metrics, NUM_EXAMPLES, minimum=1)
-            strategy.check_train_reply(r, reply)
+            strategy.check_train_reply(record.server_round, reply)
         except InvalidReplyError as err:
             comm.reject(MessageType.TRAIN, reply.client, str(err))
             continue
-        valid.append(reply)
         record.train[reply.client] = reply.metrics
-    if sampled and not valid:
-        reasons = "; ".join(sorted({f.reason for f in record.failures}))
-        raise RunAbortedError(f"round {r}: no client returned a usable training reply ({reasons})")
-    _note(record, "train", strategy.aggregate_train(r, valid))
+        yield reply
 
 
 def _evaluate(comm: Communicator, cfg: RunConfig, strategy: Strategy, record: RoundRecord) -> None:

@@ -13,7 +13,7 @@ name.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,7 +22,7 @@ from flwr.app import RecordDict
 from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.model.lora import LoraState, LoraTemplate, initial_lora_state, num_parameters
 from fedrouter_app.records import ADAPTER, InvalidReplyError, adapter_record
-from fedrouter_app.robust_aggregation import Aggregate, new_aggregate
+from fedrouter_app.robust_aggregation import STREAMING_RULES, Aggregate, new_aggregate
 from fedrouter_app.rounds import Communicator, Reply
 from fedrouter_app.settings import ConfigError, RunConfig
 
@@ -118,9 +118,28 @@ class Strategy(ABC):
         adapter = num_parameters(self.template) * np.dtype(np.float32).itemsize
         return (self.max_reply_adapters() + 1) * adapter + REPLY_SLACK_BYTES
 
+    def folds_replies(self) -> bool:
+        """Whether this round's :meth:`aggregate_train` reads each reply once, folds it in and keeps nothing of it.
+
+        The loop then hands the replies over as they arrive, an iterator read
+        once, so the server holds the aggregates and one reply, not the round's
+        replies. Methods that need every reply at once (clustering the
+        round's adapters, a share cap over all weights, an aggregation rule
+        such as the median) say no and get a list. No by default.
+        """
+        return False
+
+    def streams_aggregation(self) -> bool:
+        """Whether ``aggregation.rule`` folds replies in one by one (``mean``, ``norm_clip``)."""
+        return self.cfg.aggregation.rule in STREAMING_RULES
+
     @abstractmethod
-    def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any] | None:
-        """Fold the round's valid training replies into the server's adapters; returns what to record."""
+    def aggregate_train(self, server_round: int, replies: Iterable[Reply]) -> dict[str, Any] | None:
+        """Fold the round's valid training replies into the server's adapters; returns what to record.
+
+        ``replies`` is a list in client order, or, when :meth:`folds_replies`
+        says so, an iterator in arrival order, to be read once and to the end.
+        """
 
     @abstractmethod
     def configure_evaluate(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:

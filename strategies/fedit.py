@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,29 +59,31 @@ class FedIT(Strategy):
         if self.cfg.dp.mode == "client":
             check_clipped(adapter, self.global_adapter, self.cfg.dp.clipping_norm)
 
-    def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any] | None:
-        weights = [
-            reply.metrics[NUM_EXAMPLES] if self.cfg.method.weighting == "num_examples" else 1.0 for reply in replies
-        ]
-        states = [self.require_adapter(reply) for reply in replies]
-        if not states:
-            return None
+    def folds_replies(self) -> bool:
+        # Flower's DP wrappers take the round's replies as one list.
+        return self.cfg.dp.mode == "off" and self.streams_aggregation()
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Reply]) -> dict[str, Any] | None:
+        by_examples = self.cfg.method.weighting == "num_examples"
         if self.cfg.dp.mode != "off":
-            self.global_adapter = dp_mean(
-                self.cfg.dp,
-                self.global_adapter,
-                states,
-                weights,
-                self.num_sampled,
-                self.template,
-                self.cfg.seed,
-                server_round,
-            )
+            replies = list(replies)
+            if replies:
+                self.global_adapter = dp_mean(
+                    self.cfg.dp,
+                    self.global_adapter,
+                    [self.require_adapter(reply) for reply in replies],
+                    [reply.metrics[NUM_EXAMPLES] if by_examples else 1.0 for reply in replies],
+                    self.num_sampled,
+                    self.template,
+                    self.cfg.seed,
+                    server_round,
+                )
             return None
         mean = self.new_aggregate(self.global_adapter)
-        for state, weight in zip(states, weights, strict=True):
-            mean.add(state, weight)
-        self.global_adapter = mean.result()
+        for reply in replies:
+            mean.add(self.require_adapter(reply), reply.metrics[NUM_EXAMPLES] if by_examples else 1.0)
+        if mean.count:
+            self.global_adapter = mean.result()
         return None
 
     def configure_evaluate(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:

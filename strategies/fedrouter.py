@@ -10,7 +10,7 @@ sends each test sample to the adapter of its nearest global centroid.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -561,11 +561,8 @@ class FedRouter(Strategy):
                     raise InvalidReplyError(f"routing metric {key[:80]!r} names no router, run task and cluster")
                 read_count(reply.metrics, key)
 
-    def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any]:
-        clustered = self.features_pending
-        if clustered:
-            self.cluster_by_features(replies)
-        contributions: list[tuple[int, Reply, int, float]] = []
+    def _contributions(self, replies: Iterable[Reply]) -> Iterator[tuple[int, Reply, int, float]]:
+        """(global cluster, reply, local cluster, weight) of every adapter the replies carry, as they are read."""
         for reply in replies:
             info = self.registry[reply.client]
             for j in self.trained.get(reply.client, []):
@@ -574,15 +571,30 @@ class FedRouter(Strategy):
                     "client_size": reply.metrics[NUM_EXAMPLES],
                     "uniform": 1.0,
                 }[self.method.weighting]
-                contributions.append((info.assignment[j], reply, j, float(weight)))
-        factors, capped = client_share_factors(
-            [(k, reply.client, w) for k, reply, _, w in contributions], self.method.max_client_share
-        )
+                yield info.assignment[j], reply, j, float(weight)
+
+    def folds_replies(self) -> bool:
+        # Clustering by trained features and the share cap need every reply of the round at once.
+        return not self.features_pending and self.method.max_client_share >= 1.0 and self.streams_aggregation()
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Reply]) -> dict[str, Any]:
+        clustered = self.features_pending
+        if clustered:
+            replies = list(replies)
+            self.cluster_by_features(replies)
+        contributions: Iterable[tuple[int, Reply, int, float]] = self._contributions(replies)
+        factors: dict[tuple[int, int], float] = {}
+        capped: dict[int, list[int]] = {}
+        if self.method.max_client_share < 1.0:
+            contributions = list(contributions)
+            factors, capped = client_share_factors(
+                [(k, reply.client, w) for k, reply, _, w in contributions], self.method.max_client_share
+            )
         means: dict[int, Aggregate] = {}
         for k, reply, j, weight in contributions:
             if k not in means:
                 means[k] = self.new_aggregate(self.bank[k])
-            means[k].add(reply.adapters[local_adapter_name(j)], weight * factors[(k, reply.client)])
+            means[k].add(reply.adapters[local_adapter_name(j)], weight * factors.get((k, reply.client), 1.0))
         for k, mean in means.items():
             self.bank[k] = mean.result()
         report: dict[str, Any] = {"contributors": {str(k): mean.count for k, mean in sorted(means.items())}}

@@ -8,7 +8,7 @@ the client's trained ``A`` tensors, both under :data:`LORA_A`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +62,10 @@ class FedSALoRA(Strategy):
             raise InvalidReplyError(f"reply carries records beyond {LORA_A!r}: {sorted(records.keys() - {LORA_A})}")
         self.received[reply.client] = read_adapter(records[LORA_A], self.a_template)
 
-    def aggregate_train(self, server_round: int, replies: Sequence[Reply]) -> dict[str, Any] | None:
+    def folds_replies(self) -> bool:
+        return self.streams_aggregation()
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Reply]) -> dict[str, Any] | None:
         mean = self.new_aggregate(self.shared_a)
         for reply in replies:
             weight = reply.metrics[NUM_EXAMPLES] if self.cfg.method.weighting == "num_examples" else 1.0

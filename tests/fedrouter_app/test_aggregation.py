@@ -47,6 +47,22 @@ def test_running_mean_equals_batch_mean():
     assert mean.count == 2 and mean.total_weight == 4
 
 
+def test_the_mean_has_the_same_bits_whatever_the_order_replies_arrive_in():
+    # The exact mean is 2^-20 + 2^-44 + 2^-70: just above the midpoint between two float32 values, so it rounds up.
+    # A plain float64 sum that meets 2^10 + 2^-68 first loses the 2^-68 and lands on the midpoint (rounding down,
+    # to even); compensated sums keep it in every order.
+    values = [2.0**10, -(2.0**10), 2.0**-18, 2.0**-41, 2.0**-67]
+    weights = [1.0, 1.0, 1.0, 0.5, 0.5]
+    expected = np.float32(2.0**-20 + 2.0**-43)
+    for order in ([0, 4, 1, 2, 3], [0, 1, 2, 3, 4], [3, 2, 4, 1, 0]):
+        mean = WeightedMean()
+        for i in order:
+            mean.add({A: np.full((2, 3), values[i], np.float32)}, weights[i])
+        assert (mean.result()[A] == expected).all(), order
+    plain = sum(weights[i] * np.float64(values[i]) for i in [0, 4, 1, 2, 3]) / 4
+    assert np.float32(plain) != expected  # what an order-dependent sum gives
+
+
 @pytest.mark.parametrize(
     ("states", "weights", "match"),
     [

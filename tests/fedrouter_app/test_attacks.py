@@ -305,3 +305,47 @@ def test_capture_run_puts_the_attacker_in_the_victims_global_cluster():
     victim = int(max(routed, key=routed.get))
     assert set(assignment) == {victim}
     assert "reverse" not in build_client_data(load_run_config(list(overrides)), attacker).tasks
+
+
+def final_adapter(run_dir) -> dict[str, np.ndarray]:
+    """The global adapter FedIT holds at the end of a run."""
+    cfg = load_run_config(list(tiny_overrides("method=fedit", *ONE_ROUND)))
+    template = lora_template(cfg.model, cfg.lora)
+    (adapter,) = load_checkpoint(latest_checkpoint(run_dir / "checkpoint"), template).state.adapters.values()
+    return adapter
+
+
+def distance(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    return float(np.sqrt(sum(np.sum((a[k].astype(np.float64) - b[k]) ** 2) for k in a)))
+
+
+@pytest.mark.parametrize(
+    ("attack", "defence"),
+    [
+        (("attack.kind=sign_flip",), ("aggregation.rule=trimmed_mean", "aggregation.trim_fraction=0.25")),
+        (("attack.kind=random", "attack.std=0.05"), ("aggregation.rule=krum",)),
+        (("attack.kind=target",), ("aggregation.rule=multi_krum",)),
+        (("attack.kind=scale", "attack.scale=20"), ("aggregation.rule=norm_clip", "aggregation.clip_norm=0.5")),
+    ],
+    ids=["sign_flip-trimmed_mean", "random-krum", "target-multi_krum", "scale-norm_clip"],
+)
+def test_a_robust_rule_keeps_the_aggregate_near_the_clean_one_under_model_poisoning(clean_fedit, attack, defence):
+    _, clean_dir, _ = clean_fedit
+    clean = final_adapter(clean_dir)
+    attacked, attacked_dir, _ = run_inprocess(list(tiny_overrides("method=fedit", *ONE_ROUND, *attack)), 4)
+    defended, defended_dir, _ = run_inprocess(list(tiny_overrides("method=fedit", *ONE_ROUND, *attack, *defence)), 4)
+    assert attacked["run"]["status"] == defended["run"]["status"] == "completed"
+    assert attacked["run"]["attack"]["clients"] == defended["run"]["attack"]["clients"]
+    # The defence leaves the global adapter at most half as far from the clean run's as the undefended mean is.
+    assert distance(final_adapter(defended_dir), clean) < 0.5 * distance(final_adapter(attacked_dir), clean)
+
+
+def test_label_random_changes_only_the_attackers_training(clean_fedit):
+    clean, _, _ = clean_fedit
+    results, _, _ = run_inprocess(list(tiny_overrides("method=fedit", *ONE_ROUND, "attack.kind=label_random")), 4)
+    (attacker,) = results["run"]["attack"]["clients"]
+    poisoned, honest = train_losses(results), train_losses(clean)
+    assert poisoned[str(attacker)] != honest[str(attacker)]
+    assert {c: v for c, v in poisoned.items() if c != str(attacker)} == {
+        c: v for c, v in honest.items() if c != str(attacker)
+    }
