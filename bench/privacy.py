@@ -10,21 +10,28 @@ mean ± standard deviation over seeds).
 Routing depends on the centroids only, so the runs are cut short: one round of
 one local step, 4 test examples per task, answers of one token (the scores are
 not meaningful, routing is). Clients run in this process, one after the other, through the real
-ServerApp and ClientApp code (no Ray), sharing one model. It prints a table
-and writes ``outputs/bench/privacy.json``.
+ServerApp and ClientApp code (no Ray), sharing one model. It writes
+``outputs/bench/privacy.json`` (``--json``) and prints the table :func:`render`
+builds from it; ``--render`` only renders an existing JSON, and ``--into
+docs/robustness.md`` also puts the table between ``<!-- privacy:start -->`` and
+``<!-- privacy:end -->`` of that file::
+
+    python -m bench.privacy --into docs/robustness.md
+    python -m bench.privacy --render --into docs/robustness.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-# The in-process grid of the tests: clients answer one after the other in this process, through the real apps.
-from fedrouter_app.inprocess import run_inprocess
 
 NOISE = (0.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0)
 SHORT = (
@@ -38,33 +45,158 @@ SHORT = (
     "checkpoint.every=0",
     "output.save_adapters=false",
 )
+MARKER = "privacy"
 
 
 def run_one(overrides: list[str], num_clients: int) -> dict[str, Any]:
-    """One short run; its registration ARI and routing accuracy."""
+    """One short run; its registration ARI, routing accuracy and shared cluster sizes.
+
+    Parameters
+    ----------
+    overrides : list[str]
+        Hydra overrides of the run.
+    num_clients : int
+        Clients of the in-process grid.
+
+    Returns
+    -------
+    dict[str, Any]
+        ``global_ari``, the routing accuracies, ``cluster_sizes`` (every registered local cluster's size, which
+        the noise's standard deviation is divided by), ``failures`` and ``seconds``.
+    """
+    # The in-process grid of the tests: clients answer one after the other in this process, through the real apps.
+    from fedrouter_app.inprocess import run_inprocess
+
     start = time.perf_counter()
     results, _, _ = run_inprocess(overrides, num_clients)
     first, last = results["rounds"][0], results["rounds"][-1]
+    clustering = first["strategy"]["setup"]["clustering"]
     routing = last["strategy"]["evaluate"]["routing"]
     return {
-        "global_ari": first["strategy"]["setup"]["clustering"]["global"]["ari"],
+        "global_ari": clustering["global"]["ari"],
         "routing_global": routing["global"].get("accuracy"),
         "routing_global_other": routing["global"].get("accuracy_other"),
         # The local router only chooses among the client's own clusters: its accuracy on the client's own tasks.
         "routing_local_own": routing["local"].get("accuracy_own"),
+        "cluster_sizes": sorted(n for sizes in clustering["cluster_sizes"].values() for n in sizes),
         "failures": len(last["failures"]) + len(first["failures"]),
         "seconds": time.perf_counter() - start,
     }
 
 
-def main() -> None:
+def render(report: dict[str, Any]) -> str:
+    """The benchmark's table as Markdown, built from the JSON it writes.
+
+    Parameters
+    ----------
+    report : dict[str, Any]
+        The content of ``privacy.json``: ``rows`` (one per run: ``noise_multiplier``, ``clip``, ``seed``,
+        ``global_ari``, ``routing_global``, ``routing_local_own``, and, when recorded, ``cluster_sizes`` and
+        ``failures``) and ``args``; ``command``, ``seconds``, ``cpu_seconds``, ``cpus`` and ``load_average``
+        when recorded.
+
+    Returns
+    -------
+    str
+        One table row per noise multiplier (mean ± std over the seeds), then a line saying how it was measured.
+    """
+    rows = report["rows"]
+    clips = sorted({r["clip"] for r in rows})
+    clip = "/".join(f"{c:g}" for c in clips)
+    sizes = [n for r in rows for n in r.get("cluster_sizes", [])]
+    # The std per coordinate is z * C / n for a cluster of n samples; with unequal clusters the column is for the
+    # median one (a smaller cluster gets more noise per coordinate).
+    size = statistics.median(sizes) if sizes else None
+    std_column = size is not None and len(clips) == 1
+    head = ["z"]
+    if std_column:
+        note = f"n={size:g}" if min(sizes) == max(sizes) else f"n={size:g}, the median"
+        head.append(f"noise std per coordinate (C={clip}, {note})")
+    head += ["global ARI", "routing acc, global router", "routing acc, local router (own tasks)"]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    # Noise multipliers in the order they were run (the order of --noise).
+    for z in dict.fromkeys(r["noise_multiplier"] for r in rows):
+        runs = [r for r in rows if r["noise_multiplier"] == z]
+        cells = [f"{z:g}"]
+        if std_column:
+            cells.append(f"{z * clips[0] / size:.3f}")
+        cells += [_mean_std([r.get(k) for r in runs]) for k in ("global_ari", "routing_global", "routing_local_own")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", _measured(report)]
+    return "\n".join(lines) + "\n"
+
+
+def _measured(report: dict[str, Any]) -> str:
+    """One sentence: runs, seeds, clients, time and machine, as far as the report records them."""
+    rows = report["rows"]
+    args = report.get("args", {})
+    seeds = sorted({r["seed"] for r in rows})
+    levels = len({r["noise_multiplier"] for r in rows})
+    text = f"{len(rows)} runs ({levels} noise levels x {len(seeds)} seeds: {', '.join(str(s) for s in seeds)}"
+    text += f"; {args['clients']} clients)" if "clients" in args else ")"
+    if "seconds" in report:
+        text += f", {report['seconds'] / 60:.1f} min wall"
+        if "cpu_seconds" in report:
+            text += f", {report['cpu_seconds'] / 60:.1f} CPU-min"
+        if "cpus" in report:
+            text += f" on {report['cpus']} CPU cores"
+        if "load_average" in report:
+            low, high = min(report["load_average"]), max(report["load_average"])
+            text += f" (one-minute load average {low:.1f} to {high:.1f})"
+    failed = sum(r.get("failures", 0) for r in rows)
+    if failed:
+        text += f"; {failed} client failures in all (see the JSON)"
+    text += "."
+    if "command" in report:
+        text += f" Command: `{_command(report['command'])}`."
+    return text
+
+
+def _command(command: str) -> str:
+    """``command`` with the machine's own path to ``outputs/`` or ``docs/`` left out."""
+    return re.sub(r"\S*/((?:outputs|docs)/)", r"\1", command)
+
+
+def _mean_std(values: list[float | None]) -> str:
+    """``mean ± std`` (population std) of the recorded values; ``-`` when none was recorded."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return "-"
+    mean = sum(present) / len(present)
+    std = (sum((v - mean) ** 2 for v in present) / len(present)) ** 0.5
+    return f"{mean:.3f} ± {std:.3f}" if len(present) > 1 else f"{mean:.3f}"
+
+
+def publish(report: dict[str, Any], into: Path | None) -> None:
+    """Print the table; with ``into``, also put it between that Markdown file's ``privacy`` markers."""
+    text = render(report)
+    print(text)
+    if into is not None:
+        from fedrouter_app.report.headline import splice
+
+        into.write_text(splice(into.read_text(), MARKER, text))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the noise levels and seeds (or, with ``--render``, only render an existing JSON)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--noise", type=float, nargs="+", default=list(NOISE), help="noise multipliers z")
     parser.add_argument("--clip", type=float, default=5.0, help="C: L2 bound on each embedding")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--json", default="outputs/bench/privacy.json")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, default=Path("outputs/bench/privacy.json"))
+    parser.add_argument("--render", action="store_true", help="only render the table of an existing --json")
+    parser.add_argument(
+        "--into", type=Path, help=f"also put the table into this Markdown file, between the '{MARKER}' markers"
+    )
+    args = parser.parse_args(argv)
+    if args.render:
+        publish(json.loads(args.json.read_text()), args.into)
+        return
+    # Fail before the runs, not after them, when the page has no markers.
+    if args.into is not None and f"<!-- {MARKER}:start -->" not in args.into.read_text():
+        parser.error(f"{args.into} has no <!-- {MARKER}:start --> ... <!-- {MARKER}:end --> markers")
+    start, cpu_start, load_before = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory(prefix="fedrouter-privacy-") as tmp:
         for seed in args.seeds:
@@ -80,22 +212,19 @@ def main() -> None:
                 row = {"noise_multiplier": z, "clip": args.clip, "seed": seed, **run_one(overrides, args.clients)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    head = f"noise std per coordinate (C={args.clip:g}, n=64)"
-    print(f"\n| z | {head} | global ARI | routing acc, global router | routing acc, local router (own tasks) |")
-    print("| --- | --- | --- | --- | --- |")
-    for z in args.noise:
-        runs = [r for r in rows if r["noise_multiplier"] == z]
-        cells = [_mean_std([r[k] for r in runs]) for k in ("global_ari", "routing_global", "routing_local_own")]
-        print(f"| {z:g} | {z * args.clip / 64:.3f} | " + " | ".join(cells) + " |")
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
-
-
-def _mean_std(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-    return f"{mean:.3f} ± {std:.3f}" if len(values) > 1 else f"{mean:.3f}"
+    report = {
+        "command": " ".join(["python -m bench.privacy", *(argv if argv is not None else sys.argv[1:])]),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,
+        "cpus": os.cpu_count(),
+        "load_average": [load_before, os.getloadavg()[0]],
+        "rows": rows,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1))
+    print()
+    publish(report, args.into)
 
 
 if __name__ == "__main__":
