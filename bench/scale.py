@@ -20,6 +20,9 @@ existing JSON, and ``--into docs/scale.md`` puts them between ``<!-- scale:start
 3. ``bench.model_cache``: SmolLM2-135M-shaped model, client calls with the
    base model cached per worker vs reloaded per message.
 4. ``bench.server_scale``: FedRouter's server clustering 10,000 local centroids.
+5. ``bench.server_memory``: peak server memory against replies per round, replies
+   folded in as they arrive (``mean``) or held (``median``); its table goes
+   between ``<!-- server-memory:start -->`` and ``<!-- server-memory:end -->``.
 
 Targets are printed beside the numbers, never asserted: timings depend on the
 machine and on what else runs on it, so the load average is recorded too.
@@ -117,6 +120,7 @@ def main() -> None:
         )
     report["model_cache"] = part("bench.model_cache", work / "model-cache.json", log)
     report["server"] = part("bench.server_scale", work / "server.json", log)["rows"]
+    report["server_memory"] = part("bench.server_memory", work / "server-memory.json", log)
     from fedrouter_app.config import load_run_config
     from fedrouter_app.model.loading import model_path
 
@@ -134,12 +138,16 @@ def main() -> None:
 
 def publish(report: dict[str, Any], into: Path | None, marker: str) -> None:
     """Print the tables; with ``into``, also put them between the markers of that Markdown file."""
+    from bench.server_memory import render as render_server_memory
+
     text = format_report(report) + "\n"
-    print(text)
+    memory = render_server_memory(report["server_memory"]) + "\n" if "server_memory" in report else ""
+    print(text + "\n" + memory)
     if into is not None:
         from fedrouter_app.report.headline import splice
 
-        into.write_text(splice(into.read_text(), marker, text))
+        page = splice(into.read_text(), marker, text)
+        into.write_text(splice(page, "server-memory", memory) if memory else page)
 
 
 def format_report(report: dict[str, Any]) -> str:

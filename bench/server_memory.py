@@ -122,7 +122,7 @@ def measure(rule: str, replies: int) -> dict[str, Any]:
         ["model=hf", f"model.name={smol}", "method=fedit", f"num_clients={replies}", f"aggregation.rule={rule}"]
     )
     template = lora_template(cfg.model, cfg.lora)
-    comm = Communicator(AnsweringGrid(replies, template), template, timeout=600, num_clients=replies)
+    comm = Communicator(AnsweringGrid(replies, template), template, timeout=86400, num_clients=replies)
     register_clients(comm, config_fingerprint(cfg))
     strategy = strategy_class("fedit")(cfg, template)
     comm.record = record = RoundRecord(server_round=1, lr=cfg.train.lr)
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(measure(rule, n))
                 print(json.dumps(rows[-1]), flush=True)
         report = {
-            "command": "python -m bench.server_memory " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": " ".join(["python -m bench.server_memory", *(sys.argv[1:] if argv is None else argv)]),
             "per_pull": PER_PULL,
             "cpus": os.cpu_count(),
             "seconds": time.perf_counter() - start,
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.into is not None:
         from fedrouter_app.report.headline import splice
 
-        args.into.write_text(splice(args.into.read_text(), "server-memory", text))
+        args.into.write_text(splice(args.into.read_text(), "server-memory", text + "\n"))
 
 
 def render(report: dict[str, Any]) -> str:

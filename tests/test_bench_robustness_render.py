@@ -1,0 +1,68 @@
+"""The robustness and server-memory benchmarks' tables render from their JSON."""
+
+from __future__ import annotations
+
+import json
+
+from bench import robustness, server_memory
+
+
+def _row(attack: str, defence: str, seed: int, scores: dict[str, float], attackers: list[int]) -> dict:
+    clients = {c: {"score": s, "loss": 1.0 - s} for c, s in scores.items()}
+    honest = [v for c, v in clients.items() if int(c) not in attackers]
+    return {
+        "attack": attack,
+        "fraction": 0.0 if attack == "none" else 0.3,
+        "defence": defence,
+        "seed": seed,
+        "clients": clients,
+        "honest_score": sum(v["score"] for v in honest) / len(honest),
+        "honest_loss": sum(v["loss"] for v in honest) / len(honest),
+        "routing_global": 1.0,
+        "attackers": attackers,
+    }
+
+
+def _report() -> dict:
+    return {
+        "command": "python -m bench.robustness --seeds 0 1",
+        "args": {"clients": 3},
+        "rows": [
+            _row("none", "mean", 0, {"0": 0.5, "1": 0.3, "2": 0.1}, []),
+            _row("none", "mean", 1, {"0": 0.4, "1": 0.4, "2": 0.4}, []),
+            # Client 2 attacks; the honest clients lose 0.2 (seed 0) and 0.1 (seed 1) against themselves when clean.
+            _row("sign_flip", "mean", 0, {"0": 0.3, "1": 0.1, "2": 0.9}, [2]),
+            _row("sign_flip", "mean", 1, {"0": 0.3, "1": 0.3, "2": 0.9}, [2]),
+        ],
+    }
+
+
+def test_changes_compare_the_honest_clients_with_themselves_in_the_clean_run():
+    text = robustness.render(_report())
+    assert "Seeds 0, 1; 3 clients." in text
+    assert "| none | - | mean | 0.350 ± 0.050 | +0.000 | 0.650 ± 0.050 | +0.000 | 1.000 ± 0.000 | 2 |" in text
+    # Honest score 0.2 and 0.3 (attacker left out); change -0.15 (not the difference of the means over other sets).
+    assert "| sign_flip | 30% (1) | mean | 0.250 ± 0.050 | -0.150 | 0.750 ± 0.050 | +0.150 |" in text
+    assert text.endswith("Made by `python -m bench.robustness --seeds 0 1`.")
+
+
+def test_robustness_table_goes_between_its_markers(tmp_path, capsys):
+    report, page = tmp_path / "robustness.json", tmp_path / "page.md"
+    report.write_text(json.dumps(_report()))
+    page.write_text("intro\n<!-- robustness:start -->\nold\n<!-- robustness:end -->\nrest\n")
+    robustness.main(["--render", "--json", str(report), "--into", str(page)])
+    text = page.read_text()
+    assert "old" not in text and "| sign_flip | 30% (1) | mean |" in text and text.endswith("rest\n")
+    capsys.readouterr()
+
+
+def test_server_memory_table_one_row_per_rule_and_size():
+    adapter = 2**20
+    rows = [
+        {"rule": "mean", "replies": 10, "adapter_bytes": adapter, "peak_bytes": 20 * adapter, "peak_adapters": 20.0},
+        {"rule": "mean", "replies": 1000, "adapter_bytes": adapter, "peak_bytes": 21 * adapter, "peak_adapters": 21.0},
+        {"rule": "median", "replies": 50, "adapter_bytes": adapter, "peak_bytes": 200 * adapter, "peak_adapters": 200},
+    ]
+    text = server_memory.render({"rows": rows, "per_pull": 4, "command": "python -m bench.server_memory"})
+    assert "| mean | 1,000 | 21.0 | 21.0 |" in text and "| median | 50 | 200.0 | 200.0 |" in text
+    assert "One adapter: 1.00 MiB; replies arrive 4 per pull." in text
