@@ -182,9 +182,9 @@ def publish(report: dict[str, Any], into: Path | None) -> None:
     text = render(report)
     print(text)
     if into is not None:
-        from fedrouter_app.report.headline import splice
+        from fedrouter_app.report.headline import splice_file
 
-        into.write_text(splice(into.read_text(), MARKER, text))
+        splice_file(into, MARKER, text)
 
 
 def main(argv: list[str] | None = None) -> None:

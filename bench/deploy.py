@@ -251,9 +251,9 @@ def publish(text: str, into: Path | None, marker: str) -> None:
     """Print ``text``; with ``into``, also put it between that Markdown file's markers."""
     print(text)
     if into is not None:
-        from fedrouter_app.report.headline import splice
+        from fedrouter_app.report.headline import splice_file
 
-        into.write_text(splice(into.read_text(), marker, text))
+        splice_file(into, marker, text)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,7 +51,7 @@ from flwr.common.serde import message_from_proto, message_to_proto
 from bench.common import write_json
 from fedrouter_app.compat.flwr_internals import set_message_id
 from fedrouter_app.inprocess import InProcessGrid
-from fedrouter_app.report.headline import splice
+from fedrouter_app.report.headline import splice_file
 
 OFF = [
     "speed.eval_batching=false",
@@ -328,7 +328,7 @@ def publish(record: dict[str, Any], into: Path | None, marker: str) -> None:
     text = render(record)
     print(text)
     if into is not None:
-        into.write_text(splice(into.read_text(), marker, text))
+        splice_file(into, marker, text)
 
 
 def speedups(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:

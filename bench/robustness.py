@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     report = json.loads(args.json.read_text()) if args.json.exists() else {"rows": []}
     if not args.render:
         report = {
-            "command": "python -m bench.robustness " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": " ".join(["python -m bench.robustness", *(sys.argv[1:] if argv is None else argv)]),
             "args": {"seeds": args.seeds, "clients": args.clients, "schedule": list(SHORT)},
             **report,
         }
@@ -158,9 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     text = render(report)
     print(text)
     if args.into is not None:
-        from fedrouter_app.report.headline import splice
+        from fedrouter_app.report.headline import splice_file
 
-        args.into.write_text(splice(args.into.read_text(), "robustness", text))
+        splice_file(args.into, "robustness", text + "\n")
 
 
 def render(report: dict[str, Any]) -> str:

@@ -144,10 +144,11 @@ def publish(report: dict[str, Any], into: Path | None, marker: str) -> None:
     memory = render_server_memory(report["server_memory"]) + "\n" if "server_memory" in report else ""
     print(text + "\n" + memory)
     if into is not None:
-        from fedrouter_app.report.headline import splice
+        from fedrouter_app.report.headline import splice_file
 
-        page = splice(into.read_text(), marker, text)
-        into.write_text(splice(page, "server-memory", memory) if memory else page)
+        splice_file(into, marker, text)
+        if memory:
+            splice_file(into, "server-memory", memory)
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -174,9 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     text = render(report)
     print(text)
     if args.into is not None:
-        from fedrouter_app.report.headline import splice
+        from fedrouter_app.report.headline import splice_file
 
-        args.into.write_text(splice(args.into.read_text(), "server-memory", text + "\n"))
+        splice_file(args.into, "server-memory", text + "\n")
 
 
 def render(report: dict[str, Any]) -> str:

@@ -229,10 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.into is None:
         sys.stdout.write(text)
         return 0
-    from fedrouter_app.report.headline import splice
+    from fedrouter_app.report.headline import splice_file
 
     try:
-        args.into.write_text(splice(args.into.read_text(), args.marker, text))
+        splice_file(args.into, args.marker, text)
     except ValueError as err:
         print(f"error: {args.into}: {err}", file=sys.stderr)
         return 2

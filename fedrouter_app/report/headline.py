@@ -134,6 +134,11 @@ def splice(document: str, marker: str, content: str) -> str:
     return pattern.sub(lambda _: f"{start}\n{content}{end}", document, count=1)
 
 
+def splice_file(path: Path, marker: str, content: str) -> None:
+    """Replace what lies between ``marker``'s markers in the file at ``path`` with ``content`` (see :func:`splice`)."""
+    path.write_text(splice(path.read_text(), marker, content))
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m fedrouter_app.report.headline") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("report", type=Path, help="a report.json")
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m fedrouter_app.rep
         print(tables, end="")
         return 0
     try:
-        args.into.write_text(splice(args.into.read_text(), args.marker, tables))
+        splice_file(args.into, args.marker, tables)
     except ValueError as err:
         print(f"error: {args.into}: {err}", file=sys.stderr)
         return 2
