@@ -207,11 +207,63 @@ def format_report(report: dict[str, Any]) -> str:
             f"| {r['model']} | {r['local_centroids']:,} | {r['n_global']} | **{r['cluster_seconds']:.2f}** | "
             f"{r['report_seconds']:.2f} | {r['global_ari']:.3f} | {r['state_bytes_per_client']:,.0f} |"
         )
+    lines += ["", *targets_table(report)]
     load = report["machine"]
     lines.append(
-        f"\nload average before {load['load_before'][0]:.2f}, after {load.get('load_after', [float('nan')])[0]:.2f}"
+        f"\n{load['cpus']} CPUs, load average before {load['load_before'][0]:.2f}, after "
+        f"{load.get('load_after', [float('nan')])[0]:.2f}; {report.get('seconds', 0) / 60:.1f} min in all. "
+        f"Made by `{report['command'].strip()}`."
     )
     return "\n".join(lines)
+
+
+def targets_table(report: dict[str, Any]) -> list[str]:
+    """Each target beside what this run measured, and whether it was met."""
+    targets = report["targets"]
+    fed = sorted(report["federation"], key=lambda f: f["sim"]["num_clients"])
+    rows: list[tuple[str, str, str, bool]] = []
+    if fed:
+        small, large = fed[0], fed[-1]
+        for f, key in ((small, "overhead_small"), (large, "overhead_large")):
+            n = f["sim"]["num_clients"]
+            rows.append(
+                (
+                    f"overhead ratio, {n} clients",
+                    f"<= {targets[key]}",
+                    f"{f['overhead_ratio']:.2f}",
+                    f["overhead_ratio"] <= targets[key],
+                )
+            )
+        growth = large["sim"]["peak_pss_bytes"] / small["sim"]["peak_pss_bytes"] - 1
+        rows.append(
+            (
+                f"peak memory, {large['sim']['num_clients']} vs {small['sim']['num_clients']} clients",
+                f"<= +{targets['memory_growth']:.0%}",
+                f"{growth:+.1%}",
+                growth <= targets["memory_growth"],
+            )
+        )
+    speedups = [c["speedup"] for c in report["model_cache"]["calls"].values()]
+    rows.append(
+        (
+            "cached base model vs reloaded, per call",
+            f">= {targets['cache_speedup']:g}x",
+            f"{min(speedups):.1f} to {max(speedups):.1f}x",
+            min(speedups) >= targets["cache_speedup"],
+        )
+    )
+    slowest = max(r["cluster_seconds"] for r in report["server"])
+    rows.append(
+        (
+            "server k-means of 10,000 local centroids",
+            f"<= {targets['cluster_s']:g} s",
+            f"{slowest:.2f} s",
+            slowest <= targets["cluster_s"],
+        )
+    )
+    lines = ["| target | bound | measured | met |", "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {bound} | {value} | {'yes' if met else '**no**'} |" for name, bound, value, met in rows]
+    return lines
 
 
 if __name__ == "__main__":

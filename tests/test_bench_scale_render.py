@@ -1,0 +1,68 @@
+"""The scale benchmark's tables render from its JSON, targets beside what was measured."""
+
+from __future__ import annotations
+
+from bench.scale import TARGETS, format_report
+
+
+def _sim(n: int, pss: float) -> dict:
+    return {
+        "num_clients": n,
+        "client_calls": 12 * n,
+        "steady_rounds": [2, 3, 4, 5, 6, 7],
+        "seconds_per_round": 2.0,
+        "calls_per_second": 3.0,
+        "startup_seconds": 15.0,
+        "peak_pss_bytes": pss,
+        "client_actors": 2,
+        "tensor_bytes_per_client_round": 1000,
+    }
+
+
+def _report() -> dict:
+    calls = {"train": {"cached_mean": 0.8, "reload_mean": 1.3, "speedup": 1.6}}
+    return {
+        "command": "python -m bench.scale ",
+        "machine": {"cpus": 2, "load_before": [0.5, 0, 0], "load_after": [1.5, 0, 0]},
+        "targets": TARGETS,
+        "seconds": 540.0,
+        "federation": [
+            {
+                "sim": _sim(8, 2.0 * 2**30),
+                "plain": {"seconds_per_round": 2.0},
+                "overhead_ratio": 1.0,
+                "cpu_overhead_ratio": 1.0,
+            },
+            {
+                "sim": _sim(500, 2.5 * 2**30),
+                "plain": {"seconds_per_round": 1.0},
+                "overhead_ratio": 1.4,
+                "cpu_overhead_ratio": 1.3,
+            },
+        ],
+        "bytes": {"embedded": {"model_bytes": 1000, "adapter_bytes": 100}},
+        "model_cache": {"model": "SmolLM2-135M-shaped", "calls": calls},
+        "server": [
+            {
+                "model": "embedded (d=64)",
+                "local_centroids": 10000,
+                "n_global": 8,
+                "cluster_seconds": 0.1,
+                "report_seconds": 0.1,
+                "global_ari": 1.0,
+                "state_bytes_per_client": 614,
+            },
+        ],
+    }
+
+
+def test_targets_are_listed_with_what_was_measured_and_whether_met():
+    text = format_report(_report())
+    assert "| overhead ratio, 8 clients | <= 1.15 | 1.00 | yes |" in text
+    assert "| overhead ratio, 500 clients | <= 1.3 | 1.40 | **no** |" in text
+    assert "| peak memory, 500 vs 8 clients | <= +20% | +25.0% | **no** |" in text
+    assert "| cached base model vs reloaded, per call | >= 5x | 1.6 to 1.6x | **no** |" in text
+    assert "| server k-means of 10,000 local centroids | <= 2 s | 0.10 s | yes |" in text
+    assert text.endswith(
+        "2 CPUs, load average before 0.50, after 1.50; 9.0 min in all. Made by `python -m bench.scale`."
+    )
