@@ -38,16 +38,16 @@ def _worker(rank: int, num_clients: int, barrier: Any, next_call: Any, out: Any)
     pin_threads(1)
     os.nice(max(0, RAY_WORKER_NICENESS - os.nice(0)))
     import torch
+    from fedrouter_app.clients.base import DEFAULT_ACTION
+    from fedrouter_app.strategies.fedrouter import REGISTER, global_adapter_name
     from flwr.app import ConfigRecord, Context, RecordDict
 
-    from clients.base import DEFAULT_ACTION
     from fedrouter_app.client_handler import build_env
     from fedrouter_app.config import load_run_config
     from fedrouter_app.records import CONFIG, adapter_record
     from fedrouter_app.registry import client_class
     from fedrouter_app.rounds import sample_clients
     from fedrouter_app.training import learning_rate
-    from strategies.fedrouter import REGISTER, global_adapter_name
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="fedrouter-bench-") as tmp:

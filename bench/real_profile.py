@@ -129,16 +129,16 @@ class PhaseClock:
 # (module, attribute, phase, unless inside): the functions timed, patched where they are called from.
 TIMED = (
     ("fedrouter_app.model.loading", "load_adapter_model", "model load", ""),
-    ("clients.fedrouter", "embed_texts", "embeddings", ""),
+    ("fedrouter_app.clients.fedrouter", "embed_texts", "embeddings", ""),
     ("fedrouter_app.client_env", "train_adapter", "training", ""),
     ("fedrouter_app.evaluation", "row_losses", "teacher-forced loss", "choice ranking"),
     ("fedrouter_app.evaluation", "generate_ids", "generation", ""),
     # speed.shared_prefill: one prompt pass, then the reference answer's loss and greedy decoding, together.
     ("fedrouter_app.evaluation", "score_and_generate", "shared prompt pass", ""),
     ("fedrouter_app.evaluation", "choose_answers", "choice ranking", ""),
-    ("clients.fedrouter", "kmeans", "clustering and routing", ""),
-    ("clients.fedrouter", "nearest", "clustering and routing", ""),
-    ("strategies.fedrouter", "kmeans", "clustering and routing", ""),
+    ("fedrouter_app.clients.fedrouter", "kmeans", "clustering and routing", ""),
+    ("fedrouter_app.clients.fedrouter", "nearest", "clustering and routing", ""),
+    ("fedrouter_app.strategies.fedrouter", "kmeans", "clustering and routing", ""),
     ("fedrouter_app.client_env", "adapter_record", "serialisation", ""),
     ("fedrouter_app.client_env", "read_adapter", "serialisation", ""),
 )

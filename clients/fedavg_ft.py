@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from fedrouter_app.clients.fedit import FedITClient
 from flwr.app import RecordDict
 
-from clients.fedit import FedITClient
 from fedrouter_app.client_env import RoundInfo
 from fedrouter_app.registry import register_client
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 
+from fedrouter_app.clients.base import ClientMethod
+from fedrouter_app.strategies.fltac import INITIAL, ROUTER_CLUSTERS, cluster_name, slot_name
 from flwr.app import RecordDict
 
-from clients.base import ClientMethod
 from fedrouter_app.aggregation import weighted_average
 from fedrouter_app.client_env import RoundInfo
 from fedrouter_app.data.example import Example
@@ -30,7 +31,6 @@ from fedrouter_app.task_routing import (
     stored_embeddings,
 )
 from fedrouter_app.training import TrainStats
-from strategies.fltac import INITIAL, ROUTER_CLUSTERS, cluster_name, slot_name
 
 SLOT_CENTROIDS = "fltac.slot-centroids"
 UNSEEN_EMBEDDINGS = "fltac.unseen-embeddings"

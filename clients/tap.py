@@ -16,9 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from fedrouter_app.clients.base import ClientMethod
+from fedrouter_app.strategies.tap import ROUTER_KEYS, SHARED, centroid_size_name, payload_name, reply_name, task_key
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from clients.base import ClientMethod
 from fedrouter_app.client_env import RoundInfo
 from fedrouter_app.data.example import Example
 from fedrouter_app.evaluation import ExampleScore
@@ -34,7 +35,6 @@ from fedrouter_app.task_routing import (
     stored_embeddings,
 )
 from fedrouter_app.training import Teacher, TrainStats
-from strategies.tap import ROUTER_KEYS, SHARED, centroid_size_name, payload_name, reply_name, task_key
 
 PERSONAL = "tap.personal"
 PERSONAL_LOSSES = "tap.personal-losses"

@@ -1,6 +1,6 @@
 """fedrouter: task-centric personalized federated fine-tuning of language models on Flower."""
 
-from fedrouter_app.method_packages import check_method_packages
+from fedrouter_app.method_packages import install_finder
 
-# Before anything imports strategies or clients: a package of another distribution with the same name fails here.
-check_method_packages()
+# The methods are imported as fedrouter_app.strategies and fedrouter_app.clients in every layout.
+install_finder()

@@ -34,8 +34,8 @@ from fedrouter_app.seeding import derive_seed, numpy_rng
 from fedrouter_app.settings import DATA_ATTACKS, MODEL_ATTACKS, REGISTRATION_ATTACKS, AttackSettings, RunConfig
 
 if TYPE_CHECKING:
-    from clients.base import ClientMethod
     from fedrouter_app.client_env import ClientEnv
+    from fedrouter_app.clients.base import ClientMethod
 
 log = get_logger(__name__)
 
@@ -303,7 +303,7 @@ def initial_packed(env: ClientEnv, layout: str) -> np.ndarray:
 
 def poison_registration(env: ClientEnv, method: ClientMethod, reply: RecordDict) -> None:
     """Apply ``inflate_sizes``, ``capture`` or ``pollute`` to a FedRouter registration reply, in place."""
-    from strategies.fedrouter import CENTROIDS
+    from fedrouter_app.strategies.fedrouter import CENTROIDS
 
     if CENTROIDS not in reply.array_records:
         return  # a drift check's "unchanged" answer: nothing registered

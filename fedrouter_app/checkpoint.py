@@ -36,7 +36,7 @@ from fedrouter_app.model.lora import LoraState, LoraTemplate
 if TYPE_CHECKING:
     from fedrouter_app.rounds import RoundRecord
     from fedrouter_app.settings import RunConfig
-    from strategies.base import Strategy
+    from fedrouter_app.strategies.base import Strategy
 
 log = get_logger(__name__)
 

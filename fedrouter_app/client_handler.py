@@ -17,10 +17,10 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from clients.base import DEFAULT_ACTION
 from fedrouter_app.attacks import attack_reply, poison_data
 from fedrouter_app.checkpoint import CHECKPOINT_ROUND, RUN_KEY, STATE_MARKER, ClientStateStore
 from fedrouter_app.client_env import ClientEnv, RoundInfo, client_data
+from fedrouter_app.clients.base import DEFAULT_ACTION
 from fedrouter_app.config import config_fingerprint, load_run_config
 from fedrouter_app.data.node_local import node_client_data, uses_node_data
 from fedrouter_app.logs import get_logger

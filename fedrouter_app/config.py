@@ -22,7 +22,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import fields
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -31,6 +30,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fedrouter_app.method_packages import part_dir
 from fedrouter_app.registry import method_config_class
 from fedrouter_app.run_config import overrides_from_run_config
 from fedrouter_app.settings import SECTIONS, ConfigError, RunConfig
@@ -76,7 +76,7 @@ FEDERATION_SIZE = "federation_size"
 # and clients put the federation's size in its place before resolving (see load_run_config).
 OmegaConf.register_new_resolver(FEDERATION_SIZE, lambda default: int(default), replace=True)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = part_dir("conf")
 GROUPS = ("method", "scenario", "model", "data")
 
 

@@ -1,65 +1,68 @@
-"""A check that ``strategies`` and ``clients`` are this app's packages, not others of the same name.
+"""Where the methods and the configuration live: next to ``fedrouter_app``, or inside it.
 
-The methods' server and client sides live in the top-level packages
-``strategies`` and ``clients``, next to ``fedrouter_app`` (in the source tree,
-in Flower's app bundle and in site-packages alike). Those are generic names:
-another installed distribution may ship a package called the same, which
-either shadows ours on ``sys.path`` or, installed into the same site-packages,
-overwrites files of it. :func:`check_method_packages` runs when
-``fedrouter_app`` is imported and turns both cases into a one-line error
-instead of a confusing ``ImportError`` deep inside a run.
+In the repository, and in Flower's app bundle (which packs the repository),
+the methods' server and client sides and the Hydra configuration are the
+top-level folders ``strategies/``, ``clients/`` and ``conf/``: that is where a
+method is added. An installed wheel puts the same folders inside the package
+(``fedrouter_app/strategies`` and so on), so that fedrouter claims no generic
+names in site-packages. Code imports the methods under one name in both
+layouts, ``fedrouter_app.strategies`` and ``fedrouter_app.clients``; in the
+repository layout :class:`RepositoryLayoutFinder`, installed when
+``fedrouter_app`` is imported, resolves those two names to the top-level
+folders.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
-# Every package of ours sets this module attribute; a foreign package of the same name does not.
-MARKER = "FEDROUTER_METHOD_PACKAGE"
+PACKAGE_DIR = Path(__file__).resolve().parent
 METHOD_PACKAGES = ("strategies", "clients")
+# Folders that are top-level in the repository and inside the package once installed.
+LAYOUT_PARTS = (*METHOD_PACKAGES, "conf")
 
 
-class MethodPackageError(ImportError):
-    """``strategies`` or ``clients`` resolves to a package that is not this app's."""
+def installed_layout(package_dir: Path = PACKAGE_DIR) -> bool:
+    """Whether the method packages are inside ``package_dir`` (an installed wheel), not next to it."""
+    return (package_dir / "strategies" / "__init__.py").is_file()
 
 
-def _expected_init(name: str) -> Path:
-    return Path(__file__).resolve().parent.parent / name / "__init__.py"
+def part_dir(name: str, package_dir: Path = PACKAGE_DIR) -> Path:
+    """The folder of ``strategies``, ``clients`` or ``conf`` in the layout ``package_dir`` belongs to."""
+    if name not in LAYOUT_PARTS:
+        raise ValueError(f"unknown layout part {name!r}; valid choices: {', '.join(LAYOUT_PARTS)}")
+    inside = package_dir / name
+    return inside if inside.is_dir() else package_dir.parent / name
 
 
-def _remedy(name: str) -> str:
-    return (
-        f"another installed package is called {name!r}: uninstall it "
-        "(pip show -f to find which distribution owns it) or install fedrouter in its own virtual environment"
-    )
+class RepositoryLayoutFinder(importlib.abc.MetaPathFinder):
+    """Finds ``fedrouter_app.strategies`` and ``fedrouter_app.clients`` in the repository's top-level folders.
 
-
-def check_method_packages() -> None:
-    """Check, without importing them, that ``strategies`` and ``clients`` are the ones next to this package.
-
-    Raises
-    ------
-    MethodPackageError
-        When one is missing or found elsewhere on ``sys.path``.
+    Only those two names: their submodules are then found on the packages'
+    ``__path__`` as usual.
     """
-    for name in METHOD_PACKAGES:
-        expected = _expected_init(name)
-        spec = importlib.util.find_spec(name)
-        found = Path(spec.origin).resolve() if spec is not None and spec.origin else None
-        if found != expected:
-            where = f"resolves to {found}" if found else "is not an importable package"
-            raise MethodPackageError(f"fedrouter's method package {name!r} {where}, not {expected}; {_remedy(name)}")
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        parent, _, name = fullname.rpartition(".")
+        if parent != __package__ or name not in METHOD_PACKAGES:
+            return None
+        folder = part_dir(name)
+        return importlib.util.spec_from_file_location(
+            fullname, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
 
 
-def check_marker(module: object) -> None:
-    """Check that an imported method package is ours (its files may have been overwritten by another's).
-
-    Raises
-    ------
-    MethodPackageError
-        When ``module`` lacks :data:`MARKER`.
-    """
-    if getattr(module, MARKER, False) is not True:
-        name = getattr(module, "__name__", "?")
-        raise MethodPackageError(f"the package {name!r} imported is not fedrouter's (no {MARKER}); {_remedy(name)}")
+def install_finder() -> None:
+    """In the repository layout, let ``fedrouter_app.strategies`` and ``fedrouter_app.clients`` resolve (once)."""
+    if installed_layout():
+        return
+    if not any(type(finder).__name__ == RepositoryLayoutFinder.__name__ for finder in sys.meta_path):
+        sys.meta_path.append(RepositoryLayoutFinder())

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from fedrouter_app.model.lora import LoraTemplate
     from fedrouter_app.rounds import RoundRecord
     from fedrouter_app.settings import RunConfig
-    from strategies.base import Strategy
+    from fedrouter_app.strategies.base import Strategy
 
 # Integer Renyi orders: fractional ones make the subsampled Gaussian's series converge slowly (and warn).
 RDP_ORDERS = (*range(2, 257), 320, 384, 512, 768, 1024)

@@ -21,7 +21,7 @@ from fedrouter_app.settings import RunConfig
 
 if TYPE_CHECKING:
     from fedrouter_app.model.lora import LoraTemplate
-    from strategies.base import Strategy
+    from fedrouter_app.strategies.base import Strategy
 
 TENSORBOARD_DIR = "tensorboard"
 

@@ -11,11 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from fedrouter_app.method_packages import check_marker
-
 if TYPE_CHECKING:
-    from clients.base import ClientMethod
-    from strategies.base import Strategy
+    from fedrouter_app.clients.base import ClientMethod
+    from fedrouter_app.strategies.base import Strategy
 
 
 @dataclass
@@ -71,11 +69,8 @@ def register_client(name: str) -> Callable[[C], C]:
 
 def _load_methods() -> None:
     # Importing the packages runs their registration decorators.
-    import clients
-    import strategies
-
-    check_marker(clients)
-    check_marker(strategies)
+    import fedrouter_app.clients
+    import fedrouter_app.strategies  # noqa: F401
 
 
 def method_names() -> list[str]:

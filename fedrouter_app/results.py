@@ -24,7 +24,7 @@ from fedrouter_app.rounds import RoundRecord
 from fedrouter_app.settings import RunConfig
 
 if TYPE_CHECKING:
-    from strategies.base import Strategy
+    from fedrouter_app.strategies.base import Strategy
 
 log = get_logger(__name__)
 

@@ -55,7 +55,7 @@ from fedrouter_app.settings import RunConfig
 from fedrouter_app.training import learning_rate
 
 if TYPE_CHECKING:
-    from strategies.base import Strategy
+    from fedrouter_app.strategies.base import Strategy
 
 log = get_logger(__name__)
 

@@ -36,6 +36,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from fedrouter_app.method_packages import LAYOUT_PARTS, part_dir
+
 MAGIC = b"FRW1"
 NONCE_BYTES = 32
 TAG_BYTES = 32
@@ -58,20 +60,28 @@ class AuthenticationError(ChannelError):
 
 @cache
 def app_code_hash(root: Path | None = None) -> bytes:
-    """SHA-256 over the app's source and config files (relative paths and contents), in a fixed order."""
-    root = root or app_root()
+    """SHA-256 over the app's source and config files (paths within each part, contents), in a fixed order.
+
+    The same code gives the same hash in the repository layout and installed
+    (methods and configuration inside ``fedrouter_app``; see
+    :mod:`fedrouter_app.method_packages`), so a worker started from a wheel
+    serves a ClientApp run from Flower's app bundle of the same code.
+    """
+    package_dir = (root or app_root()) / "fedrouter_app"
+    nested = {part_dir(name, package_dir) for name in LAYOUT_PARTS}
     digest = hashlib.sha256()
-    for package, pattern in CODE_PARTS:
-        for path in sorted((root / package).rglob(pattern)):
-            if "__pycache__" in path.parts:
+    for name, pattern in CODE_PARTS:
+        folder = package_dir if name == "fedrouter_app" else part_dir(name, package_dir)
+        for path in sorted(folder.rglob(pattern)):
+            if "__pycache__" in path.parts or (name == "fedrouter_app" and nested.intersection(path.parents)):
                 continue
-            digest.update(str(path.relative_to(root)).encode() + b"\0")
+            digest.update(f"{name}/{path.relative_to(folder).as_posix()}".encode() + b"\0")
             digest.update(path.read_bytes() + b"\0")
     return digest.digest()
 
 
 def app_root() -> Path:
-    """The directory holding this app's packages (the unpacked FAB, or the source checkout)."""
+    """The directory holding ``fedrouter_app`` (the unpacked FAB, the source checkout, or site-packages)."""
     return Path(__file__).resolve().parent.parent
 
 

@@ -3,8 +3,9 @@
 import importlib
 import pkgutil
 
-# Tells fedrouter_app.method_packages this is fedrouter's package, not another of the same name.
-FEDROUTER_METHOD_PACKAGE = True
+if __name__ != "fedrouter_app.strategies":
+    # A second copy under another name would register every method twice.
+    raise ImportError(f"import this package as fedrouter_app.strategies, not {__name__}")
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")

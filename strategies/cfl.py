@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from fedrouter_app.strategies.base import Strategy
 from flwr.app import RecordDict
 
 from fedrouter_app.checkpoint import StrategyState
@@ -28,7 +29,6 @@ from fedrouter_app.registry import MethodConfig, register_strategy
 from fedrouter_app.robust_aggregation import Aggregate
 from fedrouter_app.rounds import Reply
 from fedrouter_app.settings import RunConfig, one_of, require
-from strategies.base import Strategy
 
 log = get_logger(__name__)
 

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedrouter_app.strategies.base import Strategy
 from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.checkpoint import StrategyState
@@ -15,7 +16,6 @@ from fedrouter_app.records import CONFIG, NUM_EXAMPLES
 from fedrouter_app.registry import MethodConfig, register_strategy
 from fedrouter_app.rounds import Reply
 from fedrouter_app.settings import RunConfig, one_of
-from strategies.base import Strategy
 
 
 @dataclass

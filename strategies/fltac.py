@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from fedrouter_app.strategies.base import Strategy
 from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.aggregation import WeightedMean
@@ -36,7 +37,6 @@ from fedrouter_app.rounds import Reply
 from fedrouter_app.seeding import derive_seed
 from fedrouter_app.settings import RunConfig, one_of, require
 from fedrouter_app.task_routing import CENTROIDS, check_route_metrics, pooled_centroids, routing_summary
-from strategies.base import Strategy
 
 INITIAL = "initial"
 UNSEEN_RULES = ("perplexity", "oracle", "average", "router")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedrouter_app.strategies.base import Strategy
 from flwr.app import RecordDict
 
 from fedrouter_app.checkpoint import StrategyState
@@ -22,7 +23,6 @@ from fedrouter_app.robust_aggregation import Aggregate
 from fedrouter_app.rounds import Reply
 from fedrouter_app.seeding import derive_seed
 from fedrouter_app.settings import RunConfig, require
-from strategies.base import Strategy
 
 # Metric key of the cluster a client chose (train and evaluate replies).
 CHOSEN = "ifca.cluster"

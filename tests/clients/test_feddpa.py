@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from fedrouter_app.clients.feddpa import LOCAL_ADAPTER, FedDPAClient, instance_weights
 from flwr.app import ConfigRecord, RecordDict
 
-from clients.feddpa import LOCAL_ADAPTER, FedDPAClient, instance_weights
 from fedrouter_app.records import ADAPTER, adapter_record, read_adapter, read_local_adapter
 
 
@@ -24,7 +24,7 @@ def instruction(env, adapter, server_round, num_rounds=3):
 
 
 def test_global_phase_is_fedit_and_local_phase_starts_in_round_two(make_env):
-    from clients.fedit import FedITClient
+    from fedrouter_app.clients.fedit import FedITClient
 
     env = make_env("method=feddpa")
     start = env.initial_adapter()

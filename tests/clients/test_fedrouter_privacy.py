@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from fedrouter_app.clients.fedrouter import FedRouterClient
+from fedrouter_app.strategies.fedrouter import CENTROIDS
 from flwr.app import RecordDict
-
-from clients.fedrouter import FedRouterClient
-from strategies.fedrouter import CENTROIDS
 
 DUAL = ("method=fedrouter", "scenario=dual", "scenario.train_examples_per_client=48")
 

@@ -6,9 +6,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from fedrouter_app.clients.base import ClientMethod
+from fedrouter_app.strategies.fedrouter import CENTROIDS, global_adapter_name, local_adapter_name
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-from clients.base import ClientMethod
 from fedrouter_app.attacks import (
     attack_reply,
     capture_centroids,
@@ -30,7 +31,6 @@ from fedrouter_app.model.loading import lora_template
 from fedrouter_app.model.lora import initial_lora_state
 from fedrouter_app.records import CONFIG, METRICS, adapter_record, matrix_record
 from fedrouter_app.settings import AttackSettings, ConfigError
-from strategies.fedrouter import CENTROIDS, global_adapter_name, local_adapter_name
 from tests.conftest import tiny_overrides
 
 RNG = np.random.default_rng(0)
@@ -180,7 +180,7 @@ def test_a_malicious_train_reply_is_poisoned_against_the_adapter_it_was_sent(mak
 
 
 def test_a_renamed_reply_adapter_is_poisoned_against_the_adapter_its_method_names(make_cfg):
-    from clients.fedrouter import FedRouterClient
+    from fedrouter_app.clients.fedrouter import FedRouterClient
 
     env = fake_env(make_cfg, "method=fedrouter", "attack.kind=scale", "attack.scale=2")
     # Local cluster 0 trained from global adapter 1 (the map), not the nearer global adapter 0.

@@ -2,12 +2,18 @@
 
 import numpy as np
 import pytest
+from fedrouter_app.strategies.fedrouter import (
+    CENTROIDS,
+    ClientClusters,
+    FedRouter,
+    global_adapter_name,
+    local_adapter_name,
+)
 from flwr.app import RecordDict
 
 from fedrouter_app.records import CONFIG, InvalidReplyError, read_adapter, read_matrix
 from fedrouter_app.rounds import Reply
 from fedrouter_app.settings import ConfigError
-from strategies.fedrouter import CENTROIDS, ClientClusters, FedRouter, global_adapter_name, local_adapter_name
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
 
