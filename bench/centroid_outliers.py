@@ -51,12 +51,11 @@ def registration_ratios(overrides: list[str]) -> tuple[np.ndarray, np.ndarray, d
         ``clients`` and ``attackers`` (numbers of clients).
     """
     # Imported here so that --render needs neither torch nor Flower.
-    from fedrouter_app.clients.fedrouter import FedRouterClient
-    from fedrouter_app.strategies.fedrouter import REGISTER, FedRouter
     from flwr.app import RecordDict
 
     from fedrouter_app.attacks import attack_reply, malicious_clients
     from fedrouter_app.client_env import ClientEnv
+    from fedrouter_app.clients.fedrouter import FedRouterClient
     from fedrouter_app.cluster_defences import leave_one_out_distances
     from fedrouter_app.clustering import kmeans
     from fedrouter_app.config import load_run_config
@@ -65,6 +64,7 @@ def registration_ratios(overrides: list[str]) -> tuple[np.ndarray, np.ndarray, d
     from fedrouter_app.records import METRICS
     from fedrouter_app.rounds import Reply
     from fedrouter_app.seeding import derive_seed
+    from fedrouter_app.strategies.fedrouter import REGISTER, FedRouter
 
     cfg = load_run_config(overrides)
     attackers = malicious_clients(cfg.seed, cfg.num_clients, cfg.attack.fraction) if cfg.attack.kind != "none" else ()

@@ -25,9 +25,22 @@ NUM_ROUNDS = 8
 STEADY_ROUNDS = range(2, NUM_ROUNDS)
 
 
+# At most this many clients register in the setup; the others join when a round first samples them.
+SETUP_REGISTRATIONS = 500
+
+
 def fraction_for(num_clients: int) -> float:
-    """Participation per round: everyone in a small federation, 10% of a large one."""
-    return 1.0 if num_clients <= 8 else 0.25 if num_clients <= 64 else 0.1
+    """Participation per round: everyone in a small federation, 10% of a large one, 0.5-1% of thousands."""
+    if num_clients <= 8:
+        return 1.0
+    if num_clients <= 64:
+        return 0.25
+    return 0.1 if num_clients <= 500 else 0.01 if num_clients <= 2000 else 0.005
+
+
+def registration_for(num_clients: int) -> float:
+    """FedRouter's ``registration_fraction``: everyone up to :data:`SETUP_REGISTRATIONS`, then that many."""
+    return min(1.0, SETUP_REGISTRATIONS / num_clients)
 
 
 def workload(num_clients: int, output_dir: str | Path) -> list[str]:
@@ -38,6 +51,7 @@ def workload(num_clients: int, output_dir: str | Path) -> list[str]:
         f"num_clients={num_clients}",
         f"num_rounds={NUM_ROUNDS}",
         f"fraction_train={fraction}",
+        f"method.registration_fraction={registration_for(num_clients)}",
         # The final evaluation is not timed; 8 clients are enough to show the run works.
         f"fraction_evaluate={min(1.0, 8 / num_clients)}",
         "eval.at_start=false",

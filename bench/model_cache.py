@@ -37,16 +37,16 @@ def run(cache: Path, calls: int = CALLS) -> dict[str, Any]:
     """Time ``calls`` calls of each kind, cached and reloaded."""
     pin_threads(1)
     import torch
-    from fedrouter_app.clients.base import DEFAULT_ACTION
-    from fedrouter_app.strategies.fedrouter import REGISTER
     from flwr.app import ConfigRecord, RecordDict
 
     from fedrouter_app.client_env import ClientEnv, client_data
+    from fedrouter_app.clients.base import DEFAULT_ACTION
     from fedrouter_app.config import load_run_config
     from fedrouter_app.model.adapter_model import AdapterModel
     from fedrouter_app.model.loading import cached_adapter_model, load_adapter_model, model_path
     from fedrouter_app.records import ADAPTER, CONFIG, adapter_record
     from fedrouter_app.registry import client_class
+    from fedrouter_app.strategies.fedrouter import REGISTER
 
     torch.set_num_threads(1)
 

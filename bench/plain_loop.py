@@ -12,9 +12,11 @@ simulation look slower than it is). Rounds run one after another, as they
 must in any federated loop (a round's calls need the previous round's
 aggregate): within a round, each worker takes the next call not yet taken, as
 the simulation's idle actors take the next message, and the round ends when its
-last call does. Model loads, partitions and FedRouter's registration happen
-before the clock starts, as the simulation's start-up does them before its
-steady rounds. No Flower, no Ray, no server: what the simulation adds on top
+last call does. Model loads, partitions and FedRouter's setup registration
+happen before the clock starts, as the simulation's start-up does them before
+its steady rounds; a client that joins in a steady round (outside
+``registration_fraction``'s cohort) registers in that round, in a wave before
+the round's training, as in the simulation. No Flower, no Ray, no server: what the simulation adds on top
 of this is its overhead.
 """
 
@@ -38,15 +40,16 @@ def _worker(rank: int, num_clients: int, barrier: Any, next_call: Any, out: Any)
     pin_threads(1)
     os.nice(max(0, RAY_WORKER_NICENESS - os.nice(0)))
     import torch
-    from fedrouter_app.clients.base import DEFAULT_ACTION
-    from fedrouter_app.strategies.fedrouter import REGISTER, global_adapter_name
     from flwr.app import ConfigRecord, Context, RecordDict
 
+    from fedrouter_app.client_env import ClientEnv
     from fedrouter_app.client_handler import build_env
+    from fedrouter_app.clients.base import DEFAULT_ACTION
     from fedrouter_app.config import load_run_config
     from fedrouter_app.records import CONFIG, adapter_record
     from fedrouter_app.registry import client_class
     from fedrouter_app.rounds import sample_clients
+    from fedrouter_app.strategies.fedrouter import REGISTER, global_adapter_name
     from fedrouter_app.training import learning_rate
 
     torch.set_num_threads(1)
@@ -55,6 +58,15 @@ def _worker(rank: int, num_clients: int, barrier: Any, next_call: Any, out: Any)
         cfg = load_run_config(overrides)
         population = range(num_clients)
         rounds = {r: sample_clients(population, cfg.fraction_train, cfg.seed, r, "train") for r in STEADY_ROUNDS}
+        # FedRouter's setup registers a cohort; a client outside it registers when a round first samples it
+        # (round 1's during the start-up): that registration is part of the round's work, timed here too.
+        seen = set(sample_clients(population, cfg.method.registration_fraction, cfg.seed, 0, "register"))
+        seen.update(sample_clients(population, cfg.fraction_train, cfg.seed, 1, "train"))
+        joiners: dict[int, list[int]] = {}
+        for r, clients in rounds.items():
+            joiners[r] = [c for c in clients if c not in seen]
+            seen.update(clients)
+        late = {c for clients in joiners.values() for c in clients}
         contexts = {
             c: Context(
                 run_id=0,
@@ -66,13 +78,24 @@ def _worker(rank: int, num_clients: int, barrier: Any, next_call: Any, out: Any)
             for c in sorted({c for clients in rounds.values() for c in clients})
         }
         category, action = REGISTER.split(".")
-        for context in contexts.values():  # the simulation's start-up: registration (and the model load)
-            env = build_env(context, overrides)
+
+        def register(client: int) -> ClientEnv:
+            env = build_env(contexts[client], overrides)
             client_class(cfg.method.name)(env).handle(category, action, RecordDict())
+            return env
+
+        for client in contexts.keys() - late:  # the simulation's start-up: registration (and the model load)
+            env = register(client)
         adapter = env.initial_adapter()
         barrier.wait(timeout=1800)
         start, cpu, done = time.perf_counter(), time.process_time(), 0
         for r, clients in rounds.items():
+            # A round first registers the clients that join in it (one wave), then trains (another).
+            if joiners[r]:
+                while (c := _claim(next_call, joiners[r])) is not None:
+                    done += 1
+                    register(c)
+                _round_barrier(barrier, next_call)
             while (c := _claim(next_call, clients)) is not None:
                 done += 1
                 env = build_env(contexts[c], overrides)
@@ -95,11 +118,15 @@ def _worker(rank: int, num_clients: int, barrier: Any, next_call: Any, out: Any)
                     }
                 )
                 env.stamp(client_class(cfg.method.name)(env).handle("train", DEFAULT_ACTION, content))
-            # The round ends when its last call does; then one worker rewinds the shared counter.
-            if barrier.wait(timeout=1800) == 0:
-                next_call.value = 0
-            barrier.wait(timeout=1800)
+            _round_barrier(barrier, next_call)
         out.put((rank, time.perf_counter() - start, done, time.process_time() - cpu))
+
+
+def _round_barrier(barrier: Any, next_call: Any) -> None:
+    """A wave ends when its last call does; then one worker rewinds the shared counter."""
+    if barrier.wait(timeout=1800) == 0:
+        next_call.value = 0
+    barrier.wait(timeout=1800)
 
 
 def _claim(next_call: Any, clients: list[int]) -> int | None:

@@ -9,18 +9,23 @@ every part's log in ``scale.log`` beside it; ``--render`` only renders the table
 existing JSON, and ``--into docs/scale.md`` puts them between ``<!-- scale:start -->`` and
 ``<!-- scale:end -->`` of that file. Parts, each in its own process:
 
-1. ``bench.sim_run``: FedRouter on Flower's Ray simulation with 8, 64 and 500
-   clients (all, 25% and 10% per round), 2 one-CPU actors: wall time per
-   steady round, start-up, client calls per second, peak memory of the whole
-   process tree, bytes per client-round.
+1. ``bench.sim_run``: FedRouter on Flower's Ray simulation with 8, 64, 500,
+   2,000 and 10,000 clients (all, 25%, 10%, 1% and 0.5% per round; at most 500
+   register in the setup, the others when first sampled), 2 one-CPU actors:
+   wall time per steady round, start-up, client calls per second (late
+   registrations included), peak memory of the whole process tree, bytes per
+   client-round.
 2. ``bench.plain_loop``: the same steady rounds' client calls in 2 plain
    processes; overhead ratio = simulation s/round / plain-loop s/round (wall
    time), and the same ratio of CPU seconds, which other load on the machine
    does not inflate.
-3. ``bench.model_cache``: SmolLM2-135M-shaped model, client calls with the
+3. ``bench.flwr_run_scale``: the 500- and 2,000-client federations through
+   ``flwr run .`` (Flower's own simulation runtime in its own processes), seconds
+   per round on the server's clock against the in-process row of the same size.
+4. ``bench.model_cache``: SmolLM2-135M-shaped model, client calls with the
    base model cached per worker vs reloaded per message.
-4. ``bench.server_scale``: FedRouter's server clustering 10,000 local centroids.
-5. ``bench.server_memory``: peak server memory against replies per round, replies
+5. ``bench.server_scale``: FedRouter's server clustering 10,000 local centroids.
+6. ``bench.server_memory``: peak server memory against replies per round, replies
    folded in as they arrive (``mean``) or held (``median``); its table goes
    between ``<!-- server-memory:start -->`` and ``<!-- server-memory:end -->``.
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -43,7 +49,15 @@ from typing import Any
 from bench.common import smollm2_shaped_model, write_json
 from fedrouter_app.model.embedded import cache_root
 
-TARGETS = {"overhead_small": 1.15, "overhead_large": 1.3, "memory_growth": 0.2, "cache_speedup": 5.0, "cluster_s": 2.0}
+TARGETS = {
+    "overhead_small": 1.15,
+    "overhead_large": 1.3,
+    "memory_growth": 0.25,
+    "cache_speedup": 5.0,
+    "cluster_s": 2.0,
+    # flwr run's seconds per round against the in-process simulation's at the same size.
+    "flwr_run_vs_inprocess": 1.1,
+}
 
 
 def part(module: str, json_path: Path, log: Path, *args: str) -> dict[str, Any]:
@@ -82,7 +96,10 @@ def model_bytes(overrides: list[str]) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[8, 64, 500])
+    parser.add_argument("--clients", type=int, nargs="+", default=[8, 64, 500, 2000, 10000])
+    parser.add_argument(
+        "--flwr-clients", type=int, nargs="*", default=[500, 2000], help="sizes also run through `flwr run .`"
+    )
     parser.add_argument("--workers", type=int, default=2, help="1-CPU Ray actors = plain-loop processes")
     parser.add_argument("--json", type=Path, default=Path("outputs/bench/scale.json"))
     parser.add_argument("--render", action="store_true", help="only render the tables of an existing --json")
@@ -118,6 +135,12 @@ def main() -> None:
                 "cpu_overhead_ratio": sim["cpu_seconds_per_round"] / plain["cpu_seconds_per_round"],
             }
         )
+    report["flwr_run"] = []
+    for n in args.flwr_clients:
+        flwr = part("bench.flwr_run_scale", work / f"flwr-{n}.json", log, "--clients", str(n))
+        sim = next((f["sim"] for f in report["federation"] if f["sim"]["num_clients"] == n), None)
+        ratio = flwr["server_seconds_per_round"] / sim["server_seconds_per_round"] if sim else float("nan")
+        report["flwr_run"].append({"flwr": flwr, "vs_inprocess": ratio})
     report["model_cache"] = part("bench.model_cache", work / "model-cache.json", log)
     report["server"] = part("bench.server_scale", work / "server.json", log)["rows"]
     report["server_memory"] = part("bench.server_memory", work / "server-memory.json", log)
@@ -169,13 +192,32 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for f in fed:
         s, p = f["sim"], f["plain"]
-        per_round = s["client_calls"] // len(s["steady_rounds"])
+        rounds = len(s["steady_rounds"])
+        trained = (s["client_calls"] - s.get("late_registrations", 0)) // rounds
+        joins = s.get("late_registrations", 0) / rounds
+        per_round = f"{trained} (+{joins:.0f} joining)" if joins else f"{trained}"
         lines.append(
-            f"| {s['num_clients']} | {per_round} | {s['seconds_per_round']:.2f} | {p['seconds_per_round']:.2f} | "
+            f"| {s['num_clients']:,} | {per_round} | {s['seconds_per_round']:.2f} | {p['seconds_per_round']:.2f} | "
             f"**{f['overhead_ratio']:.2f}** | {f['cpu_overhead_ratio']:.2f} | {s['calls_per_second']:.2f} | "
             f"{s['startup_seconds']:.1f} | "
             f"{s['peak_pss_bytes'] / 2**30:.2f} GiB | {s['peak_pss_bytes'] / base - 1:+.1%} | {s['client_actors']} |"
         )
+    if report.get("flwr_run"):
+        lines += [
+            "",
+            "| `flwr run .` with N SuperNodes | per round | server s/round, `flwr run` | server s/round, in-process "
+            "| ratio | start-up s, `flwr run` |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        by_size = {f["sim"]["num_clients"]: f["sim"] for f in fed}
+        for row in report["flwr_run"]:
+            r, sim = row["flwr"], by_size.get(row["flwr"]["num_clients"], {})
+            inproc = sim.get("server_seconds_per_round")
+            lines.append(
+                f"| {r['num_clients']:,} | {r['client_calls'] // len(r['steady_rounds'])} | "
+                f"{r['server_seconds_per_round']:.2f} | {'-' if inproc is None else f'{inproc:.2f}'} | "
+                f"**{row['vs_inprocess']:.2f}** | {r['startup_seconds']:.1f} |"
+            )
     lines += [
         "",
         "| model | base model (float32) | LoRA tensors per client-round (down + up) | share |",
@@ -217,6 +259,17 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def trained_per_round(f: dict[str, Any]) -> int:
+    """Clients trained per steady round (late registrations left out)."""
+    s = f["sim"]
+    return (s["client_calls"] - s.get("late_registrations", 0)) // len(s["steady_rounds"])
+
+
+def federation_seconds(f: dict[str, Any]) -> float:
+    """What the federation adds to a round's client work: simulation s/round minus plain-loop s/round."""
+    return f["sim"]["seconds_per_round"] - f["plain"]["seconds_per_round"]
+
+
 def targets_table(report: dict[str, Any]) -> list[str]:
     """Each target beside what this run measured, and whether it was met."""
     targets = report["targets"]
@@ -228,7 +281,7 @@ def targets_table(report: dict[str, Any]) -> list[str]:
             n = f["sim"]["num_clients"]
             rows.append(
                 (
-                    f"overhead ratio, {n} clients",
+                    f"overhead ratio, {n:,} clients",
                     f"<= {targets[key]}",
                     f"{f['overhead_ratio']:.2f}",
                     f["overhead_ratio"] <= targets[key],
@@ -237,10 +290,33 @@ def targets_table(report: dict[str, Any]) -> list[str]:
         growth = large["sim"]["peak_pss_bytes"] / small["sim"]["peak_pss_bytes"] - 1
         rows.append(
             (
-                f"peak memory, {large['sim']['num_clients']} vs {small['sim']['num_clients']} clients",
+                f"peak memory, {large['sim']['num_clients']:,} vs {small['sim']['num_clients']:,} clients",
                 f"<= +{targets['memory_growth']:.0%}",
                 f"{growth:+.1%}",
                 growth <= targets["memory_growth"],
+            )
+        )
+        same = [f for f in fed if trained_per_round(f) == trained_per_round(large)]
+        if len(same) > 1:
+            base, n0, n1 = same[0], same[0]["sim"]["num_clients"], large["sim"]["num_clients"]
+            bound = math.log(n1) / math.log(n0)
+            added0, added1 = federation_seconds(base), federation_seconds(large)
+            rows.append(
+                (
+                    f"federation's s/round (FL minus plain) at {n1:,} vs {n0:,} clients, "
+                    f"{trained_per_round(large)} trained per round",
+                    f"<= {bound:.2f}x (log {n1:,} / log {n0:,})",
+                    f"{added1:.2f} s vs {added0:.2f} s",
+                    added1 <= bound * max(added0, 0.0) or added1 <= 0.0,
+                )
+            )
+    for row in report.get("flwr_run", []):
+        rows.append(
+            (
+                f"`flwr run` vs in-process, {row['flwr']['num_clients']:,} SuperNodes",
+                f"<= {targets.get('flwr_run_vs_inprocess', 1.1)}",
+                f"{row['vs_inprocess']:.2f}",
+                row["vs_inprocess"] <= targets.get("flwr_run_vs_inprocess", 1.1),
             )
         )
     speedups = [c["speedup"] for c in report["model_cache"]["calls"].values()]

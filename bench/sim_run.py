@@ -66,7 +66,11 @@ def run(num_clients: int, num_cpus: int) -> dict[str, Any]:
         raise RuntimeError(f"benchmark run incomplete: status {results['run']['status']}, rounds {sorted(clock.ends)}")
     rounds = {r["round"]: r for r in results["rounds"]}
     steady = [clock.ends[r] - clock.ends[r - 1] for r in STEADY_ROUNDS]
-    calls = sum(len(rounds[r]["train"]["clients"]) for r in STEADY_ROUNDS)
+    # Training calls, and the registrations of clients that join in a steady round (a wave before training).
+    joins = sum(
+        1 for r in STEADY_ROUNDS for phases in rounds[r]["traffic"]["clients"].values() if "query.register" in phases
+    )
+    calls = sum(len(rounds[r]["train"]["clients"]) for r in STEADY_ROUNDS) + joins
     traffic = [
         phases["train"]
         for r in STEADY_ROUNDS
@@ -80,9 +84,12 @@ def run(num_clients: int, num_cpus: int) -> dict[str, Any]:
         "steady_rounds": list(STEADY_ROUNDS),
         "round_seconds": steady,
         "seconds_per_round": sum(steady) / len(steady),
+        # The server's own clock of each round, as results.json records it (what the flwr run rows compare on).
+        "server_seconds_per_round": sum(rounds[r]["seconds"] for r in STEADY_ROUNDS) / len(steady),
         # Every process of the run (server, Ray's own, the actors) over the steady rounds.
         "cpu_seconds_per_round": (clock.cpu[STEADY_ROUNDS[-1]] - clock.cpu[STEADY_ROUNDS[0] - 1]) / len(steady),
         "client_calls": calls,
+        "late_registrations": joins,
         "calls_per_second": calls / sum(steady),
         "startup_seconds": clock.ends[1] - start,
         "final_round_seconds": clock.ends[NUM_ROUNDS] - clock.ends[NUM_ROUNDS - 1],

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fedrouter_app.clients.fedit import FedITClient
 from flwr.app import RecordDict
 
 from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.clients.fedit import FedITClient
 from fedrouter_app.registry import register_client
 
 # Batches of the fine-tuning steps; stream 0 is the round's federated training.

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from fedrouter_app.clients.base import ClientMethod
 from flwr.app import RecordDict
 
 from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.clients.base import ClientMethod
 from fedrouter_app.data.example import Example
 from fedrouter_app.embedding import embed_texts
 from fedrouter_app.model.adapter_model import DEFAULT_SLOT

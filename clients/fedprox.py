@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from fedrouter_app.clients.fedit import FedITClient
 from flwr.app import RecordDict
 
 from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.clients.fedit import FedITClient
 from fedrouter_app.model.loading import AdapterModel
 from fedrouter_app.model.lora import LoraState
 from fedrouter_app.records import ADAPTER

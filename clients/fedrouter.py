@@ -8,7 +8,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+from fedrouter_app.centroid_privacy import cluster_means, merge_small_clusters, noisy_centroids
+from fedrouter_app.client_env import RoundInfo
 from fedrouter_app.clients.base import ClientMethod
+from fedrouter_app.clustering import contingency, kmeans, nearest, scores_from_counts
+from fedrouter_app.data.example import Example
+from fedrouter_app.embedding import InstructionPrefixes, embed_texts
+from fedrouter_app.evaluation import ExampleScore
+from fedrouter_app.records import CONFIG, METRICS, matrix_record, read_matrix
+from fedrouter_app.registry import register_client
+from fedrouter_app.seeding import derive_seed, numpy_rng
 from fedrouter_app.strategies.fedrouter import (
     CENTROIDS,
     CHECK,
@@ -18,17 +29,6 @@ from fedrouter_app.strategies.fedrouter import (
     global_adapter_name,
     local_adapter_name,
 )
-from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
-
-from fedrouter_app.centroid_privacy import cluster_means, merge_small_clusters, noisy_centroids
-from fedrouter_app.client_env import RoundInfo
-from fedrouter_app.clustering import contingency, kmeans, nearest, scores_from_counts
-from fedrouter_app.data.example import Example
-from fedrouter_app.embedding import InstructionPrefixes, embed_texts
-from fedrouter_app.evaluation import ExampleScore
-from fedrouter_app.records import CONFIG, METRICS, matrix_record, read_matrix
-from fedrouter_app.registry import register_client
-from fedrouter_app.seeding import derive_seed, numpy_rng
 from fedrouter_app.training import TrainStats
 
 CLUSTERS = "fedrouter.clusters"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fedrouter_app.clients.base import ClientMethod
-from fedrouter_app.strategies.fedsa_lora import LORA_A, a_template
 from flwr.app import RecordDict
 
 from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.clients.base import ClientMethod
 from fedrouter_app.model.lora import LoraState, LoraTemplate, is_lora_a, is_lora_b
 from fedrouter_app.records import adapter_record, local_adapter_record, read_adapter, read_local_adapter
 from fedrouter_app.registry import register_client
+from fedrouter_app.strategies.fedsa_lora import LORA_A, a_template
 
 OWN_B = "fedsa_lora.b"
 

@@ -13,16 +13,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 
-from fedrouter_app.clients.base import ClientMethod
-from fedrouter_app.strategies.fltac import INITIAL, ROUTER_CLUSTERS, cluster_name, slot_name
 from flwr.app import RecordDict
 
 from fedrouter_app.aggregation import weighted_average
 from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.clients.base import ClientMethod
 from fedrouter_app.data.example import Example
 from fedrouter_app.model.lora import LoraState
 from fedrouter_app.records import CONFIG, matrix_record, read_matrix
 from fedrouter_app.registry import register_client
+from fedrouter_app.strategies.fltac import INITIAL, ROUTER_CLUSTERS, cluster_name, slot_name
 from fedrouter_app.task_routing import (
     CENTROIDS,
     nearest_targets,

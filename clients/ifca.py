@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from fedrouter_app.clients.base import ClientMethod
-from fedrouter_app.strategies.ifca import CHOSEN, cluster_adapter_name, loss_metric
 from flwr.app import RecordDict
 
 from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.clients.base import ClientMethod
 from fedrouter_app.data.example import Example
 from fedrouter_app.model.lora import LoraState
 from fedrouter_app.records import ADAPTER, METRICS
 from fedrouter_app.registry import register_client
 from fedrouter_app.seeding import numpy_rng
+from fedrouter_app.strategies.ifca import CHOSEN, cluster_adapter_name, loss_metric
 
 
 def lowest(losses: Sequence[float], rng: np.random.Generator) -> int:

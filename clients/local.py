@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fedrouter_app.clients.base import ClientMethod
 from flwr.app import RecordDict
 
 from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.clients.base import ClientMethod
 from fedrouter_app.model.lora import LoraState
 from fedrouter_app.registry import register_client
 

@@ -13,6 +13,7 @@ state lives in ``context.state``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -24,19 +25,27 @@ from fedrouter_app.clients.base import DEFAULT_ACTION
 from fedrouter_app.config import config_fingerprint, load_run_config
 from fedrouter_app.data.node_local import node_client_data, uses_node_data
 from fedrouter_app.logs import get_logger
-from fedrouter_app.records import CLIENT_ID, CONFIG, METRICS, NUM_EXAMPLES
+from fedrouter_app.records import CLIENT_ID, CONFIG, METRICS
 from fedrouter_app.registry import client_class
 from fedrouter_app.rounds import CLOSE, FINGERPRINT, HELLO, NUM_CLIENTS
 from fedrouter_app.run_config import naming_flat_keys, overrides_from_run_config
-from fedrouter_app.settings import ConfigError
+from fedrouter_app.settings import ConfigError, RunConfig
 
 log = get_logger(__name__)
 
 
-def build_env(
-    context: Context, overrides: Sequence[str], server_round: int = 0, num_clients: int | None = None
-) -> ClientEnv:
-    """The environment of one message of ``server_round``: config, this node's data (in that round), its state.
+@dataclass(frozen=True)
+class NodeSettings:
+    """What a node knows before it reads any data: its run config and partition id."""
+
+    cfg: RunConfig
+    partition_id: int
+    # The overrides and size the partition was drawn with (they, not the composed config, key the data cache).
+    data_key: str
+
+
+def node_settings(context: Context, overrides: Sequence[str], num_clients: int | None = None) -> NodeSettings:
+    """This node's run config and partition id, checked against each other.
 
     ``num_clients`` is the server's (sent with every message); where the run
     config leaves num_clients to the federation, it is used, else the node's
@@ -49,18 +58,27 @@ def build_env(
     except ConfigError as err:
         raise naming_flat_keys(err, context.run_config) from None
     partition_id = int(context.node_config["partition-id"])
-    if uses_node_data(cfg):
-        data = node_client_data(cfg, partition_id, context.node_config)
-        return ClientEnv(cfg=cfg, data=poison_data(cfg, data, server_round), state=context.state)
     num_partitions = int(context.node_config.get("num-partitions", cfg.num_clients))
-    if num_partitions != cfg.num_clients:
+    if not uses_node_data(cfg) and num_partitions != cfg.num_clients:
         raise ValueError(
             f"node has num-partitions={num_partitions} but the config says num_clients={cfg.num_clients}; "
             "make them agree (simulation: the federation's num-supernodes; deployment: each SuperNode's "
             "--node-config num-partitions)"
         )
     # The overrides alone do not say num_clients (it may follow the federation), and the partitions depend on it.
-    data = client_data(cfg, repr((all_overrides, cfg.num_clients)), partition_id, server_round)
+    return NodeSettings(cfg, partition_id, repr((all_overrides, cfg.num_clients)))
+
+
+def build_env(
+    context: Context, overrides: Sequence[str], server_round: int = 0, num_clients: int | None = None
+) -> ClientEnv:
+    """The environment of one message of ``server_round``: config, this node's data (in that round), its state."""
+    node = node_settings(context, overrides, num_clients)
+    cfg = node.cfg
+    if uses_node_data(cfg):
+        data = node_client_data(cfg, node.partition_id, context.node_config)
+    else:
+        data = client_data(cfg, node.data_key, node.partition_id, server_round)
     # A malicious client (attack.*) trains on poisoned responses; an honest one gets its data unchanged.
     return ClientEnv(cfg=cfg, data=poison_data(cfg, data, server_round), state=context.state)
 
@@ -76,18 +94,21 @@ def message_num_clients(msg: Message) -> int | None:
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
-def hello(msg: Message, env: ClientEnv) -> Message:
-    """Answer the server's registration: partition id, data sizes, config check."""
+def hello(msg: Message, node: NodeSettings) -> Message:
+    """Answer the server's registration: partition id and config check.
+
+    Generated partitions are not built here: registering a simulated
+    federation of thousands of nodes costs a config check each, and a node
+    builds its partition at its first round (a node's own files are read
+    before, by the caller).
+    """
     expected = msg.content.config_records[CONFIG].get(FINGERPRINT)
-    if expected != (mine := config_fingerprint(env.cfg)):
+    if expected != (mine := config_fingerprint(node.cfg)):
         raise ValueError(
             f"client config fingerprint {mine} differs from the server's {expected}: "
             "this node runs a different app version or configuration"
         )
-    metrics = MetricRecord(
-        {CLIENT_ID: env.client_id, NUM_EXAMPLES: len(env.data.train), "num-test-examples": len(env.data.test)}
-    )
-    return Message(RecordDict({METRICS: metrics}), reply_to=msg)
+    return Message(RecordDict({METRICS: MetricRecord({CLIENT_ID: node.partition_id})}), reply_to=msg)
 
 
 def saved_state(env: ClientEnv, msg: Message) -> tuple[ClientStateStore, int, int] | None:
@@ -143,11 +164,15 @@ def close(msg: Message, env: ClientEnv) -> Message:
 
 def handle_message(msg: Message, context: Context, overrides: Sequence[str] = ()) -> Message:
     """Do the work of any message the server sends this app, with ``overrides`` added to the run config."""
-    # The round matters to the data only under scenario.drift; messages outside rounds (hello, close) carry none.
-    env = build_env(context, overrides, RoundInfo.from_content(msg.content).server_round, message_num_clients(msg))
     message_type = msg.metadata.message_type
     if message_type == HELLO:
-        return hello(msg, env)
+        node = node_settings(context, overrides, message_num_clients(msg))
+        if uses_node_data(node.cfg):
+            # A node's own files are read now: a malformed one keeps the node out of the run from the start.
+            node_client_data(node.cfg, node.partition_id, context.node_config)
+        return hello(msg, node)
+    # The round matters to the data only under scenario.drift; messages outside rounds (hello, close) carry none.
+    env = build_env(context, overrides, RoundInfo.from_content(msg.content).server_round, message_num_clients(msg))
     if message_type == CLOSE:
         return close(msg, env)
     return handle_method(msg, env)

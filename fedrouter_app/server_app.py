@@ -30,6 +30,7 @@ from fedrouter_app.checkpoint import (
 )
 from fedrouter_app.config import compose_config, config_fingerprint, follows_federation, load_run_config
 from fedrouter_app.logs import get_logger
+from fedrouter_app.message_poll import index_grid_deliveries
 from fedrouter_app.model.loading import lora_config, lora_template, model_path
 from fedrouter_app.model.lora import LoraTemplate, save_peft_adapter
 from fedrouter_app.privacy_accounting import PrivacyLedger
@@ -69,6 +70,8 @@ def make_server_app(overrides: Sequence[str] = (), on_finish: Callable[[Path], N
 
 def serve(grid: Grid, overrides: Sequence[str]) -> Path:
     """Run one federated job described by Hydra ``overrides``; return its run directory."""
+    # In a simulation (flwr run's too), deliveries to thousands of virtual nodes cost what a few do.
+    index_grid_deliveries(grid)
     cfg = load_run_config(overrides, federation_size(grid, overrides))
     template = lora_template(cfg.model, cfg.lora)
     strategy = strategy_class(cfg.method.name)(cfg, template)

@@ -33,7 +33,7 @@ from flwr.simulation import run_simulation
 from fedrouter_app.actor_pool import keeping_actors, release_actors
 from fedrouter_app.client_app import make_client_app
 from fedrouter_app.config import load_run_config
-from fedrouter_app.message_poll import pending_nodes_only
+from fedrouter_app.message_poll import indexed_delivery
 from fedrouter_app.server_app import make_server_app
 
 # "auto" (find the local cluster), "local" (start a new one), "host:port" (GCS
@@ -141,7 +141,7 @@ def simulate(
     cfg = load_run_config(overrides)
     finished: list[Path] = []
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    with keeping_actors(), pending_nodes_only():
+    with keeping_actors(), indexed_delivery():
         run_simulation(
             server_app=make_server_app(overrides, on_finish=finished.append),
             client_app=make_client_app(overrides),

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fedrouter_app.strategies.base import Strategy
 from flwr.app import RecordDict
 
 from fedrouter_app.checkpoint import StrategyState
@@ -29,6 +28,7 @@ from fedrouter_app.registry import MethodConfig, register_strategy
 from fedrouter_app.robust_aggregation import Aggregate
 from fedrouter_app.rounds import Reply
 from fedrouter_app.settings import RunConfig, one_of, require
+from fedrouter_app.strategies.base import Strategy
 
 log = get_logger(__name__)
 

@@ -6,7 +6,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedrouter_app.strategies.base import Strategy
 from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.checkpoint import StrategyState
@@ -16,6 +15,7 @@ from fedrouter_app.records import CONFIG, NUM_EXAMPLES
 from fedrouter_app.registry import MethodConfig, register_strategy
 from fedrouter_app.rounds import Reply
 from fedrouter_app.settings import RunConfig, one_of
+from fedrouter_app.strategies.base import Strategy
 
 
 @dataclass

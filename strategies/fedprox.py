@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fedrouter_app.strategies.fedit import FedIT, FedITConfig
-
 from fedrouter_app.registry import register_strategy
 from fedrouter_app.settings import require
+from fedrouter_app.strategies.fedit import FedIT, FedITConfig
 
 
 @dataclass

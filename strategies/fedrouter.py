@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from fedrouter_app.strategies.base import Strategy
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedrouter_app.checkpoint import StrategyState
@@ -45,6 +44,7 @@ from fedrouter_app.robust_aggregation import Aggregate
 from fedrouter_app.rounds import Communicator, Reply, sample_clients
 from fedrouter_app.seeding import derive_seed
 from fedrouter_app.settings import RunConfig, one_of, require
+from fedrouter_app.strategies.base import Strategy
 
 REGISTER = "query.register"
 CENTROIDS = "centroids"

@@ -12,8 +12,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fedrouter_app.strategies.base import Strategy
-from fedrouter_app.strategies.fedit import FedITConfig
 from flwr.app import RecordDict
 
 from fedrouter_app.checkpoint import StrategyState
@@ -22,6 +20,8 @@ from fedrouter_app.records import NUM_EXAMPLES, InvalidReplyError, adapter_recor
 from fedrouter_app.registry import register_strategy
 from fedrouter_app.rounds import Reply
 from fedrouter_app.settings import RunConfig
+from fedrouter_app.strategies.base import Strategy
+from fedrouter_app.strategies.fedit import FedITConfig
 
 # Not "adapter": the loop decodes records of that name against the full template.
 LORA_A = "lora-a"

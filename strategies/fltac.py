@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fedrouter_app.strategies.base import Strategy
 from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.aggregation import WeightedMean
@@ -36,6 +35,7 @@ from fedrouter_app.robust_aggregation import Aggregate
 from fedrouter_app.rounds import Reply
 from fedrouter_app.seeding import derive_seed
 from fedrouter_app.settings import RunConfig, one_of, require
+from fedrouter_app.strategies.base import Strategy
 from fedrouter_app.task_routing import CENTROIDS, check_route_metrics, pooled_centroids, routing_summary
 
 INITIAL = "initial"

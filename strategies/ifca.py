@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedrouter_app.strategies.base import Strategy
 from flwr.app import RecordDict
 
 from fedrouter_app.checkpoint import StrategyState
@@ -23,6 +22,7 @@ from fedrouter_app.robust_aggregation import Aggregate
 from fedrouter_app.rounds import Reply
 from fedrouter_app.seeding import derive_seed
 from fedrouter_app.settings import RunConfig, require
+from fedrouter_app.strategies.base import Strategy
 
 # Metric key of the cluster a client chose (train and evaluate replies).
 CHOSEN = "ifca.cluster"

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fedrouter_app.strategies.base import Strategy
 from flwr.app import RecordDict
 
 from fedrouter_app.checkpoint import StrategyState
 from fedrouter_app.registry import MethodConfig, register_strategy
 from fedrouter_app.rounds import Reply
+from fedrouter_app.strategies.base import Strategy
 
 
 @dataclass

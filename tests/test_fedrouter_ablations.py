@@ -6,14 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from fedrouter_app.strategies.fedrouter import (
-    ClientClusters,
-    FedRouter,
-    adapter_update,
-    global_adapter_name,
-    global_clustering_features,
-    local_adapter_name,
-)
 from flwr.app import RecordDict
 
 from fedrouter_app.clustering import unit_rows
@@ -22,6 +14,14 @@ from fedrouter_app.inprocess import run_inprocess
 from fedrouter_app.records import CONFIG, read_adapter
 from fedrouter_app.rounds import Reply
 from fedrouter_app.settings import ConfigError
+from fedrouter_app.strategies.fedrouter import (
+    ClientClusters,
+    FedRouter,
+    adapter_update,
+    global_adapter_name,
+    global_clustering_features,
+    local_adapter_name,
+)
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
 SIZE = 12

@@ -6,8 +6,8 @@ state of the objects involved:
 
 - the function of the thread that moves instructions from the in-memory link
   state to the actors (``vce_api.add_messages_to_queue``, looked up when a run
-  starts the thread), and the in-memory state's ``lock`` and
-  ``message_ins_store`` (:mod:`fedrouter_app.message_poll`);
+  starts the thread), and the in-memory state's ``lock``, ``message_ins_store``
+  and expiry check ``_check_stored_messages`` (:mod:`fedrouter_app.message_poll`);
 - the Ray backend class (``raybackend.RayBackend``, looked up when a run builds
   its backend), its ``pool`` and ``app_fn`` and its ``"init_args"`` key, and the
   actor pool's ``pool``, ``num_actors``, ``client_resources`` and in-flight
@@ -49,7 +49,9 @@ from flwr.server.superlink.fleet.vce import vce_api  # noqa: E402
 from flwr.server.superlink.fleet.vce.backend import raybackend  # noqa: E402
 from flwr.server.superlink.linkstate import InMemoryLinkState, LinkState  # noqa: E402
 from flwr.simulation.ray_transport.ray_actor import BasicActorPool, pool_size_from_resources  # noqa: E402
+from flwr.supercore.date import now  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid  # noqa: E402
 
 __all__ = [
     "FLWR_VERSION",
@@ -62,15 +64,21 @@ __all__ = [
     "adopt_actor_pool",
     "backend_actor_pool",
     "check_flwr_version",
+    "deliver",
     "flower_message_poller",
+    "grid_state",
     "is_in_memory_state",
     "polling_with",
     "pool_actors",
     "pool_fits_cluster",
     "pool_is_busy",
     "ray_backend_class",
+    "serve_message_ins_with",
     "set_message_id",
     "set_task_identity",
+    "state_lock",
+    "store_signature",
+    "undelivered_by_node",
     "undelivered_destinations",
 ]
 
@@ -113,6 +121,61 @@ def undelivered_destinations(state: LinkState) -> set[int]:
     assert isinstance(state, InMemoryLinkState)
     with state.lock:
         return {m.metadata.dst_node_id for m in state.message_ins_store.values() if m.metadata.delivered_at == ""}
+
+
+def store_signature(state: LinkState) -> tuple[int, str | None]:
+    """Changes whenever an instruction is stored in or removed from an in-memory state (size and newest id)."""
+    assert isinstance(state, InMemoryLinkState)
+    with state.lock:
+        store = state.message_ins_store
+        return len(store), next(reversed(store), None)
+
+
+def state_lock(state: LinkState) -> Any:
+    """The lock an in-memory state holds while it reads or changes its stores (re-entrant)."""
+    assert isinstance(state, InMemoryLinkState)
+    return state.lock
+
+
+def undelivered_by_node(state: LinkState) -> dict[int, list[str]]:
+    """Ids of each node's undelivered instructions, oldest first, in one pass over an in-memory state's store."""
+    assert isinstance(state, InMemoryLinkState)
+    waiting: dict[int, list[str]] = {}
+    with state.lock:
+        for message_id, message in state.message_ins_store.items():
+            if message.metadata.delivered_at == "":
+                waiting.setdefault(message.metadata.dst_node_id, []).append(message_id)
+    return waiting
+
+
+def deliver(state: LinkState, message_id: str) -> Message | None:
+    """Hand out one stored instruction as Flower's ``get_message_ins`` does; None if gone or delivered.
+
+    The state's own check drops it first if it expired or its nodes left the
+    federation; otherwise it is marked delivered and returned.
+    """
+    assert isinstance(state, InMemoryLinkState)
+    with state.lock:
+        state._check_stored_messages({message_id})
+        message = state.message_ins_store.get(message_id)
+        if message is None or message.metadata.delivered_at != "":
+            return None
+        message.metadata.delivered_at = now().isoformat()
+        return message
+
+
+def grid_state(grid: object) -> LinkState | None:
+    """The in-memory link state behind a simulation's grid (Flower's ``InMemoryGrid``), else None."""
+    state = getattr(grid, "state", None)
+    return state if isinstance(grid, InMemoryGrid) and isinstance(state, InMemoryLinkState) else None
+
+
+def serve_message_ins_with(state: LinkState, getter: Callable[..., list[Message]]) -> Callable[..., list[Message]]:
+    """Make ``getter`` answer this state's ``get_message_ins`` (for this object only); return the method it shadows."""
+    assert isinstance(state, InMemoryLinkState)
+    original = state.get_message_ins
+    state.get_message_ins = getter  # type: ignore[method-assign]
+    return original
 
 
 # The Ray backend and its actor pool.

@@ -1,8 +1,8 @@
 import numpy as np
-from fedrouter_app.clients.ditto import PERSONAL_ADAPTER, DittoClient
-from fedrouter_app.clients.fedit import FedITClient
 from flwr.app import ConfigRecord, RecordDict
 
+from fedrouter_app.clients.ditto import PERSONAL_ADAPTER, DittoClient
+from fedrouter_app.clients.fedit import FedITClient
 from fedrouter_app.records import ADAPTER, adapter_record, read_adapter, read_local_adapter
 
 

@@ -1,7 +1,7 @@
-from fedrouter_app.clients.fedavg_ft import BEFORE_VIEW, FedAvgFTClient
-from fedrouter_app.clients.fedit import FedITClient
 from flwr.app import ConfigRecord, RecordDict
 
+from fedrouter_app.clients.fedavg_ft import BEFORE_VIEW, FedAvgFTClient
+from fedrouter_app.clients.fedit import FedITClient
 from fedrouter_app.records import ADAPTER, adapter_record
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-from fedrouter_app.clients.feddpa import LOCAL_ADAPTER, FedDPAClient, instance_weights
 from flwr.app import ConfigRecord, RecordDict
 
+from fedrouter_app.clients.feddpa import LOCAL_ADAPTER, FedDPAClient, instance_weights
 from fedrouter_app.records import ADAPTER, adapter_record, read_adapter, read_local_adapter
 
 

@@ -1,7 +1,7 @@
 import numpy as np
-from fedrouter_app.clients.fedit import FedITClient
 from flwr.app import ConfigRecord, RecordDict
 
+from fedrouter_app.clients.fedit import FedITClient
 from fedrouter_app.records import ADAPTER, adapter_record, read_adapter
 
 

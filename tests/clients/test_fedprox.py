@@ -2,10 +2,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from fedrouter_app.clients.fedit import FedITClient
-from fedrouter_app.clients.fedprox import FedProxClient, proximal_term
 from flwr.app import ConfigRecord, RecordDict
 
+from fedrouter_app.clients.fedit import FedITClient
+from fedrouter_app.clients.fedprox import FedProxClient, proximal_term
 from fedrouter_app.records import ADAPTER, adapter_record, read_adapter
 
 

@@ -2,12 +2,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from fedrouter_app.clients.fedrouter import CLUSTERS, FedRouterClient, LocalClusters
-from fedrouter_app.strategies.fedrouter import CENTROIDS, global_adapter_name, local_adapter_name
 from flwr.app import ConfigRecord, RecordDict
 
+from fedrouter_app.clients.fedrouter import CLUSTERS, FedRouterClient, LocalClusters
 from fedrouter_app.records import CONFIG, adapter_record, matrix_record, read_adapter
 from fedrouter_app.settings import ConfigError
+from fedrouter_app.strategies.fedrouter import CENTROIDS, global_adapter_name, local_adapter_name
 
 DUAL = ("method=fedrouter", "scenario=dual", "scenario.train_examples_per_client=48")
 

@@ -2,6 +2,9 @@
 
 import numpy as np
 import pytest
+from flwr.app import ConfigRecord, RecordDict
+
+from fedrouter_app.client_env import ClientEnv
 from fedrouter_app.clients.fedrouter import (
     CLUSTERS,
     FedRouterClient,
@@ -10,13 +13,10 @@ from fedrouter_app.clients.fedrouter import (
     instructions_digest,
     mean_nearest_distance,
 )
-from fedrouter_app.strategies.fedrouter import CENTROIDS, CHECK, UNCHANGED
-from flwr.app import ConfigRecord, RecordDict
-
-from fedrouter_app.client_env import ClientEnv
 from fedrouter_app.data.example import Example
 from fedrouter_app.data.partition import build_client_data, drifting_clients
 from fedrouter_app.records import CONFIG
+from fedrouter_app.strategies.fedrouter import CENTROIDS, CHECK, UNCHANGED
 
 DRIFT = ("scenario=drift", "data.tasks=[copy,reverse,capital,sentiment]", "num_rounds=4")  # drift from round 3
 

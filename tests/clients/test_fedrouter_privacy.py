@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from flwr.app import RecordDict
+
 from fedrouter_app.clients.fedrouter import FedRouterClient
 from fedrouter_app.strategies.fedrouter import CENTROIDS
-from flwr.app import RecordDict
 
 DUAL = ("method=fedrouter", "scenario=dual", "scenario.train_examples_per_client=48")
 

@@ -1,11 +1,11 @@
 import numpy as np
-from fedrouter_app.clients.fedit import FedITClient
-from fedrouter_app.clients.fedsa_lora import OWN_B, FedSALoRAClient
-from fedrouter_app.strategies.fedsa_lora import LORA_A, a_template
 from flwr.app import ConfigRecord, RecordDict
 
+from fedrouter_app.clients.fedit import FedITClient
+from fedrouter_app.clients.fedsa_lora import OWN_B, FedSALoRAClient
 from fedrouter_app.model.lora import is_lora_a, is_lora_b
 from fedrouter_app.records import ADAPTER, adapter_record, read_adapter
+from fedrouter_app.strategies.fedsa_lora import LORA_A, a_template
 
 
 def instruction(a, server_round=1, lr=3e-3):

@@ -1,7 +1,7 @@
 import numpy as np
-from fedrouter_app.clients.local import OWN_ADAPTER, LocalClient
 from flwr.app import ConfigRecord, RecordDict
 
+from fedrouter_app.clients.local import OWN_ADAPTER, LocalClient
 from fedrouter_app.records import read_local_adapter
 
 

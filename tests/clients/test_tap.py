@@ -3,14 +3,14 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from fedrouter_app.clients.tap import TAPClient, copy_paths, tasks_to_replace
-from fedrouter_app.strategies.tap import ROUTER_KEYS, SHARED, centroid_size_name, payload_name, task_key
 from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.clients.tap import TAPClient, copy_paths, tasks_to_replace
 from fedrouter_app.clustering import nearest
 from fedrouter_app.embedding import embed_texts
 from fedrouter_app.records import adapter_record, matrix_record, read_matrix
+from fedrouter_app.strategies.tap import ROUTER_KEYS, SHARED, centroid_size_name, payload_name, task_key
 from fedrouter_app.task_routing import CENTROIDS
 
 
@@ -38,8 +38,9 @@ def test_only_the_replaced_tasks_path_is_copied():
 
 
 def test_personal_model_survives_in_state(make_env):
-    from fedrouter_app.clients.tap import PERSONAL_LOSSES, TAPClient
     from flwr.app import ConfigRecord, RecordDict
+
+    from fedrouter_app.clients.tap import PERSONAL_LOSSES, TAPClient
 
     env = make_env("method=tap")
     content = RecordDict({"config": ConfigRecord({"server-round": 1, "num-rounds": 3, "lr": 3e-3})})

@@ -6,8 +6,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from fedrouter_app.clients.base import ClientMethod
-from fedrouter_app.strategies.fedrouter import CENTROIDS, global_adapter_name, local_adapter_name
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from fedrouter_app.attacks import (
@@ -23,6 +21,7 @@ from fedrouter_app.attacks import (
     target_adapter,
 )
 from fedrouter_app.checkpoint import latest_checkpoint, load_checkpoint
+from fedrouter_app.clients.base import ClientMethod
 from fedrouter_app.config import load_run_config
 from fedrouter_app.data.example import Example
 from fedrouter_app.data.partition import build_client_data
@@ -31,6 +30,7 @@ from fedrouter_app.model.loading import lora_template
 from fedrouter_app.model.lora import initial_lora_state
 from fedrouter_app.records import CONFIG, METRICS, adapter_record, matrix_record
 from fedrouter_app.settings import AttackSettings, ConfigError
+from fedrouter_app.strategies.fedrouter import CENTROIDS, global_adapter_name, local_adapter_name
 from tests.conftest import tiny_overrides
 
 RNG = np.random.default_rng(0)

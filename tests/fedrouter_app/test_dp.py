@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fedrouter_app.strategies.fedit import FedIT
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 
 from fedrouter_app.compat.flwr_internals import set_message_id, set_task_identity
@@ -14,6 +13,7 @@ from fedrouter_app.records import ADAPTER, CONFIG, InvalidReplyError, adapter_re
 from fedrouter_app.registry import strategy_class
 from fedrouter_app.rounds import Reply
 from fedrouter_app.settings import ConfigError, DPSettings
+from fedrouter_app.strategies.fedit import FedIT
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 2), "m.q.lora_B.weight": (2, 2)}
 

@@ -13,7 +13,6 @@ import io
 
 import numpy as np
 import pytest
-from fedrouter_app.strategies.fedit import FedIT
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from fedrouter_app.inprocess import InProcessGrid
@@ -30,6 +29,7 @@ from fedrouter_app.records import (
 )
 from fedrouter_app.results import round_to_json
 from fedrouter_app.rounds import RoundRecord, run_federation
+from fedrouter_app.strategies.fedit import FedIT
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
 BAD = 3

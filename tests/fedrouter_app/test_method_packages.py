@@ -6,10 +6,10 @@ import sys
 import zipfile
 from pathlib import Path
 
-import fedrouter_app.clients
-import fedrouter_app.strategies
 import pytest
 
+import fedrouter_app.clients
+import fedrouter_app.strategies
 from fedrouter_app import method_packages
 from fedrouter_app.config import CONF_DIR
 from fedrouter_app.registry import method_names

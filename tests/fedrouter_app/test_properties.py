@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fedrouter_app.strategies.fedrouter import _route_key
 from flwr.app import Array, ArrayRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,6 +20,7 @@ from fedrouter_app.records import (
     read_adapter,
     read_count,
 )
+from fedrouter_app.strategies.fedrouter import _route_key
 
 TEMPLATE = {"a": (2, 3), "b": (3,)}
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

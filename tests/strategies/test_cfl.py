@@ -1,5 +1,13 @@
 import numpy as np
 import pytest
+from flwr.app import RecordDict
+from sklearn.metrics import adjusted_rand_score
+
+from fedrouter_app.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from fedrouter_app.clustering import unit_rows
+from fedrouter_app.config import ConfigError
+from fedrouter_app.records import ADAPTER, InvalidReplyError, read_adapter
+from fedrouter_app.rounds import Reply
 from fedrouter_app.strategies.cfl import (
     CFL,
     UNASSIGNED,
@@ -9,14 +17,6 @@ from fedrouter_app.strategies.cfl import (
     update_features,
     ward_clusters,
 )
-from flwr.app import RecordDict
-from sklearn.metrics import adjusted_rand_score
-
-from fedrouter_app.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from fedrouter_app.clustering import unit_rows
-from fedrouter_app.config import ConfigError
-from fedrouter_app.records import ADAPTER, InvalidReplyError, read_adapter
-from fedrouter_app.rounds import Reply
 
 # Module order, as peft lists parameters: layer 2 before layer 10 (sorted names would put layer 10 first).
 FIRST_B = "m.layers.2.v.lora_B.weight"

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
-from fedrouter_app.strategies.fedit import FedIT
-from fedrouter_app.strategies.fedprox import FedProx
 from flwr.app import RecordDict
 
 from fedrouter_app.records import ADAPTER
 from fedrouter_app.rounds import Reply
 from fedrouter_app.settings import ConfigError
+from fedrouter_app.strategies.fedit import FedIT
+from fedrouter_app.strategies.fedprox import FedProx
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
 

@@ -2,6 +2,11 @@
 
 import numpy as np
 import pytest
+from flwr.app import RecordDict
+
+from fedrouter_app.records import CONFIG, InvalidReplyError, read_adapter, read_matrix
+from fedrouter_app.rounds import Reply
+from fedrouter_app.settings import ConfigError
 from fedrouter_app.strategies.fedrouter import (
     CENTROIDS,
     ClientClusters,
@@ -9,11 +14,6 @@ from fedrouter_app.strategies.fedrouter import (
     global_adapter_name,
     local_adapter_name,
 )
-from flwr.app import RecordDict
-
-from fedrouter_app.records import CONFIG, InvalidReplyError, read_adapter, read_matrix
-from fedrouter_app.rounds import Reply
-from fedrouter_app.settings import ConfigError
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
 

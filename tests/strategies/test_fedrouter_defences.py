@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from fedrouter_app.strategies.fedrouter import ClientClusters, FedRouter, client_share_factors
 
 from fedrouter_app.inprocess import run_inprocess
+from fedrouter_app.strategies.fedrouter import ClientClusters, FedRouter, client_share_factors
 from tests.conftest import tiny_overrides
 from tests.strategies.test_fedrouter import TEMPLATE, make, reply
 

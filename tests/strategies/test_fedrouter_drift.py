@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-from fedrouter_app.strategies.fedrouter import CENTROIDS, CHECK, REGISTER, UNCHANGED, ClientClusters, FedRouter
 from flwr.app import MetricRecord, RecordDict
 
 from fedrouter_app.records import CONFIG, matrix_record
 from fedrouter_app.rounds import Reply
 from fedrouter_app.settings import ConfigError
+from fedrouter_app.strategies.fedrouter import CENTROIDS, CHECK, REGISTER, UNCHANGED, ClientClusters, FedRouter
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
 

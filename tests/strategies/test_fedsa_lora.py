@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
-from fedrouter_app.strategies.fedsa_lora import LORA_A, FedSALoRA
 from flwr.app import RecordDict
 
 from fedrouter_app.model.lora import initial_lora_state
 from fedrouter_app.records import ADAPTER, InvalidReplyError, adapter_record, read_adapter
 from fedrouter_app.rounds import Reply
+from fedrouter_app.strategies.fedsa_lora import LORA_A, FedSALoRA
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2), "m.v.lora_A.weight": (2, 3)}
 A_ONLY = {k: s for k, s in TEMPLATE.items() if "lora_A" in k}

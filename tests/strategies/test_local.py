@@ -1,7 +1,7 @@
-from fedrouter_app.strategies.local import Local
 from flwr.app import RecordDict
 
 from fedrouter_app.rounds import Reply
+from fedrouter_app.strategies.local import Local
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fedrouter_app.strategies.fedrouter import CENTROIDS, ClientClusters, FedRouter
-from fedrouter_app.strategies.fltac import FLTAC, slot_name
-from fedrouter_app.strategies.ifca import CHOSEN, IFCA
-from fedrouter_app.strategies.tap import KEYS, TAP
 from flwr.app import MetricRecord, RecordDict
 
 from fedrouter_app.records import InvalidReplyError, matrix_record
 from fedrouter_app.rounds import Reply
+from fedrouter_app.strategies.fedrouter import CENTROIDS, ClientClusters, FedRouter
+from fedrouter_app.strategies.fltac import FLTAC, slot_name
+from fedrouter_app.strategies.ifca import CHOSEN, IFCA
+from fedrouter_app.strategies.tap import KEYS, TAP
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
 

@@ -1,5 +1,9 @@
 import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord, RecordDict
+
+from fedrouter_app.records import CONFIG, InvalidReplyError, read_matrix
+from fedrouter_app.rounds import Reply
 from fedrouter_app.strategies.tap import (
     ROUTER_KEYS,
     SHARED,
@@ -10,10 +14,6 @@ from fedrouter_app.strategies.tap import (
     reply_name,
     task_key,
 )
-from flwr.app import Array, ArrayRecord, RecordDict
-
-from fedrouter_app.records import CONFIG, InvalidReplyError, read_matrix
-from fedrouter_app.rounds import Reply
 from fedrouter_app.task_routing import CENTROIDS
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
