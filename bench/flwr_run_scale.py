@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,12 @@ from bench.common import NUM_ROUNDS, STEADY_ROUNDS, workload, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 ROUND_LINE = re.compile(r"round (\d+)/(\d+) \|")
+
+
+def flwr_command() -> str:
+    """Flower's CLI of this interpreter's environment (which need not be on PATH), else ``flwr`` from PATH."""
+    beside = Path(sys.executable).with_name("flwr")
+    return str(beside) if beside.exists() else "flwr"
 
 
 def stop_processes_mentioning(marker: str) -> None:
@@ -57,7 +64,7 @@ def run(num_clients: int, num_cpus: int, timeout: float) -> dict[str, Any]:
             "OMP_NUM_THREADS": "1",
         }
         command = [
-            "flwr", "run", ".", "--stream",
+            flwr_command(), "run", ".", "--stream",
             "--run-config", f"run-name='bench' overrides='{overrides}'",
             "--federation-config",
             f"num-supernodes={num_clients} client-resources-num-cpus=1 init-args-num-cpus={num_cpus}",

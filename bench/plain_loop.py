@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ from bench.common import NUM_ROUNDS, STEADY_ROUNDS, pin_threads, workload, write
 RAY_WORKER_NICENESS = int(os.environ.get("RAY_worker_niceness", 15))  # noqa: SIM112 (Ray's spelling)
 
 
-def _worker(rank: int, num_clients: int, barrier: Any, next_call: Any, out: Any) -> None:
+def _worker(rank: int, num_clients: int, barrier: Any, next_call: Any, joined: Any, out: Any) -> None:
     pin_threads(1)
     os.nice(max(0, RAY_WORKER_NICENESS - os.nice(0)))
     import torch
@@ -85,8 +86,8 @@ def _worker(rank: int, num_clients: int, barrier: Any, next_call: Any, out: Any)
             return env
 
         for client in contexts.keys() - late:  # the simulation's start-up: registration (and the model load)
-            env = register(client)
-        adapter = env.initial_adapter()
+            register(client)
+        adapter = build_env(contexts[min(contexts)], overrides).initial_adapter()
         barrier.wait(timeout=1800)
         start, cpu, done = time.perf_counter(), time.process_time(), 0
         for r, clients in rounds.items():
@@ -95,7 +96,12 @@ def _worker(rank: int, num_clients: int, barrier: Any, next_call: Any, out: Any)
                 while (c := _claim(next_call, joiners[r])) is not None:
                     done += 1
                     register(c)
+                    # A client's state lives with it in the simulation; here the other worker may train it.
+                    joined[c] = dict(contexts[c].state.items())
                 _round_barrier(barrier, next_call)
+                for c in joiners[r]:
+                    if "fedrouter.clusters" not in contexts[c].state.array_records:
+                        contexts[c].state = RecordDict(joined[c])
             while (c := _claim(next_call, clients)) is not None:
                 done += 1
                 env = build_env(contexts[c], overrides)
@@ -141,14 +147,24 @@ def run(num_clients: int, workers: int) -> dict[str, Any]:
     """Time the steady rounds' client calls in ``workers`` plain processes."""
     ctx = mp.get_context("spawn")
     barrier, next_call, out = ctx.Barrier(workers), ctx.Value("i", 0), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(w, num_clients, barrier, next_call, out)) for w in range(workers)]
+    manager = ctx.Manager()
+    joined = manager.dict()
+    args = (num_clients, barrier, next_call, joined, out)
+    procs = [ctx.Process(target=_worker, args=(w, *args)) for w in range(workers)]
     for proc in procs:
         proc.start()
-    done = [out.get(timeout=3600) for _ in procs]
+    done = []
+    while len(done) < len(procs):
+        try:
+            done.append(out.get(timeout=5))
+        except queue.Empty:
+            if any(proc.exitcode for proc in procs):
+                raise RuntimeError("a plain-loop worker failed (its traceback is above)") from None
     for proc in procs:
         proc.join()
         if proc.exitcode:
             raise RuntimeError(f"plain-loop worker exited with {proc.exitcode}")
+    manager.shutdown()
     wall = max(seconds for _, seconds, _, _ in done)
     calls = sum(n for _, _, n, _ in done)
     return {

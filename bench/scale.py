@@ -60,8 +60,19 @@ TARGETS = {
 }
 
 
-def part(module: str, json_path: Path, log: Path, *args: str) -> dict[str, Any]:
-    """Run ``python -m <module> ... --json <json_path>`` with its output appended to ``log``."""
+# Parts whose JSON was kept from an earlier invocation (--reuse), recorded in the report.
+REUSED: list[str] = []
+
+
+def part(module: str, json_path: Path, log: Path, *args: str, reuse: bool = False) -> dict[str, Any]:
+    """Run ``python -m <module> ... --json <json_path>`` with its output appended to ``log``.
+
+    With ``reuse``, a ``json_path`` an earlier invocation wrote is read instead (a stopped run goes on).
+    """
+    if reuse and json_path.exists():
+        print(f"  {module} {' '.join(args)} ... reused {json_path}", flush=True)
+        REUSED.append(json_path.name)
+        return json.loads(json_path.read_text())
     start = time.perf_counter()
     print(f"  {module} {' '.join(args)} ...", end="", flush=True)
     with log.open("a") as out:
@@ -103,6 +114,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="1-CPU Ray actors = plain-loop processes")
     parser.add_argument("--json", type=Path, default=Path("outputs/bench/scale.json"))
     parser.add_argument("--render", action="store_true", help="only render the tables of an existing --json")
+    parser.add_argument("--reuse", action="store_true", help="keep the parts an earlier, stopped run finished")
     parser.add_argument("--into", type=Path, help="also put the tables into this Markdown file, between markers")
     parser.add_argument("--marker", default="scale", help="marker name for --into (default: scale)")
     args = parser.parse_args()
@@ -112,7 +124,8 @@ def main() -> None:
     work = args.json.with_suffix("")
     work.mkdir(parents=True, exist_ok=True)
     log = args.json.with_name("scale.log")
-    log.write_text("")
+    if not args.reuse:
+        log.write_text("")
     cache = cache_root() / "bench"
     start = time.perf_counter()
     report: dict[str, Any] = {
@@ -123,9 +136,25 @@ def main() -> None:
     }
     print(f"scale benchmark on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
     for n in args.clients:
-        sim = part("bench.sim_run", work / f"sim-{n}.json", log, "--clients", str(n), "--num-cpus", str(args.workers))
+        sim = part(
+            "bench.sim_run",
+            work / f"sim-{n}.json",
+            log,
+            "--clients",
+            str(n),
+            "--num-cpus",
+            str(args.workers),
+            reuse=args.reuse,
+        )
         plain = part(
-            "bench.plain_loop", work / f"plain-{n}.json", log, "--clients", str(n), "--workers", str(args.workers)
+            "bench.plain_loop",
+            work / f"plain-{n}.json",
+            log,
+            "--clients",
+            str(n),
+            "--workers",
+            str(args.workers),
+            reuse=args.reuse,
         )
         report["federation"].append(
             {
@@ -137,7 +166,7 @@ def main() -> None:
         )
     report["flwr_run"] = []
     for n in args.flwr_clients:
-        flwr = part("bench.flwr_run_scale", work / f"flwr-{n}.json", log, "--clients", str(n))
+        flwr = part("bench.flwr_run_scale", work / f"flwr-{n}.json", log, "--clients", str(n), reuse=args.reuse)
         sim = next((f["sim"] for f in report["federation"] if f["sim"]["num_clients"] == n), None)
         ratio = flwr["server_seconds_per_round"] / sim["server_seconds_per_round"] if sim else float("nan")
         report["flwr_run"].append({"flwr": flwr, "vs_inprocess": ratio})
@@ -152,6 +181,7 @@ def main() -> None:
         "embedded": model_bytes([]),
         "SmolLM2-135M-shaped": model_bytes(["model=hf", f"model.name={smol}"]),
     }
+    report["reused"] = REUSED
     report["machine"]["load_after"] = os.getloadavg()
     report["seconds"] = time.perf_counter() - start
     write_json(args.json, report)
@@ -186,9 +216,9 @@ def format_report(report: dict[str, Any]) -> str:
         1,
     )
     lines = [
-        "| clients | per round | FL s/round | plain s/round | overhead ratio | CPU ratio | client calls/s "
-        "| start-up s | peak memory (PSS) | vs fewest | actors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| clients | per round | FL s/round | plain s/round | overhead ratio | CPU ratio | added ms/call "
+        "| client calls/s | start-up s | peak memory (PSS) | vs fewest | actors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for f in fed:
         s, p = f["sim"], f["plain"]
@@ -198,7 +228,8 @@ def format_report(report: dict[str, Any]) -> str:
         per_round = f"{trained} (+{joins:.0f} joining)" if joins else f"{trained}"
         lines.append(
             f"| {s['num_clients']:,} | {per_round} | {s['seconds_per_round']:.2f} | {p['seconds_per_round']:.2f} | "
-            f"**{f['overhead_ratio']:.2f}** | {f['cpu_overhead_ratio']:.2f} | {s['calls_per_second']:.2f} | "
+            f"**{f['overhead_ratio']:.2f}** | {f['cpu_overhead_ratio']:.2f} | {1000 * added_per_call(f):.1f} | "
+            f"{s['calls_per_second']:.2f} | "
             f"{s['startup_seconds']:.1f} | "
             f"{s['peak_pss_bytes'] / 2**30:.2f} GiB | {s['peak_pss_bytes'] / base - 1:+.1%} | {s['client_actors']} |"
         )
@@ -251,9 +282,11 @@ def format_report(report: dict[str, Any]) -> str:
         )
     lines += ["", *targets_table(report)]
     load = report["machine"]
+    reused = report.get("reused") or []
+    kept = f" (parts kept from an earlier, stopped invocation: {', '.join(reused)})" if reused else ""
     lines.append(
         f"\n{load['cpus']} CPUs, load average before {load['load_before'][0]:.2f}, after "
-        f"{load.get('load_after', [float('nan')])[0]:.2f}; {report.get('seconds', 0) / 60:.1f} min in all. "
+        f"{load.get('load_after', [float('nan')])[0]:.2f}; {report.get('seconds', 0) / 60:.1f} min in all{kept}. "
         f"Made by `{report['command'].strip()}`."
     )
     return "\n".join(lines)
@@ -265,9 +298,10 @@ def trained_per_round(f: dict[str, Any]) -> int:
     return (s["client_calls"] - s.get("late_registrations", 0)) // len(s["steady_rounds"])
 
 
-def federation_seconds(f: dict[str, Any]) -> float:
-    """What the federation adds to a round's client work: simulation s/round minus plain-loop s/round."""
-    return f["sim"]["seconds_per_round"] - f["plain"]["seconds_per_round"]
+def added_per_call(f: dict[str, Any]) -> float:
+    """What the federation adds per client call, in seconds: (simulation - plain loop) s/round / calls per round."""
+    calls = f["sim"]["client_calls"] / len(f["sim"]["steady_rounds"])
+    return (f["sim"]["seconds_per_round"] - f["plain"]["seconds_per_round"]) / calls
 
 
 def targets_table(report: dict[str, Any]) -> list[str]:
@@ -300,13 +334,13 @@ def targets_table(report: dict[str, Any]) -> list[str]:
         if len(same) > 1:
             base, n0, n1 = same[0], same[0]["sim"]["num_clients"], large["sim"]["num_clients"]
             bound = math.log(n1) / math.log(n0)
-            added0, added1 = federation_seconds(base), federation_seconds(large)
+            added0, added1 = added_per_call(base), added_per_call(large)
             rows.append(
                 (
-                    f"federation's s/round (FL minus plain) at {n1:,} vs {n0:,} clients, "
-                    f"{trained_per_round(large)} trained per round",
+                    f"time the federation adds per client call, {n1:,} vs {n0:,} clients "
+                    f"({trained_per_round(large)} trained per round)",
                     f"<= {bound:.2f}x (log {n1:,} / log {n0:,})",
-                    f"{added1:.2f} s vs {added0:.2f} s",
+                    f"{1000 * added1:.1f} ms vs {1000 * added0:.1f} ms",
                     added1 <= bound * max(added0, 0.0) or added1 <= 0.0,
                 )
             )
