@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.render import portable_command, publish
 
 THRESHOLDS = (2.0, 3.0, 5.0, 10.0, 20.0)
 SCENARIOS = ("dual", "dirichlet", "iid", "cross_task")
@@ -168,23 +169,8 @@ def _measured(report: dict[str, Any]) -> str:
             text += f" (one-minute load average {low:.1f} to {high:.1f})"
     text += "."
     if "command" in report:
-        text += f" Command: `{_command(report['command'])}`."
+        text += f" Command: `{portable_command(report['command'])}`."
     return text
-
-
-def _command(command: str) -> str:
-    """``command`` with the machine's own path to ``outputs/`` or ``docs/`` left out."""
-    return re.sub(r"\S*/((?:outputs|docs)/)", r"\1", command)
-
-
-def publish(report: dict[str, Any], into: Path | None) -> None:
-    """Print the table; with ``into``, also put it between that Markdown file's ``centroid-outliers`` markers."""
-    text = render(report)
-    print(text)
-    if into is not None:
-        from fedrouter_app.report.headline import splice_file
-
-        splice_file(into, MARKER, text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.render:
-        publish(json.loads(args.json.read_text()), args.into)
+        publish(render(json.loads(args.json.read_text())), args.into, MARKER)
         return
     # Fail before the runs, not after them, when the page has no markers.
     if args.into is not None and f"<!-- {MARKER}:start -->" not in args.into.read_text():
@@ -243,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))
     print()
-    publish(report, args.into)
+    publish(render(report), args.into, MARKER)
 
 
 if __name__ == "__main__":

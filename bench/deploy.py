@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from typing import Any
 
 from bench.common import write_json
 from bench.deploy_measure import PHASES, breakdown, deployment_row, round_seconds
+from bench.render import portable_command, publish
 
 REPO = Path(__file__).resolve().parent.parent
 SMOLLM2 = [
@@ -198,7 +198,7 @@ def render(record: dict[str, Any]) -> str:
                 f"| {_model(r)} | {r['name']} | {kind} | {x['arrays']:.0f} | {x['start']:.2f} | "
                 f"{r['flower_import_seconds']:.2f} | {x['work']:.2f} |"
             )
-    lines += ["", f"Command: `{_command(record)}`."]
+    lines += ["", f"Command: `{portable_command(record['command'])}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -234,26 +234,12 @@ def render_against(record: dict[str, Any], before: dict[str, Any]) -> str:
                 f"{x['arrays']:.0f} -> {y['arrays']:.0f} | {x['start']:.2f} -> {y['start']:.2f} | "
                 f"{imports if first else ''} | {outside if first else ''} |"
             )
-    lines += ["", f"Command: `{_command(record)}`."]
+    lines += ["", f"Command: `{portable_command(record['command'])}`."]
     return "\n".join(lines) + "\n"
-
-
-def _command(record: dict[str, Any]) -> str:
-    """The record's command, with the machine's own path to ``outputs/`` left out."""
-    return re.sub(r"\S*/(outputs/)", r"\1", record["command"])
 
 
 def _model(row: dict[str, Any]) -> str:
     return {"smollm2": "SmolLM2-135M"}.get(row["model"], row["model"])
-
-
-def publish(text: str, into: Path | None, marker: str) -> None:
-    """Print ``text``; with ``into``, also put it between that Markdown file's markers."""
-    print(text)
-    if into is not None:
-        from fedrouter_app.report.headline import splice_file
-
-        splice_file(into, marker, text)
 
 
 def main(argv: list[str] | None = None) -> None:

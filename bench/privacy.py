@@ -25,13 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.render import mean_std, portable_command, publish
 
 NOISE = (0.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0)
 SHORT = (
@@ -120,7 +121,7 @@ def render(report: dict[str, Any]) -> str:
         cells = [f"{z:g}"]
         if std_column:
             cells.append(f"{z * clips[0] / size:.3f}")
-        cells += [_mean_std([r.get(k) for r in runs]) for k in ("global_ari", "routing_global", "routing_local_own")]
+        cells += [mean_std([r.get(k) for r in runs]) for k in ("global_ari", "routing_global", "routing_local_own")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", _measured(report)]
     return "\n".join(lines) + "\n"
@@ -148,33 +149,8 @@ def _measured(report: dict[str, Any]) -> str:
         text += f"; {failed} client failures in all (see the JSON)"
     text += "."
     if "command" in report:
-        text += f" Command: `{_command(report['command'])}`."
+        text += f" Command: `{portable_command(report['command'])}`."
     return text
-
-
-def _command(command: str) -> str:
-    """``command`` with the machine's own path to ``outputs/`` or ``docs/`` left out."""
-    return re.sub(r"\S*/((?:outputs|docs)/)", r"\1", command)
-
-
-def _mean_std(values: list[float | None]) -> str:
-    """``mean ± std`` (population std) of the recorded values; ``-`` when none was recorded."""
-    present = [v for v in values if v is not None]
-    if not present:
-        return "-"
-    mean = sum(present) / len(present)
-    std = (sum((v - mean) ** 2 for v in present) / len(present)) ** 0.5
-    return f"{mean:.3f} ± {std:.3f}" if len(present) > 1 else f"{mean:.3f}"
-
-
-def publish(report: dict[str, Any], into: Path | None) -> None:
-    """Print the table; with ``into``, also put it between that Markdown file's ``privacy`` markers."""
-    text = render(report)
-    print(text)
-    if into is not None:
-        from fedrouter_app.report.headline import splice_file
-
-        splice_file(into, MARKER, text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -191,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.render:
-        publish(json.loads(args.json.read_text()), args.into)
+        publish(render(json.loads(args.json.read_text())), args.into, MARKER)
         return
     # Fail before the runs, not after them, when the page has no markers.
     if args.into is not None and f"<!-- {MARKER}:start -->" not in args.into.read_text():
@@ -224,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))
     print()
-    publish(report, args.into)
+    publish(render(report), args.into, MARKER)
 
 
 if __name__ == "__main__":

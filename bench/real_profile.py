@@ -49,9 +49,9 @@ from flwr.app import Message
 from flwr.common.serde import message_from_proto, message_to_proto
 
 from bench.common import write_json
+from bench.render import publish
 from fedrouter_app.compat.flwr_internals import set_message_id
 from fedrouter_app.inprocess import InProcessGrid
-from fedrouter_app.report.headline import splice_file
 
 OFF = [
     "speed.eval_batching=false",
@@ -292,7 +292,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every variant")
     args = parser.parse_args()
     if args.render:
-        publish(json.loads(Path(args.json).read_text()), args.into, args.marker)
+        publish(render(json.loads(Path(args.json).read_text())), args.into, args.marker)
         return
     torch.set_num_threads(args.threads)
     base = [f"sweep={args.preset}", "method=fedrouter", "checkpoint.every=0", *args.overrides]
@@ -320,15 +320,7 @@ def main() -> None:
         "speedups": speedups(rows),
     }
     write_json(Path(args.json), record)
-    publish(record, args.into, args.marker)
-
-
-def publish(record: dict[str, Any], into: Path | None, marker: str) -> None:
-    """Print the tables; with ``into``, also put them between the markers of that Markdown file."""
-    text = render(record)
-    print(text)
-    if into is not None:
-        splice_file(into, marker, text)
+    publish(render(record), args.into, args.marker)
 
 
 def speedups(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.render import mean_std, publish
 from fedrouter_app.inprocess import run_inprocess
 
 SHORT = (
@@ -127,6 +128,29 @@ def run_one(overrides: list[str], clients: int) -> dict[str, Any]:
     }
 
 
+def cell_key(row: dict[str, Any]) -> tuple[str, float, str, int]:
+    return row["attack"], row["fraction"], row["defence"], row["seed"]
+
+
+def merge(report: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """``report`` with the rows of ``parts`` it lacks (each cell and seed once), and every part's command recorded.
+
+    For a benchmark run as several processes (``--seeds 1 --json part-1.json``, ...): the rows are independent.
+    """
+    rows = list(report.get("rows", []))
+    seen = {cell_key(r) for r in rows}
+    commands = [c for c in (report.get("command"), *report.get("merged", [])) if c]
+    for part in parts:
+        fresh = [r for r in part.get("rows", []) if cell_key(r) not in seen]
+        rows += fresh
+        seen.update(cell_key(r) for r in fresh)
+        if part.get("command") and part["command"] not in commands:
+            commands.append(part["command"])
+    args = dict(report.get("args") or next((p["args"] for p in parts if p.get("args")), {}))
+    args["seeds"] = sorted({r["seed"] for r in rows})
+    return {"command": commands[0] if commands else "", "merged": commands[1:], "args": args, "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -134,8 +158,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=Path("outputs/bench/robustness.json"))
     parser.add_argument("--render", action="store_true", help="only render the table of an existing --json")
     parser.add_argument("--into", type=Path, help="also put the table into this Markdown file, between markers")
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", metavar="JSON", help="add these files' rows (one process per seed) to --json"
+    )
     args = parser.parse_args(argv)
     report = json.loads(args.json.read_text()) if args.json.exists() else {"rows": []}
+    if args.merge:
+        report = merge(report, [json.loads(path.read_text()) for path in args.merge])
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1))
+        args.render = True
     if not args.render:
         report = {
             "command": " ".join(["python -m bench.robustness", *(sys.argv[1:] if argv is None else argv)]),
@@ -155,12 +187,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(json.dumps(row), flush=True)
                     args.json.parent.mkdir(parents=True, exist_ok=True)
                     args.json.write_text(json.dumps(report, indent=1))
-    text = render(report)
-    print(text)
-    if args.into is not None:
-        from fedrouter_app.report.headline import splice_file
-
-        splice_file(args.into, "robustness", text + "\n")
+    publish(render(report) + "\n", args.into, "robustness")
 
 
 def render(report: dict[str, Any]) -> str:
@@ -192,11 +219,13 @@ def render(report: dict[str, Any]) -> str:
         routing = [r["routing_global"] for r in runs if r["routing_global"] is not None]
         share = "-" if attack == "none" else f"{fraction:.0%} ({len(runs[0]['attackers'])})"
         lines.append(
-            f"| {attack} | {share} | {defence} | {_mean_std([r['honest_score'] for r in runs])} | "
-            f"{_signed(changes['score'])} | {_mean_std([r['honest_loss'] for r in runs])} | "
-            f"{_signed(changes['loss'])} | {_mean_std(routing) if routing else '-'} | {len(runs)} |"
+            f"| {attack} | {share} | {defence} | {mean_std([r['honest_score'] for r in runs])} | "
+            f"{_signed(changes['score'])} | {mean_std([r['honest_loss'] for r in runs])} | "
+            f"{_signed(changes['loss'])} | {mean_std(routing) if routing else '-'} | {len(runs)} |"
         )
-    lines += ["", f"Made by `{report.get('command', 'python -m bench.robustness')}`."]
+    commands = [report.get("command", "python -m bench.robustness"), *report.get("merged", [])]
+    merged = " (rows merged with `--merge`)" if len(commands) > 1 else ""
+    lines += ["", f"Made by {', '.join(f'`{c}`' for c in commands)}{merged}."]
     return "\n".join(lines)
 
 
@@ -209,12 +238,6 @@ def _change(row: dict[str, Any], clean: dict[str, dict[str, float]], key: str) -
 def _signed(values: list[float]) -> str:
     mean = sum(values) / len(values)
     return f"{mean:+.3f}"
-
-
-def _mean_std(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-    return f"{mean:.3f} ± {std:.3f}" if len(values) > 1 else f"{mean:.3f}"
 
 
 if __name__ == "__main__":

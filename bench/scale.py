@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import smollm2_shaped_model, write_json
+from bench.render import publish
 from fedrouter_app.model.embedded import cache_root
 
 TARGETS = {
@@ -119,7 +120,7 @@ def main() -> None:
     parser.add_argument("--marker", default="scale", help="marker name for --into (default: scale)")
     args = parser.parse_args()
     if args.render:
-        publish(json.loads(args.json.read_text()), args.into, args.marker)
+        publish_report(json.loads(args.json.read_text()), args.into, args.marker)
         return
     work = args.json.with_suffix("")
     work.mkdir(parents=True, exist_ok=True)
@@ -185,23 +186,17 @@ def main() -> None:
     report["machine"]["load_after"] = os.getloadavg()
     report["seconds"] = time.perf_counter() - start
     write_json(args.json, report)
-    publish(report, args.into, args.marker)
+    publish_report(report, args.into, args.marker)
     print(f"\nJSON: {args.json}   log: {log}   wall: {report['seconds'] / 60:.1f} min")
 
 
-def publish(report: dict[str, Any], into: Path | None, marker: str) -> None:
+def publish_report(report: dict[str, Any], into: Path | None, marker: str) -> None:
     """Print the tables; with ``into``, also put them between the markers of that Markdown file."""
     from bench.server_memory import render as render_server_memory
 
-    text = format_report(report) + "\n"
-    memory = render_server_memory(report["server_memory"]) + "\n" if "server_memory" in report else ""
-    print(text + "\n" + memory)
-    if into is not None:
-        from fedrouter_app.report.headline import splice_file
-
-        splice_file(into, marker, text)
-        if memory:
-            splice_file(into, "server-memory", memory)
+    publish(format_report(report) + "\n", into, marker)
+    if "server_memory" in report:
+        publish(render_server_memory(report["server_memory"]) + "\n", into, "server-memory")
 
 
 def format_report(report: dict[str, Any]) -> str:

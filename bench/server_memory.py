@@ -38,6 +38,7 @@ from flwr.app import Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from bench.common import smollm2_shaped_model
+from bench.render import publish
 from fedrouter_app.compat.flwr_internals import set_message_id, set_task_identity
 from fedrouter_app.model.embedded import cache_root
 from fedrouter_app.model.lora import LoraTemplate, num_parameters
@@ -171,12 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
     report = json.loads(args.json.read_text())
-    text = render(report)
-    print(text)
-    if args.into is not None:
-        from fedrouter_app.report.headline import splice_file
-
-        splice_file(args.into, "server-memory", text + "\n")
+    publish(render(report) + "\n", args.into, "server-memory")
 
 
 def render(report: dict[str, Any]) -> str:

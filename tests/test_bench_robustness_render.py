@@ -56,6 +56,28 @@ def test_robustness_table_goes_between_its_markers(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_rows_of_several_processes_merge_into_one_report(tmp_path, capsys):
+    whole = _report()
+    first, second = dict(whole, rows=whole["rows"][::2]), dict(whole, rows=whole["rows"][1::2])
+    second["command"] = "python -m bench.robustness --seeds 1"
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, part in zip(paths, (first, second), strict=True):
+        path.write_text(json.dumps(part))
+    merged = tmp_path / "merged.json"
+    robustness.main(["--json", str(merged), "--merge", *map(str, paths), *map(str, paths)])
+    report = json.loads(merged.read_text())
+    assert sorted(robustness.cell_key(r) for r in report["rows"]) == sorted(
+        robustness.cell_key(r) for r in whole["rows"]
+    )
+    assert report["args"]["seeds"] == [0, 1]
+    text = capsys.readouterr().out
+    assert "| sign_flip | 30% (1) | mean | 0.250 ± 0.050 | -0.150 |" in text
+    assert (
+        "Made by `python -m bench.robustness --seeds 0 1`, `python -m bench.robustness --seeds 1` "
+        "(rows merged with `--merge`)." in text
+    )
+
+
 def test_server_memory_table_one_row_per_rule_and_size():
     adapter = 2**20
     rows = [
