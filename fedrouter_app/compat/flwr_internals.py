@@ -79,7 +79,6 @@ __all__ = [
     "state_lock",
     "store_signature",
     "undelivered_by_node",
-    "undelivered_destinations",
 ]
 
 # The runtime's polling thread function: (state, queue, node id -> partition id, stop event).
@@ -112,15 +111,8 @@ def polling_with(poller: MessagePoller) -> Iterator[None]:
 
 
 def is_in_memory_state(state: LinkState) -> bool:
-    """Whether ``state`` is Flower's in-memory link state, whose store :func:`undelivered_destinations` reads."""
+    """Whether ``state`` is Flower's in-memory link state, whose store :func:`undelivered_by_node` reads."""
     return isinstance(state, InMemoryLinkState)
-
-
-def undelivered_destinations(state: LinkState) -> set[int]:
-    """Nodes with an instruction not yet delivered, in one pass over an in-memory state's store."""
-    assert isinstance(state, InMemoryLinkState)
-    with state.lock:
-        return {m.metadata.dst_node_id for m in state.message_ins_store.values() if m.metadata.delivered_at == ""}
 
 
 def store_signature(state: LinkState) -> tuple[int, str | None]:

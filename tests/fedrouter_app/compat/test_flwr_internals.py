@@ -15,12 +15,13 @@ import pytest
 from flwr.app import Message, RecordDict
 from flwr.server.superlink.fleet.vce import vce_api
 from flwr.server.superlink.fleet.vce.backend import raybackend
-from flwr.server.superlink.linkstate import LinkStateFactory
+from flwr.server.superlink.linkstate import InMemoryLinkState, LinkStateFactory
 from flwr.simulation.ray_transport import ray_actor
 from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.federation import NoOpFederationManager
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 from fedrouter_app.compat import flwr_internals, versions
 from fedrouter_app.compat.flwr_internals import (
@@ -30,6 +31,7 @@ from fedrouter_app.compat.flwr_internals import (
     adopt_actor_pool,
     backend_actor_pool,
     flower_message_poller,
+    grid_state,
     is_in_memory_state,
     polling_with,
     pool_actors,
@@ -38,7 +40,7 @@ from fedrouter_app.compat.flwr_internals import (
     ray_backend_class,
     set_message_id,
     set_task_identity,
-    undelivered_destinations,
+    undelivered_by_node,
 )
 
 
@@ -121,7 +123,7 @@ def test_the_in_memory_state_keeps_its_instructions_in_a_locked_dict():
     assert state.lock.acquire(timeout=1)  # the lock replies and deliveries take too
     state.lock.release()
     state.message_ins_store.update({"a": stored(7), "b": stored(8, delivered=True), "c": stored(7), "d": stored(9)})
-    assert undelivered_destinations(state) == {7, 9}
+    assert undelivered_by_node(state) == {7: ["a", "c"], 9: ["d"]}  # oldest first: the store keeps insertion order
 
 
 def test_a_new_message_says_where_it_goes_and_that_it_is_not_delivered():
@@ -222,3 +224,14 @@ def test_task_identity_and_message_ids_can_be_set():
     message = Message(RecordDict(), dst_node_id=1, message_type="train")
     set_message_id(message, "abc")
     assert message.metadata.message_id == "abc"
+
+
+def test_the_simulation_grid_exposes_its_state_and_the_state_its_expiry_check():
+    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+    grid = InMemoryGrid(state_factory=factory)
+    assert grid_state(grid) is factory.state()
+    assert grid_state(SimpleNamespace(state=factory.state())) is None
+    params = list(inspect.signature(InMemoryLinkState._check_stored_messages).parameters)
+    assert params[:2] == ["self", "message_ids"]
+    # The delivery index shadows get_message_ins on one state object; Flower's poller looks it up on every call.
+    assert "get_message_ins" in vce_api.add_messages_to_queue.__code__.co_names
