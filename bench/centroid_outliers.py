@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import write_json
 from bench.render import portable_command, publish
 
 THRESHOLDS = (2.0, 3.0, 5.0, 10.0, 20.0)
@@ -226,8 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         "load_average": [load_before, os.getloadavg()[0]],
         "rows": rows,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=1))
+    write_json(args.json, report)
     print()
     publish(render(report), args.into, MARKER)
 

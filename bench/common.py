@@ -61,6 +61,12 @@ def workload(num_clients: int, output_dir: str | Path) -> list[str]:
     ]
 
 
+def steady_server_seconds(results: dict[str, Any]) -> float:
+    """The server's own mean seconds per steady round, as a run's ``results.json`` records each round."""
+    rounds = {r["round"]: r for r in results["rounds"]}
+    return sum(rounds[r]["seconds"] for r in STEADY_ROUNDS) / len(STEADY_ROUNDS)
+
+
 def pin_threads(threads: int = 1) -> None:
     """One BLAS/OpenMP thread per process (set before torch loads): parallelism is by processes.
 

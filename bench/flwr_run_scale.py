@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from bench.common import NUM_ROUNDS, STEADY_ROUNDS, workload, write_json
+from bench.common import NUM_ROUNDS, STEADY_ROUNDS, steady_server_seconds, workload, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 ROUND_LINE = re.compile(r"round (\d+)/(\d+) \|")
@@ -106,7 +106,7 @@ def run(num_clients: int, num_cpus: int, timeout: float) -> dict[str, Any]:
         "round_seconds": steady,
         "seconds_per_round": sum(steady) / len(steady),
         # The server's own clock of each round, as results.json records it (the in-process rows record it too).
-        "server_seconds_per_round": sum(rounds[r]["seconds"] for r in STEADY_ROUNDS) / len(steady),
+        "server_seconds_per_round": steady_server_seconds(results),
         "client_calls": sum(len(rounds[r]["train"]["clients"]) for r in STEADY_ROUNDS),
         "startup_seconds": ends[1] - start,
         "total_seconds": total,

@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import write_json
+
 REPO = Path(__file__).resolve().parent.parent
 PHASES = ("interpreter", "imports", "config", "data", "model")
 
@@ -184,8 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(table(result))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import write_json
 from bench.render import mean_std, portable_command, publish
 
 NOISE = (0.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0)
@@ -197,8 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         "load_average": [load_before, os.getloadavg()[0]],
         "rows": rows,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=1))
+    write_json(args.json, report)
     print()
     publish(render(report), args.into, MARKER)
 

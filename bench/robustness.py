@@ -41,6 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.common import write_json
 from bench.render import mean_std, publish
 from fedrouter_app.inprocess import run_inprocess
 
@@ -165,8 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     report = json.loads(args.json.read_text()) if args.json.exists() else {"rows": []}
     if args.merge:
         report = merge(report, [json.loads(path.read_text()) for path in args.merge])
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
+        write_json(args.json, report)
         args.render = True
     if not args.render:
         report = {
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             "args": {"seeds": args.seeds, "clients": args.clients, "schedule": list(SHORT)},
             **report,
         }
-        done = {(r["attack"], r["fraction"], r["defence"], r["seed"]) for r in report["rows"]}
+        done = {cell_key(r) for r in report["rows"]}
         with tempfile.TemporaryDirectory(prefix="fedrouter-robustness-") as tmp:
             for seed in args.seeds:
                 for attack, fraction, defence in cells():
@@ -185,8 +185,7 @@ def main(argv: list[str] | None = None) -> None:
                     row |= run_one(overrides, args.clients)
                     report["rows"].append(row)
                     print(json.dumps(row), flush=True)
-                    args.json.parent.mkdir(parents=True, exist_ok=True)
-                    args.json.write_text(json.dumps(report, indent=1))
+                    write_json(args.json, report)
     publish(render(report) + "\n", args.into, "robustness")
 
 

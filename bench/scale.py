@@ -217,9 +217,8 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for f in fed:
         s, p = f["sim"], f["plain"]
-        rounds = len(s["steady_rounds"])
-        trained = (s["client_calls"] - s.get("late_registrations", 0)) // rounds
-        joins = s.get("late_registrations", 0) / rounds
+        trained = trained_per_round(f)
+        joins = s.get("late_registrations", 0) / len(s["steady_rounds"])
         per_round = f"{trained} (+{joins:.0f} joining)" if joins else f"{trained}"
         lines.append(
             f"| {s['num_clients']:,} | {per_round} | {s['seconds_per_round']:.2f} | {p['seconds_per_round']:.2f} | "

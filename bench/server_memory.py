@@ -37,7 +37,7 @@ import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from bench.common import smollm2_shaped_model
+from bench.common import smollm2_shaped_model, write_json
 from bench.render import publish
 from fedrouter_app.compat.flwr_internals import set_message_id, set_task_identity
 from fedrouter_app.model.embedded import cache_root
@@ -169,8 +169,7 @@ def main(argv: list[str] | None = None) -> None:
             "seconds": time.perf_counter() - start,
             "rows": rows,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
+        write_json(args.json, report)
     report = json.loads(args.json.read_text())
     publish(render(report) + "\n", args.into, "server-memory")
 

@@ -24,7 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import NUM_ROUNDS, STEADY_ROUNDS, PeakMemory, pin_threads, tree_cpu_seconds, workload, write_json
+from bench.common import (
+    NUM_ROUNDS,
+    STEADY_ROUNDS,
+    PeakMemory,
+    pin_threads,
+    steady_server_seconds,
+    tree_cpu_seconds,
+    workload,
+    write_json,
+)
 
 
 class RoundClock(logging.Handler):
@@ -85,7 +94,7 @@ def run(num_clients: int, num_cpus: int) -> dict[str, Any]:
         "round_seconds": steady,
         "seconds_per_round": sum(steady) / len(steady),
         # The server's own clock of each round, as results.json records it (what the flwr run rows compare on).
-        "server_seconds_per_round": sum(rounds[r]["seconds"] for r in STEADY_ROUNDS) / len(steady),
+        "server_seconds_per_round": steady_server_seconds(results),
         # Every process of the run (server, Ray's own, the actors) over the steady rounds.
         "cpu_seconds_per_round": (clock.cpu[STEADY_ROUNDS[-1]] - clock.cpu[STEADY_ROUNDS[0] - 1]) / len(steady),
         "client_calls": calls,

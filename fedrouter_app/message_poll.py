@@ -135,12 +135,11 @@ def index_grid_deliveries(grid: object) -> bool:
     if state is None:
         return False
     index = DeliveryIndex(state)
-    original = state.get_message_ins
 
     def get_message_ins(node_id: int, limit: int | None, *, run_id: int | None = None) -> list[Message]:
         if limit != 1 or run_id is not None:
             return original(node_id=node_id, limit=limit, run_id=run_id)
         return index.take(node_id)
 
-    serve_message_ins_with(state, get_message_ins)
+    original = serve_message_ins_with(state, get_message_ins)
     return True
