@@ -19,7 +19,7 @@ import psutil
 
 # The one workload every part runs: FedRouter on the embedded default, one
 # local cluster per client and round (round_robin), evaluation only at the end.
-NUM_ROUNDS = 8
+NUM_ROUNDS = 6
 # Rounds whose wall time is the steady state: round 1 carries the one-time
 # start-up (Ray, actors, model loads, registration), the last round evaluates.
 STEADY_ROUNDS = range(2, NUM_ROUNDS)

@@ -12,8 +12,8 @@ simulation look slower than it is). Rounds run one after another, as they
 must in any federated loop (a round's calls need the previous round's
 aggregate): within a round, each worker takes the next call not yet taken, as
 the simulation's idle actors take the next message, and the round ends when its
-last call does. Model loads, partitions and FedRouter's setup registration
-happen before the clock starts, as the simulation's start-up does them before
+last call does. Model loads, partitions and FedRouter's setup registration (shared
+between the workers) happen before the clock starts, as the simulation's start-up does them before
 its steady rounds; a client that joins in a steady round (outside
 ``registration_fraction``'s cohort) registers in that round, in a wave before
 the round's training, as in the simulation. No Flower, no Ray, no server: what the simulation adds on top
@@ -85,9 +85,15 @@ def _worker(rank: int, num_clients: int, barrier: Any, next_call: Any, joined: A
             client_class(cfg.method.name)(env).handle(category, action, RecordDict())
             return env
 
-        for client in contexts.keys() - late:  # the simulation's start-up: registration (and the model load)
+        # The simulation's start-up (registration, model load), not timed: the workers share the registrations.
+        cohort = sorted(contexts.keys() - late)
+        for client in cohort[rank :: barrier.parties]:
             register(client)
+            joined[client] = dict(contexts[client].state.items())
         adapter = build_env(contexts[min(contexts)], overrides).initial_adapter()
+        barrier.wait(timeout=1800)
+        for client in cohort:
+            contexts[client].state = RecordDict(joined[client])
         barrier.wait(timeout=1800)
         start, cpu, done = time.perf_counter(), time.process_time(), 0
         for r, clients in rounds.items():

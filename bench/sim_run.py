@@ -7,7 +7,12 @@ the same runtime ``flwr run`` uses, and records:
 - the wall time between the ends of consecutive rounds (so a round's time
   includes the loop's callbacks, results writing included), taken from the
   run's own per-round log line;
-- the CPU seconds every process of the run used over those rounds;
+- the CPU seconds every process of the run used over those rounds, and those
+  of this process alone: the server's side (the ServerApp, Flower's in-memory
+  link state and delivery, Ray's driver), which the clients' work does not
+  enter and other load on the machine barely moves;
+- the server's checkpoint after each round (``checkpoint.every=1``): seconds
+  to take and write it, and its bytes on disk;
 - the one-time start-up (Ray, actors, model loads, registration, round 1);
 - the peak memory of this process and every process under it (the Ray
   workers, which hold the models, included), and how many client actors ran;
@@ -21,8 +26,12 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from bench.common import (
     NUM_ROUNDS,
@@ -47,6 +56,7 @@ class RoundClock(logging.Handler):
         self.memory = memory
         self.ends: dict[int, float] = {}
         self.cpu: dict[int, float] = {}
+        self.server_cpu: dict[int, float] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
@@ -54,6 +64,38 @@ class RoundClock(logging.Handler):
             server_round = int(message.split()[1].split("/")[0])
             self.ends[server_round] = time.perf_counter()
             self.cpu[server_round] = tree_cpu_seconds() - self.memory.cpu_seconds
+            own = psutil.Process().cpu_times()
+            self.server_cpu[server_round] = own.user + own.system - self.memory.cpu_seconds
+
+    def per_round(self, marks: dict[int, float]) -> float:
+        """Mean increase of ``marks`` over the steady rounds."""
+        return (marks[STEADY_ROUNDS[-1]] - marks[STEADY_ROUNDS[0] - 1]) / len(STEADY_ROUNDS)
+
+
+@contextmanager
+def timed_checkpoints() -> Iterator[list[tuple[float, int]]]:
+    """(seconds, bytes on disk) of every server checkpoint taken meanwhile in this process.
+
+    The seconds cover taking the strategy's state and writing it.
+    """
+    from fedrouter_app.checkpoint import Checkpointer, latest_checkpoint
+
+    saves: list[tuple[float, int]] = []
+    original = Checkpointer.on_round_end
+
+    def timed(self: Checkpointer, record: Any) -> None:
+        start = time.perf_counter()
+        original(self, record)
+        seconds = time.perf_counter() - start
+        path = latest_checkpoint(self.directory)
+        if path is not None and path.name.endswith(f"-{record.server_round:05d}"):
+            saves.append((seconds, sum(f.stat().st_size for f in path.iterdir())))
+
+    Checkpointer.on_round_end = timed  # type: ignore[method-assign]
+    try:
+        yield saves
+    finally:
+        Checkpointer.on_round_end = original  # type: ignore[method-assign]
 
 
 def run(num_clients: int, num_cpus: int) -> dict[str, Any]:
@@ -65,7 +107,7 @@ def run(num_clients: int, num_cpus: int) -> dict[str, Any]:
     clock = RoundClock(memory)
     results_logger = logging.getLogger("flwr.fedrouter.fedrouter_app.results")
     results_logger.addHandler(clock)
-    with tempfile.TemporaryDirectory(prefix="fedrouter-bench-") as tmp, memory:
+    with tempfile.TemporaryDirectory(prefix="fedrouter-bench-") as tmp, memory, timed_checkpoints() as saves:
         start = time.perf_counter()
         run_dir = simulate(workload(num_clients, tmp), num_cpus=num_cpus, cpus_per_client=1)
         total = time.perf_counter() - start
@@ -96,7 +138,9 @@ def run(num_clients: int, num_cpus: int) -> dict[str, Any]:
         # The server's own clock of each round, as results.json records it (what the flwr run rows compare on).
         "server_seconds_per_round": steady_server_seconds(results),
         # Every process of the run (server, Ray's own, the actors) over the steady rounds.
-        "cpu_seconds_per_round": (clock.cpu[STEADY_ROUNDS[-1]] - clock.cpu[STEADY_ROUNDS[0] - 1]) / len(steady),
+        "cpu_seconds_per_round": clock.per_round(clock.cpu),
+        # This process alone: the server's side of the federation.
+        "server_cpu_seconds_per_round": clock.per_round(clock.server_cpu),
         "client_calls": calls,
         "late_registrations": joins,
         "calls_per_second": calls / sum(steady),
@@ -109,6 +153,9 @@ def run(num_clients: int, num_cpus: int) -> dict[str, Any]:
         "client_actors": memory.max_actors,
         "memory_samples": memory.samples,
         "memory_sampler_cpu_seconds": memory.cpu_seconds,
+        "checkpoints": len(saves),
+        "checkpoint_seconds": max((seconds for seconds, _ in saves), default=float("nan")),
+        "checkpoint_bytes": saves[-1][1] if saves else 0,
         "adapter_tensor_bytes": results["adapter"]["tensor_bytes"],
         "tensor_bytes_per_client_round": sum(t["bytes_down"] + t["bytes_up"] for t in traffic) / len(traffic),
         "wire_bytes_per_client_round": sum(t["wire_down"] + t["wire_up"] for t in traffic) / len(traffic),

@@ -1,7 +1,8 @@
 """Run outputs as loop callbacks: the results JSON, a progress line per round, a final table.
 
-The results JSON is rewritten after every round, so a run that stops early
-still leaves everything it measured.
+Each round is appended to the run's ``rounds.jsonl`` as it ends, so a run that
+stops early still leaves everything it measured, and a round's cost does not grow
+with the rounds before it; ``results.json`` gathers them when the run ends.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 RESULTS_FILE = "results.json"
+# Rounds of a run still going, one JSON line each (see ResultsWriter).
+ROUNDS_FILE = "rounds.jsonl"
 TASK_METRICS = (*METRICS, "score")
 
 # Work counters clients put in their replies (fedrouter_app/client_env.py): optimizer steps, non-padding tokens
@@ -225,30 +228,43 @@ def failure_counts(record: RoundRecord) -> dict[str, dict[str, int]]:
 
 
 class ResultsWriter:
-    """Writes ``results.json`` in the run directory after every round."""
+    """Writes a run's results: one line per round to ``rounds.jsonl``, the whole ``results.json`` at the end.
+
+    A round costs what its own record costs to write, however long the run: rounds
+    are appended to :data:`ROUNDS_FILE` as they end, and ``results.json`` holds
+    the run's header (config, tasks, adapter, status) until the run completes or
+    fails, when it is written once with every round in it and the rounds file
+    goes. A run that stops early still leaves everything it measured;
+    :func:`load_results` reads either form.
+    """
 
     def __init__(self, run_dir: Path, run_info: dict[str, Any]) -> None:
         self.path = run_dir / RESULTS_FILE
+        self.rounds_path = run_dir / ROUNDS_FILE
         self.data: dict[str, Any] = {
             "format": 1,
             "run": {**run_info, "status": "running", "started_at": _now()},
-            "rounds": [],
         }
         self.unseen: tuple[str, ...] = ()
+        self.last_evaluate: dict[str, Any] = {}
 
     @classmethod
     def resume(cls, run_dir: Path, after_round: int, run_info: dict[str, Any]) -> ResultsWriter:
         """Continue ``run_dir``'s results: keep rounds up to ``after_round``, note the resumption."""
         writer = cls(run_dir, run_info)
         try:
-            previous = json.loads(writer.path.read_text())
+            previous = load_results(run_dir)
         except (OSError, ValueError):
             previous = {}
         rounds = [r for r in previous.get("rounds", []) if r.get("round", 0) <= after_round]
         resumed = [*previous.get("run", {}).get("resumed", []), {"after_round": after_round, "at": _now()}]
         started = previous.get("run", {}).get("started_at", writer.data["run"]["started_at"])
         writer.data["run"].update(started_at=started, resumed=resumed)
-        writer.data["rounds"] = rounds
+        tmp = writer.rounds_path.with_suffix(".tmp")
+        tmp.write_text("".join(_line(r) for r in rounds))
+        tmp.replace(writer.rounds_path)
+        evaluated = [r for r in rounds if r["evaluate"]["clients"]]
+        writer.last_evaluate = evaluated[-1]["evaluate"] if evaluated else {}
         return writer
 
     def on_run_start(self, cfg: RunConfig, strategy: Strategy, template: LoraTemplate) -> None:
@@ -260,26 +276,68 @@ class ResultsWriter:
         self.data["strategy"] = strategy.summary()
         # Comparisons keep methods told each sample's true task apart from label-free ones.
         self.data["uses_task_labels"] = type(strategy).told_task_labels(self.data["config"]["method"])
-        self._write()
+        self.data["rounds_file"] = ROUNDS_FILE
+        self._write(self.data)
 
     def on_round_end(self, record: RoundRecord) -> None:
-        self.data["rounds"].append(round_to_json(record, self.unseen))
-        self._write()
+        entry = round_to_json(record, self.unseen)
+        with self.rounds_path.open("a") as out:
+            out.write(_line(entry))
+        if entry["evaluate"]["clients"]:
+            self.last_evaluate = entry["evaluate"]
 
     def on_run_end(self, strategy: Strategy) -> None:
-        evaluated = [r for r in self.data["rounds"] if r["evaluate"]["clients"]]
-        self.data["final"] = evaluated[-1]["evaluate"] if evaluated else {}
         self.data["run"].update(status="completed", finished_at=_now())
-        self._write()
+        self._finish(final=self.last_evaluate)
 
     def fail(self, reason: str) -> None:
         self.data["run"].update(status="failed", error=reason, finished_at=_now())
-        self._write()
+        self._finish()
 
-    def _write(self) -> None:
+    def _finish(self, **extra: Any) -> None:
+        header = {k: v for k, v in self.data.items() if k != "rounds_file"}
+        self._write({**header, **extra, "rounds": read_rounds(self.rounds_path)})
+        self.rounds_path.unlink(missing_ok=True)
+
+    def _write(self, data: dict[str, Any]) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, allow_nan=True))
+        tmp.write_text(json.dumps(data, indent=1, allow_nan=True))
         tmp.replace(self.path)
+
+
+def _line(round_json: dict[str, Any]) -> str:
+    return json.dumps(round_json, allow_nan=True, separators=(",", ":")) + "\n"
+
+
+def read_rounds(path: Path) -> list[dict[str, Any]]:
+    """The rounds of a ``rounds.jsonl``; a last line cut short by a stopped run is left out."""
+    if not path.exists():
+        return []
+    rounds = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        try:
+            rounds.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not a round record") from None
+    return rounds
+
+
+def load_results(run_dir: Path) -> dict[str, Any]:
+    """A run's results as one dict, ``rounds`` included, whether the run finished or is still going.
+
+    Raises
+    ------
+    OSError
+        If ``run_dir`` has no ``results.json``.
+    ValueError
+        If it or the rounds file is not valid JSON.
+    """
+    data = json.loads((run_dir / RESULTS_FILE).read_text())
+    if "rounds" not in data:
+        data["rounds"] = read_rounds(run_dir / data.pop("rounds_file", ROUNDS_FILE))
+    return data
 
 
 def _now() -> str:

@@ -93,3 +93,24 @@ def test_large_federations_and_flwr_run_rows_are_set_against_their_targets():
     ) in text
     assert "| 500 | 1000 | 2.10 | 2.00 | **1.05** | 30.0 |" in text
     assert "| `flwr run` vs in-process, 500 SuperNodes | <= 1.1 | 1.05 | yes |" in text
+
+
+def test_server_cpu_per_call_sets_the_log_target_and_checkpoints_are_listed():
+    report = _report()
+    large = _sim(10000, 2.2 * 2**30)
+    large.update(client_calls=6 * 1000 + 360, late_registrations=360, server_cpu_seconds_per_round=2.12)
+    large.update(checkpoints=8, checkpoint_seconds=0.05, checkpoint_bytes=3 * 2**20)
+    report["federation"].append(
+        {"sim": large, "plain": {"seconds_per_round": 1.2}, "overhead_ratio": 1.2, "cpu_overhead_ratio": 1.1}
+    )
+    report["federation"][1]["sim"]["server_cpu_seconds_per_round"] = 1.0
+    text = format_report(report)
+    # 2.12 s over 1,060 calls a round (2.0 ms) against 1.0 s over 1,000 (1.0 ms): 2.0x, above log 10,000 / log 500.
+    assert (
+        "| server CPU per client call, 10,000 vs 500 clients (1000 trained per round) "
+        "| <= 1.48x (log 10,000 / log 500) | 2.0 ms vs 1.0 ms (2.00x) | **no** |"
+    ) in text
+    assert "time the federation adds per client call" not in text
+    assert "| 2.12 | 2.0 | 3.00 | 15.0 | 2.20 GiB | +10.0% | 3.00 MiB, 0.05 s | 2 |" in text
+    # Rows measured before the server's CPU was recorded show a dash.
+    assert "| 1.00 | 1.0 | 3.00 | 15.0 | 2.60 GiB | +30.0% | - | 2 |" in text

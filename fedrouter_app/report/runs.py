@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from fedrouter_app.registry import strategy_class
-from fedrouter_app.results import RESULTS_FILE, compute_total
+from fedrouter_app.results import RESULTS_FILE, compute_total, load_results
 
 JOB_FILE = "job.json"
 CONFIG_FILE = "config.yaml"
@@ -119,7 +119,7 @@ def superseded_runs(runs: set[Path], jobs: set[Path]) -> set[Path]:
 
 def load_run(path: Path) -> Run:
     """Read one run directory."""
-    results = json.loads((path / RESULTS_FILE).read_text())
+    results = load_results(path)
     config_file = path / CONFIG_FILE
     config = OmegaConf.to_container(OmegaConf.load(config_file)) if config_file.exists() else results.get("config", {})
     info = results.get("run", {})

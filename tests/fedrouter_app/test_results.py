@@ -5,10 +5,12 @@ import pytest
 
 from fedrouter_app.registry import strategy_class
 from fedrouter_app.results import (
+    ROUNDS_FILE,
     ResultsWriter,
     compute_to_json,
     compute_total,
     format_table,
+    load_results,
     parse_task_metrics,
     round_to_json,
     summarize_evaluation,
@@ -169,3 +171,53 @@ def test_a_method_told_the_tasks_under_one_setting_is_judged_by_its_run_config(m
     assert not fedrouter.uses_task_labels
     assert not fedrouter.told_task_labels(make_cfg("method=fedrouter").to_dict()["method"])
     assert fedrouter.told_task_labels(make_cfg("method=fedrouter", "method.clustering=oracle").to_dict()["method"])
+
+
+def _evaluated_round(server_round: int) -> RoundRecord:
+    return RoundRecord(server_round=server_round, lr=0.1, evaluate={0: metrics({"a": (1, 0.5, 1)})})
+
+
+def test_rounds_are_appended_and_results_json_is_written_once_at_the_end(make_cfg, tmp_path):
+    cfg = make_cfg("method=fedit")
+    writer = ResultsWriter(tmp_path, {"method": "fedit"})
+    writer.on_run_start(cfg, strategy_class("fedit")(cfg, TEMPLATE), TEMPLATE)
+    header = (tmp_path / "results.json").stat()
+    for r in (1, 2, 3):
+        writer.on_round_end(_evaluated_round(r) if r == 2 else RoundRecord(server_round=r, lr=0.1))
+        # A round appends its own line; the header is not rewritten.
+        assert len((tmp_path / ROUNDS_FILE).read_text().splitlines()) == r
+        assert (tmp_path / "results.json").stat().st_mtime_ns == header.st_mtime_ns
+    running = load_results(tmp_path)
+    assert running["run"]["status"] == "running" and [r["round"] for r in running["rounds"]] == [1, 2, 3]
+    writer.on_run_end(strategy_class("fedit")(cfg, TEMPLATE))
+    done = json.loads((tmp_path / "results.json").read_text())
+    assert done["run"]["status"] == "completed" and [r["round"] for r in done["rounds"]] == [1, 2, 3]
+    assert done["final"]["per_task"]["a"]["score"] == 0.5 and "rounds_file" not in done
+    assert not (tmp_path / ROUNDS_FILE).exists() and load_results(tmp_path) == done
+
+
+def test_a_round_line_cut_short_by_a_stopped_run_is_left_out_and_resume_keeps_earlier_rounds(make_cfg, tmp_path):
+    cfg = make_cfg("method=fedit")
+    writer = ResultsWriter(tmp_path, {})
+    writer.on_run_start(cfg, strategy_class("fedit")(cfg, TEMPLATE), TEMPLATE)
+    for r in (1, 2, 3):
+        writer.on_round_end(_evaluated_round(r))
+    with (tmp_path / ROUNDS_FILE).open("a") as out:
+        out.write('{"round": 4, "evalu')  # killed mid-write
+    assert [r["round"] for r in load_results(tmp_path)["rounds"]] == [1, 2, 3]
+    resumed = ResultsWriter.resume(tmp_path, 2, {})
+    assert [r["round"] for r in load_results(tmp_path)["rounds"]] == [1, 2]
+    resumed.on_run_start(cfg, strategy_class("fedit")(cfg, TEMPLATE), TEMPLATE)
+    resumed.on_round_end(RoundRecord(server_round=3, lr=0.1))
+    resumed.on_run_end(strategy_class("fedit")(cfg, TEMPLATE))
+    done = json.loads((tmp_path / "results.json").read_text())
+    assert [r["round"] for r in done["rounds"]] == [1, 2, 3] and done["run"]["resumed"][0]["after_round"] == 2
+    # The last evaluation before the resumption is still the final one.
+    assert done["final"]["per_task"]["a"]["score"] == 0.5
+
+
+def test_a_damaged_line_inside_the_rounds_file_is_an_error(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"run": {}, "rounds_file": ROUNDS_FILE}))
+    (tmp_path / ROUNDS_FILE).write_text('{"round": 1}\nnot json\n{"round": 3}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        load_results(tmp_path)
