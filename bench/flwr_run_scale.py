@@ -39,6 +39,11 @@ def flwr_command() -> str:
     return str(beside) if beside.exists() else "flwr"
 
 
+def environment_path() -> str:
+    """``PATH`` with this interpreter's ``bin`` first: ``flwr`` starts ``flower-superlink`` and others by name."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
 def stop_processes_mentioning(marker: str) -> None:
     """Terminate (then kill) what ``flwr run`` left running: its processes name the temporary FLWR_HOME."""
     found = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
@@ -58,6 +63,7 @@ def run(num_clients: int, num_cpus: int, timeout: float) -> dict[str, Any]:
         overrides = " ".join(o for o in workload(num_clients, out_dir) if not o.startswith("output.dir="))
         env = {
             **os.environ,
+            "PATH": environment_path(),
             "FLWR_HOME": str(home),
             "FEDROUTER_OUTPUT_DIR": str(out_dir),
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",

@@ -2,19 +2,13 @@
 
 Each node is a separate Ray node (its own raylet and object store, the head
 with the GCS) with one CPU, so the two one-CPU client actors cannot share a
-node. The cluster keeps its address file and sessions in a temporary
-directory of its own (``RAY_TMPDIR``), so that no ``ray.init()`` elsewhere on
-the machine finds and joins it, and takes free ports, so that it does not
-collide with another Ray running here.
+node (see :func:`bench.ray_cluster.two_node_cluster`, which also times this
+federation's rounds against the per-round cost model).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,43 +20,20 @@ from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 from ray.cluster_utils import Cluster, cluster_not_supported
 from safetensors.numpy import load_file
 
+from bench.ray_cluster import NODES, OVERRIDES, round_costs, two_node_cluster
 from fedrouter_app import actor_pool
+from fedrouter_app.results import load_results
 from fedrouter_app.simulation import simulate
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.skipif(cluster_not_supported, reason="ray.cluster_utils.Cluster does not run on Windows")
 
-NODES = 2
-# Six clients on two actors: three client calls per actor and phase, so a round shows the per-actor queue.
-# Evaluation only at the start and the end: round 1 is training (and the registration check) alone.
-# Sixteen local steps make training most of a client call, as in real runs.
-OVERRIDES = ("num_clients=6", "num_rounds=2", "train.local_steps=16", "eval.every=2", "output.save_adapters=true")
-
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    """A head node and a worker node, one CPU each, stopped (with Ray in this process) even when a test fails."""
-    # Short: Ray's Unix sockets live under it, and a socket path has at most 107 characters.
-    temp_dir = tempfile.mkdtemp(prefix="frray-", dir="/tmp")
-    actor_pool.release_actors()
-    ray.shutdown()
-    started: Cluster | None = None
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAY_TMPDIR", temp_dir)
-        try:
-            # The head's dashboard agent would take Ray's fixed default port; None lets the OS pick one.
-            head = {"num_cpus": 1, "include_dashboard": False, "dashboard_agent_listen_port": None}
-            started = Cluster(initialize_head=True, head_node_args=head)
-            for _ in range(NODES - 1):
-                started.add_node(num_cpus=1)
-            started.wait_for_nodes(timeout=60)
-            yield started
-        finally:
-            actor_pool.release_actors()
-            ray.shutdown()
-            if started is not None:
-                started.shutdown()
-            shutil.rmtree(temp_dir, ignore_errors=True)
+    """A head node and a worker node, one CPU each (:func:`bench.ray_cluster.two_node_cluster`)."""
+    with two_node_cluster() as started:
+        yield started
 
 
 def saved_adapters(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -88,34 +59,6 @@ def kept_actors_at_work() -> list[tuple[str, bool]]:
 
     assert actor_pool._kept is not None, "the run kept no actors"
     return ray.get([actor.__ray_call__.remote(where) for actor in actor_pool._kept.pool.pool], timeout=60)
-
-
-def round_costs(results: dict[str, Any], actors: int) -> list[dict[str, float]]:
-    """Each training round's seconds against ``ceil(clients / actors)`` x a client's mean training seconds.
-
-    What the model leaves out (``rest``) is the server's time and each call's
-    time outside training: messages, the adapter swap, registration checks and,
-    in evaluating rounds, evaluation.
-    """
-    rows = []
-    for r in results["rounds"]:
-        train = [m["train-seconds"] for m in r["train"]["clients"].values() if "train-seconds" in m]
-        if train:
-            waves = math.ceil(len(train) / actors)
-            queued = waves * float(np.mean(train))
-            rows.append(
-                {
-                    "round": r["round"],
-                    "seconds": r["seconds"],
-                    "clients": len(train),
-                    "waves": waves,
-                    "train_mean": float(np.mean(train)),
-                    "waves_x_train": queued,
-                    "rest": r["seconds"] - queued,
-                    "evaluated": bool(r["evaluate"]["clients"]),
-                }
-            )
-    return rows
 
 
 def test_flowers_ray_backend_joins_the_cluster_named_by_ray_address(cluster, monkeypatch):
@@ -150,7 +93,7 @@ def test_clients_run_on_two_nodes_and_train_what_one_node_trains(cluster):
     local_dir = simulate(tiny_overrides(*OVERRIDES, "output.run_name=local"), num_cpus=NODES, keep_actors=False)
     assert not ray.is_initialized()
 
-    spread, local = (json.loads((d / "results.json").read_text()) for d in (spread_dir, local_dir))
+    spread, local = (load_results(d) for d in (spread_dir, local_dir))
     assert spread["run"]["status"] == local["run"]["status"] == "completed"
     assert losses(spread) == losses(local)
     expected, got = saved_adapters(local_dir), saved_adapters(spread_dir)
@@ -159,7 +102,7 @@ def test_clients_run_on_two_nodes_and_train_what_one_node_trains(cluster):
         assert tensors.keys() == got[name].keys()
         for key, value in tensors.items():
             np.testing.assert_array_equal(got[name][key], value, strict=True, err_msg=f"{name} {key}")
-    # The per-round cost, for the record (pytest -s shows it); timings are not asserted.
-    for where, results in (("two nodes", spread), ("one node", local)):
-        for row in round_costs(results, actors=NODES):
-            print(f"round cost, {where}:", json.dumps({k: round(v, 3) for k, v in row.items()}))
+    # The per-round cost model's inputs are recorded for every training round (bench.ray_cluster times them).
+    for results in (spread, local):
+        rows = round_costs(results, actors=NODES)
+        assert [r["round"] for r in rows] == [1, 2] and all(r["waves"] == 3 for r in rows)
