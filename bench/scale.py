@@ -173,9 +173,9 @@ def main() -> None:
         report["flwr_run"].append({"flwr": flwr, "vs_inprocess": ratio})
     report["model_cache"] = part("bench.model_cache", work / "model-cache.json", log, reuse=args.reuse)
     report["server"] = part("bench.server_scale", work / "server.json", log, reuse=args.reuse)["rows"]
-    # The standalone run adds 300 replies to the mean rule's rows; three sizes show it flat here.
+    # The standalone run adds 1,000 replies to the mean rule's rows; three sizes show it flat here.
     report["server_memory"] = part(
-        "bench.server_memory", work / "server-memory.json", log, "--mean", "10", "100", "1000", reuse=args.reuse
+        "bench.server_memory", work / "server-memory.json", log, "--mean", "10", "100", "300", reuse=args.reuse
     )
     from fedrouter_app.config import load_run_config
     from fedrouter_app.model.loading import model_path
