@@ -8,8 +8,8 @@ from pathlib import Path
 
 
 def portable_command(command: str) -> str:
-    """``command`` with the machine's own path to ``outputs/`` or ``docs/`` left out."""
-    return re.sub(r"\S*/((?:outputs|docs)/)", r"\1", command)
+    """``command`` with the machine's own path to ``outputs/`` or ``docs/`` left out (and no trailing space)."""
+    return re.sub(r"\S*/((?:outputs|docs)/)", r"\1", command).strip()
 
 
 def mean_std(values: Sequence[float | None]) -> str:

@@ -191,7 +191,7 @@ def main() -> None:
         write_json(json_path, record)
     publish(render(record) + "\n", args.into, "sweep-cost")
     if args.summary_into is not None:
-        publish(summary_line(record), args.summary_into, "sweep-cost-line")
+        publish(summary_line(record) + "\n", args.summary_into, "sweep-cost-line")
 
 
 if __name__ == "__main__":
