@@ -21,6 +21,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from fedrouter_app.results import load_results
 from tests.processes import pids_mentioning, stop
 
 REPO = Path(__file__).resolve().parents[2]
@@ -307,11 +308,10 @@ class LocalFederation:
         raise TimeoutError(f"run {run_id} not finished after {timeout:g} s\n{self.log_tail()}")
 
     def results(self, run_name: str) -> dict[str, Any] | None:
-        """The run's results.json, or None while it does not exist yet."""
-        path = self.out_dir / run_name / "results.json"
+        """The run's results so far (rounds included while it goes on), or None while it has none yet."""
         try:
-            return json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            return load_results(self.out_dir / run_name)
+        except (FileNotFoundError, ValueError):
             return None
 
     def log_tail(self, chars: int = 3000) -> str:
