@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psutil
 
@@ -76,7 +76,36 @@ def pin_threads(threads: int = 1) -> None:
         os.environ[var] = str(threads)
 
 
-class PeakMemory:
+class BackgroundSampler:
+    """Calls :meth:`sample_once` every ``interval`` seconds in a daemon thread while a ``with`` block runs.
+
+    :meth:`sample_once` returns False to stop sampling early (e.g. a tool it reads is missing).
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def sample_once(self) -> bool | None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.sample_once() is False:
+                return
+            self._stop.wait(self.interval)
+
+
+class PeakMemory(BackgroundSampler):
     """Samples the memory of this process and all its descendants (Ray's too) in a thread.
 
     PSS counts pages shared between processes (torch's libraries, copy-on-write
@@ -89,23 +118,13 @@ class PeakMemory:
     """
 
     def __init__(self, interval: float = 0.5, pss_every: int = 8) -> None:
-        self.interval = interval
+        super().__init__(interval)
         self.pss_every = pss_every
         self.peak_pss = 0
         self.peak_rss = 0
         self.max_actors = 0
         self.samples = 0
         self.cpu_seconds = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def sample(self, pss: bool = True) -> tuple[int, int, int]:
         """Current ``(pss, rss, client actors)`` of the process tree; memory in bytes (pss 0 if not read)."""
@@ -125,15 +144,13 @@ class PeakMemory:
             total_rss += info.rss
         return total_pss, total_rss, actors
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            start = time.thread_time()
-            pss, rss, actors = self.sample(pss=self.samples % self.pss_every == 0)
-            self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
-            self.max_actors = max(self.max_actors, actors)
-            self.samples += 1
-            self.cpu_seconds += time.thread_time() - start
-            self._stop.wait(self.interval)
+    def sample_once(self) -> None:
+        start = time.thread_time()
+        pss, rss, actors = self.sample(pss=self.samples % self.pss_every == 0)
+        self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
+        self.max_actors = max(self.max_actors, actors)
+        self.samples += 1
+        self.cpu_seconds += time.thread_time() - start
 
 
 def tree_cpu_seconds() -> float:

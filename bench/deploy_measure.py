@@ -16,7 +16,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -24,29 +23,20 @@ from typing import Any
 
 import psutil
 
+from bench.common import BackgroundSampler
 from tests.deployment.federation import LocalFederation
 
 # The phases of a ClientApp message, as the timing log gives them (seconds).
 PHASES = ("start", "imports", "work", "channel", "lifetime")
 
 
-class NodeMemory:
+class NodeMemory(BackgroundSampler):
     """Peak PSS of each node's processes (SuperNode tree + its worker), sampled in a thread."""
 
     def __init__(self, fed: LocalFederation, interval: float = 1.0) -> None:
+        super().__init__(interval)
         self.fed = fed
-        self.interval = interval
         self.peak: dict[int, int] = defaultdict(int)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> NodeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def node_processes(self, partition_id: int) -> list[psutil.Process]:
         procs: list[psutil.Process] = []
@@ -64,18 +54,16 @@ class NodeMemory:
                 procs.append(proc)
         return procs
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for i in range(self.fed.num_nodes):
-                total = 0
-                for proc in self.node_processes(i):
-                    try:
-                        info = proc.memory_full_info()
-                        total += getattr(info, "pss", info.rss)
-                    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                        continue
-                self.peak[i] = max(self.peak[i], total)
-            self._stop.wait(self.interval)
+    def sample_once(self) -> None:
+        for i in range(self.fed.num_nodes):
+            total = 0
+            for proc in self.node_processes(i):
+                try:
+                    info = proc.memory_full_info()
+                    total += getattr(info, "pss", info.rss)
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+            self.peak[i] = max(self.peak[i], total)
 
 
 def deployment_row(

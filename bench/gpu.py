@@ -25,12 +25,11 @@ import json
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import write_json
+from bench.common import BackgroundSampler, write_json
 
 # meta-llama/Llama-3.2-1B's config.json (the architecture, not the weights).
 LLAMA_3_2_1B = {
@@ -76,42 +75,31 @@ def llama_1b_shaped(layers: int) -> Path:
     return build_once(cache_root() / "models" / f"llama-3.2-1b-shaped-l{layers}", build)
 
 
-class GpuMemory:
+class GpuMemory(BackgroundSampler):
     """Samples nvidia-smi in a thread: peak total used memory and peak per process (MiB)."""
 
     def __init__(self, interval: float = 0.5) -> None:
-        self.interval = interval
+        super().__init__(interval)
         self.peak_total_mib = 0
         self.peak_per_process_mib: dict[int, int] = {}
         self.available = True
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> GpuMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _query(self, *args: str) -> list[list[str]]:
         out = subprocess.run(["nvidia-smi", *args, "--format=csv,noheader,nounits"], capture_output=True, text=True)
         return [[c.strip() for c in line.split(",")] for line in out.stdout.splitlines() if line.strip()]
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                total = sum(int(row[0]) for row in self._query("--query-gpu=memory.used"))
-                procs = self._query("--query-compute-apps=pid,used_memory")
-            except (OSError, ValueError):
-                self.available = False
-                return
-            self.peak_total_mib = max(self.peak_total_mib, total)
-            for pid, used in procs:
-                if used.isdigit():
-                    self.peak_per_process_mib[int(pid)] = max(self.peak_per_process_mib.get(int(pid), 0), int(used))
-            self._stop.wait(self.interval)
+    def sample_once(self) -> bool:
+        try:
+            total = sum(int(row[0]) for row in self._query("--query-gpu=memory.used"))
+            procs = self._query("--query-compute-apps=pid,used_memory")
+        except (OSError, ValueError):
+            self.available = False
+            return False
+        self.peak_total_mib = max(self.peak_total_mib, total)
+        for pid, used in procs:
+            if used.isdigit():
+                self.peak_per_process_mib[int(pid)] = max(self.peak_per_process_mib.get(int(pid), 0), int(used))
+        return True
 
 
 def workload(args: argparse.Namespace, model_dir: Path, out_dir: str) -> list[str]:

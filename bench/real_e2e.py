@@ -15,12 +15,15 @@ scores (``results.json``). Variants:
 - ``reference``: this tree with every ``speed.*`` switch off;
 - ``exact``: this tree as shipped (every exact speed-up on);
 - ``bf16``: this tree with the frozen base weights in bfloat16 (``model.dtype=bfloat16``): a precision
-  setting, not exact; it pays on processors with bfloat16 matrix units (Intel AMX, recent Arm).
+  setting, not exact; it pays on processors with bfloat16 matrix units (Intel AMX, for example).
 
 ``--now`` overrides go to this tree's variants only, to give them the settings
 the ``before`` tree's preset had. Speed-ups are against ``before`` where it ran,
-else against ``reference``. Writes ``outputs/bench/real_e2e.json``; ``--render
---into docs/performance.md`` puts its table between ``<!-- real-e2e:... -->``.
+else against ``reference``. ``--repeat N`` makes N passes over the variants
+(before, exact, bf16, before, exact, ...): a shared machine's speed drifts by
+10% and more within an hour, and ratios within one pass are less exposed to it.
+Writes ``outputs/bench/real_e2e.json``; ``--render --into docs/performance.md``
+puts its table between ``<!-- real-e2e:... -->``.
 """
 
 from __future__ import annotations
@@ -97,25 +100,48 @@ def read_job(directory: Path) -> dict[str, Any]:
     }
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def typical(row: dict[str, Any], key: str) -> float | None:
+    """The median of ``key`` over a variant's runs (None where no run recorded it)."""
+    values = [run[key] for run in row["runs"] if run.get(key) is not None]
+    return median(values) if values else None
+
+
 def compare(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each variant's speed-up and largest per-task score difference against the baseline variant."""
+    """Each variant's speed-up and largest per-task score difference against the baseline variant.
+
+    Runs are paired by repetition (the n-th run of each variant ran in the same pass over the variants), so
+    that a machine slowing down between passes moves both sides of a ratio; the speed-up is the median ratio.
+    """
     base = "before" if "before" in rows else "reference" if "reference" in rows else None
     out: dict[str, dict[str, Any]] = {}
     for name, row in rows.items():
         if base is None or name == base:
             continue
-        ref = rows[base]
-        diffs = [abs(row["per_task"][t] - ref["per_task"][t]) for t in row["per_task"] if t in ref["per_task"]]
+        pairs = list(zip(rows[base]["runs"], row["runs"], strict=False))
+        ratios = [ref["job_seconds"] / run["job_seconds"] for ref, run in pairs]
+        diffs = [
+            abs(run["per_task"][t] - ref["per_task"][t])
+            for ref, run in pairs
+            for t in run["per_task"]
+            if t in ref["per_task"]
+        ]
         out[name] = {
             "against": base,
-            "speedup": ref["job_seconds"] / row["job_seconds"],
+            "speedup": median(ratios),
+            "speedups": ratios,
             "max_score_diff": max(diffs, default=float("nan")),
         }
     return out
 
 
 def render(record: dict[str, Any]) -> str:
-    """Markdown: one row per variant, then how it was made."""
+    """Markdown: one row per variant (medians over its runs), then how it was made."""
     rows, versus = record["variants"], record["compare"]
     lines = [
         "| variant | what | job s | training round s | round with evaluation s | speed-up | final score | "
@@ -124,19 +150,26 @@ def render(record: dict[str, Any]) -> str:
     ]
     for name, row in rows.items():
         entry = versus.get(name)
-        speed = f"{entry['speedup']:.2f}x (vs `{entry['against']}`)" if entry else "-"
+        speed = "-"
+        if entry:
+            spread = entry["speedups"]
+            span = f"{min(spread):.2f} to {max(spread):.2f}; " if len(spread) > 1 else ""
+            speed = f"{entry['speedup']:.2f}x ({span}vs `{entry['against']}`)"
         diff = f"{entry['max_score_diff']:.4f}" if entry else "-"
         lines.append(
-            f"| `{name}` | {row['what']} | {row['job_seconds']:.0f} | {_num(row['train_round_seconds'])} | "
-            f"{_num(row['eval_round_seconds'])} | {speed} | {_num(row['score'], '.3f')} | {diff} |"
+            f"| `{name}` | {row['what']} | {_num(typical(row, 'job_seconds'), '.0f')} | "
+            f"{_num(typical(row, 'train_round_seconds'))} | {_num(typical(row, 'eval_round_seconds'))} | {speed} | "
+            f"{_num(typical(row, 'score'), '.3f')} | {diff} |"
         )
     load = record["load"]
     before = f"; `before`: {record['before']}" if record.get("before") else ""
+    repeats = max(len(row["runs"]) for row in rows.values())
     lines += [
         "",
         f"Job: `sweep={record['preset']} method={record['method']}`; this version's variants add "
-        f"`{' '.join(record['now']) or '(nothing)'}`{before}. {record['cpus']} CPUs ({record['processor']}), "
-        f"load average {min(load):.1f} to {max(load):.1f} while it ran. "
+        f"`{' '.join(record['now']) or '(nothing)'}`{before}. Seconds are medians over {repeats} pass(es) over the "
+        f"variants; a speed-up is the median of the ratios within a pass (its range after it). {record['cpus']} CPUs "
+        f"({record['processor']}), load average {min(load):.1f} to {max(load):.1f} while it ran. "
         f"Made by `{portable_command(record['command'])}`.",
     ]
     return "\n".join(lines) + "\n"
@@ -165,6 +198,7 @@ def main() -> None:
     parser.add_argument("--before-label", default="", help="what the before tree is (e.g. its commit)")
     parser.add_argument("--now", nargs="*", default=[], help="overrides for this version's variants only")
     parser.add_argument("--variants", nargs="*", help=f"which of {', '.join(VARIANTS)} (default: all that apply)")
+    parser.add_argument("--repeat", type=int, default=1, help="passes over the variants (medians are reported)")
     parser.add_argument("--dir", type=Path, default=Path("outputs/bench/real_e2e_runs"))
     parser.add_argument("--json", type=Path, default=Path("outputs/bench/real_e2e.json"))
     parser.add_argument("--render", action="store_true", help="only render an existing --json")
@@ -189,18 +223,19 @@ def main() -> None:
         "variants": {},
     }
     with LoadSampler() as load:
-        for name in names:
-            overrides, what = VARIANTS[name]
-            tree = args.before.resolve() if name == "before" else here
-            extra = [] if name == "before" else [*args.now, *overrides]
-            directory = (args.dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-            print(f"== {name}: {what}", flush=True)
-            wall = run_job(job_command(args.preset, args.method, extra, directory), tree)
-            row = {"what": what, "overrides": extra, "command_seconds": wall, **read_job(directory)}
-            record["variants"][name] = row
-            print(f"   job {row['job_seconds']:.0f} s, score {row['score']}", flush=True)
-            # Saved after every variant: a later one failing loses none of the hour before it.
-            write_json(args.json, {**record, "load": list(load.samples), "compare": compare(record["variants"])})
+        for repeat in range(args.repeat):
+            for name in names:
+                overrides, what = VARIANTS[name]
+                tree = args.before.resolve() if name == "before" else here
+                extra = [] if name == "before" else [*args.now, *overrides]
+                directory = (args.dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+                print(f"== {name} (pass {repeat + 1} of {args.repeat}): {what}", flush=True)
+                wall = run_job(job_command(args.preset, args.method, extra, directory), tree)
+                row = record["variants"].setdefault(name, {"what": what, "overrides": extra, "runs": []})
+                row["runs"].append({"command_seconds": wall, **read_job(directory)})
+                print(f"   job {row['runs'][-1]['job_seconds']:.0f} s, score {row['runs'][-1]['score']}", flush=True)
+                # Saved after every job: a later one failing loses none of the hour before it.
+                write_json(args.json, {**record, "load": list(load.samples), "compare": compare(record["variants"])})
     record.update(load=load.samples, compare=compare(record["variants"]))
     write_json(args.json, record)
     publish(render(record), args.into, "real-e2e")

@@ -82,6 +82,10 @@ def variants(last_k: int) -> dict[str, tuple[list[str], str]]:
         "+batches": ([o for o in OFF if "eval_batching" not in o], "exact"),
         "+shared-prefill": (["speed.scored_logits_only=false", "speed.prefix_cache=false"], "exact"),
         "+scored-logits": (["speed.prefix_cache=false"], "exact: every exact speed-up at the preset's settings"),
+        "+bf16": (
+            ["speed.prefix_cache=false", "model.dtype=bfloat16"],
+            "setting: the row above with the frozen base weights in bfloat16",
+        ),
         "last-k reference": ([top, *OFF], f"setting: LoRA on the last {last_k} blocks, speed-ups off"),
         "last-k +exact": ([top, "speed.prefix_cache=false"], "exact (against last-k reference)"),
         "last-k +prefix-cache": ([top], "exact (against last-k reference)"),
@@ -112,6 +116,10 @@ class PhaseClock:
             if self._stack:
                 self._stack[-1][1] += elapsed
 
+    def current(self) -> str:
+        """The innermost phase running now ('other' outside every phase)."""
+        return self._stack[-1][0] if self._stack else "other"
+
     def inside(self, name: str) -> bool:
         return any(frame[0] == name for frame in self._stack)
 
@@ -124,6 +132,61 @@ class PhaseClock:
                 return fn(*args, **kwargs)
 
         return timed
+
+
+class MatmulCounter:
+    """Matrix-multiply FLOPs each phase executes, counted by hooks on the model's blocks and output head.
+
+    A block called on ``rows x positions`` hidden states executes ``2 x rows x positions x P`` FLOPs in its
+    linear layers (``P``: their weights, LoRA's included); its backward pass executes as many again when
+    gradients flow through it (its input requires grad), and the head likewise. Padding positions count:
+    this is the work done, not the work needed. Attention's own products (positions x positions) are left
+    out, a few percent at these lengths.
+    """
+
+    def __init__(self, clock: PhaseClock) -> None:
+        self.clock = clock
+        self.flops: dict[str, float] = defaultdict(float)
+        self._handles: list[Any] = []
+
+    def attach(self, adapter_model: Any) -> None:
+        from fedrouter_app.model.forward import backbone_of
+
+        base = adapter_model.model.get_base_model()
+        blocks = [m for m in backbone_of(adapter_model.model).modules() if type(m).__name__.endswith("DecoderLayer")]
+        for block in blocks:
+            weights = sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear))
+            self._handles.append(block.register_forward_pre_hook(self._hook(weights), with_kwargs=True))
+        head = base.get_output_embeddings()
+        self._handles.append(head.register_forward_pre_hook(self._hook(head.weight.numel()), with_kwargs=True))
+
+    def _hook(self, weights: int) -> Callable:
+        def count(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            positions = hidden.numel() // hidden.shape[-1]
+            passes = 2 if hidden.requires_grad else 1
+            self.flops[self.clock.current()] += 2.0 * positions * weights * passes
+
+        return count
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def peak_gemm_gflops(dtype: torch.dtype, seconds: float = 2.0) -> float:
+    """This process's best matrix-multiply rate (GFLOP/s) on shapes like a batch through SmolLM2's layers."""
+    best = 0.0
+    for rows, inner, cols in ((512, 576, 1536), (2048, 576, 1536), (512, 1536, 576)):
+        a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
+        a @ b
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 3:
+            a @ b
+            calls += 1
+        best = max(best, 2.0 * rows * inner * cols * calls / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 # (module, attribute, phase, unless inside): the functions timed, patched where they are called from.
@@ -159,6 +222,26 @@ def patched(clock: PhaseClock) -> Iterator[None]:
             setattr(module, attr, fn)
 
 
+@contextlib.contextmanager
+def counted(counter: MatmulCounter) -> Iterator[None]:
+    """Attach ``counter`` to every model loaded meanwhile."""
+    from fedrouter_app.model import loading
+
+    load = loading.load_adapter_model
+
+    def load_and_count(*args: Any, **kwargs: Any) -> Any:
+        adapter_model = load(*args, **kwargs)
+        counter.attach(adapter_model)
+        return adapter_model
+
+    loading.load_adapter_model = load_and_count
+    try:
+        yield
+    finally:
+        loading.load_adapter_model = load
+        counter.detach()
+
+
 class ProfilingGrid(InProcessGrid):
     """Delivers messages in this process through Flower's protobuf encoding, timing client and transport."""
 
@@ -189,9 +272,10 @@ def run_variant(overrides: list[str], out_dir: Path) -> dict[str, Any]:
     cfg = load_run_config(overrides)
     loading._cache.clear()  # every variant loads its model (the load is a phase of the job)
     clock = PhaseClock()
+    counter = MatmulCounter(clock)
     grid = ProfilingGrid(clock, make_client_app(overrides), cfg.num_clients)
     start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
-    with patched(clock):
+    with patched(clock), counted(counter):
         run_dir = serve(grid, [*overrides, f"output.dir={out_dir}"])
     wall = time.perf_counter() - start
     # Other work on the machine inflates wall time: a variant's own CPU time and the load around it say how much.
@@ -200,10 +284,13 @@ def run_variant(overrides: list[str], out_dir: Path) -> dict[str, Any]:
     phases["other client work"] = clock.seconds.get("client", 0.0)
     phases["server and loop"] = wall - sum(v for k, v in phases.items() if k != "server and loop")
     results = json.loads((run_dir / "results.json").read_text())
+    flops = {("other client work" if k == "client" else k): v for k, v in counter.flops.items()}
     return {
         "overrides": overrides,
         "wall_seconds": wall,
         "phases": phases,
+        "dtype": cfg.model.dtype,
+        "matmul_tflop": {k: v / 1e12 for k, v in flops.items()},
         "final": final_numbers(results),
         **machine,
     }
@@ -245,6 +332,28 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def rate_table(rows: dict[str, dict[str, Any]], peaks: dict[str, float]) -> str:
+    """Matmul work per phase (TFLOP) and its rate as a share of this core's peak GEMM rate, per variant."""
+    names = [n for n in rows if rows[n].get("matmul_tflop")]
+    if not names or not peaks:
+        return ""
+    busy = [p for p in PHASES if any(rows[n]["matmul_tflop"].get(p, 0.0) > 1e-3 for n in names)]
+    lines = [
+        "| matmul TFLOP (share of peak rate) | " + " | ".join(f"`{n}`" for n in names) + " |",
+        "| --- |" + " --- |" * len(names),
+    ]
+    for phase in busy:
+        cells = []
+        for n in names:
+            tflop, seconds = rows[n]["matmul_tflop"].get(phase, 0.0), rows[n]["phases"].get(phase, 0.0)
+            share = tflop * 1e3 / seconds / peaks[rows[n]["dtype"]] if seconds > 0 and tflop > 0 else 0.0
+            cells.append(f"{tflop:.2f} ({share:.0%})" if tflop > 0 else "-")
+        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    floors = [sum(rows[n]["matmul_tflop"].values()) * 1e3 / peaks[rows[n]["dtype"]] for n in names]
+    lines.append("| the whole job at the peak rate, s | " + " | ".join(f"{f:.1f}" for f in floors) + " |")
+    return "\n".join(lines)
+
+
 def num(value: Any, fmt: str) -> str:
     """``value`` formatted, or '-' where it is missing or not finite."""
     return format(value, fmt) if isinstance(value, int | float) and math.isfinite(value) else "-"
@@ -269,6 +378,10 @@ def render(record: dict[str, Any]) -> str:
             f"| `{name}` | {row['what']} | {ratio}{against} | {num(entry.get('vs_previous'), '.2f')} | "
             f"{num(row['final']['score'], '.3f')} | {diffs if 'reference' in entry else '-'} |"
         )
+    peaks = record.get("peak_gflops") or {}
+    if rates := rate_table(rows, peaks):
+        rates_note = ", ".join(f"{dtype} {gflops:.0f} GFLOP/s" for dtype, gflops in peaks.items())
+        lines += ["", rates, "", f"Peak GEMM rate of one core, measured by the benchmark: {rates_note}."]
     lines += [
         "",
         f"Command: `{record['command']}` ({record['threads']} torch thread(s)); "
@@ -306,6 +419,9 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; valid choices: {', '.join(chosen)}")
     out_dir = Path(args.json).parent / "real_profile_runs"
+    peaks = {
+        name: peak_gemm_gflops(dtype) for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))
+    }
     rows: dict[str, dict[str, Any]] = {}
     for name in names:
         overrides, what = chosen[name]
@@ -316,6 +432,7 @@ def main() -> None:
         "command": "python -m bench.real_profile " + " ".join(f"{a}" for a in _argv()),
         "threads": args.threads,
         "base_overrides": base,
+        "peak_gflops": peaks,
         "variants": rows,
         "speedups": speedups(rows),
     }

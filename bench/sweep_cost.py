@@ -23,13 +23,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.common import write_json
+from bench.common import BackgroundSampler, write_json
 from bench.render import portable_command, publish
 
 
@@ -43,26 +42,19 @@ def preset_seeds(preset: str) -> list[int]:
     return [int(s) for s in str(params.seed).split(",")]
 
 
-class LoadSampler:
-    """The 1-minute load average every ``interval`` seconds, in a background thread."""
+class LoadSampler(BackgroundSampler):
+    """The 1-minute load average every ``interval`` seconds, in a background thread (and once more at the end)."""
 
     def __init__(self, interval: float = 30.0) -> None:
-        self.interval, self.samples = interval, [os.getloadavg()[0]]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> LoadSampler:
-        self._thread.start()
-        return self
+        super().__init__(interval)
+        self.samples: list[float] = []
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.samples.append(os.getloadavg()[0])
+        super().__exit__(*exc)
+        self.sample_once()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.samples.append(os.getloadavg()[0])
+    def sample_once(self) -> None:
+        self.samples.append(os.getloadavg()[0])
 
 
 def run_sweep(preset: str, seeds: list[int], directory: Path) -> float:

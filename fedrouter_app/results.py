@@ -260,9 +260,7 @@ class ResultsWriter:
         resumed = [*previous.get("run", {}).get("resumed", []), {"after_round": after_round, "at": _now()}]
         started = previous.get("run", {}).get("started_at", writer.data["run"]["started_at"])
         writer.data["run"].update(started_at=started, resumed=resumed)
-        tmp = writer.rounds_path.with_suffix(".tmp")
-        tmp.write_text("".join(_line(r) for r in rounds))
-        tmp.replace(writer.rounds_path)
+        _replace_file(writer.rounds_path, "".join(_line(r) for r in rounds))
         evaluated = [r for r in rounds if r["evaluate"]["clients"]]
         writer.last_evaluate = evaluated[-1]["evaluate"] if evaluated else {}
         return writer
@@ -300,9 +298,14 @@ class ResultsWriter:
         self.rounds_path.unlink(missing_ok=True)
 
     def _write(self, data: dict[str, Any]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, allow_nan=True))
-        tmp.replace(self.path)
+        _replace_file(self.path, json.dumps(data, indent=1, allow_nan=True))
+
+
+def _replace_file(path: Path, text: str) -> None:
+    # Written beside, then renamed: a reader (or a kill) never sees half a file.
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _line(round_json: dict[str, Any]) -> str:
