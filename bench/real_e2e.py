@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -213,7 +214,7 @@ def main() -> None:
         raise SystemExit(f"unknown variant(s) {unknown} or `before` without --before; valid: {', '.join(VARIANTS)}")
     here = Path.cwd()
     record: dict[str, Any] = {
-        "command": " ".join(["python -m bench.real_e2e", *sys.argv[1:]]),
+        "command": shlex.join(["python", "-m", "bench.real_e2e", *sys.argv[1:]]),
         "preset": args.preset,
         "method": args.method,
         "now": args.now,
