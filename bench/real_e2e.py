@@ -164,13 +164,15 @@ def render(record: dict[str, Any]) -> str:
         )
     load = record["load"]
     before = f"; `before`: {record['before']}" if record.get("before") else ""
-    repeats = max(len(row["runs"]) for row in rows.values())
+    repeats = min(len(row["runs"]) for row in rows.values())
+    asked = record.get("repeat", repeats)
+    stopped = f" (of {asked} asked: the run was stopped after that)" if repeats < asked else ""
     lines += [
         "",
         f"Job: `sweep={record['preset']} method={record['method']}`; this version's variants add "
         f"`{' '.join(record['now']) or '(nothing)'}`{before}. Seconds are medians over {repeats} pass(es) over the "
-        f"variants; a speed-up is the median of the ratios within a pass (its range after it). {record['cpus']} CPUs "
-        f"({record['processor']}), load average {min(load):.1f} to {max(load):.1f} while it ran. "
+        f"variants{stopped}; a speed-up is the median of the ratios within a pass (its range after it). "
+        f"{record['cpus']} CPUs ({record['processor']}), load average {min(load):.1f} to {max(load):.1f} while it ran. "
         f"Made by `{portable_command(record['command'])}`.",
     ]
     return "\n".join(lines) + "\n"
@@ -221,6 +223,7 @@ def main() -> None:
         "before": args.before_label or (str(args.before) if args.before else ""),
         "cpus": os.cpu_count(),
         "processor": cpu_features(),
+        "repeat": args.repeat,
         "variants": {},
     }
     with LoadSampler() as load:

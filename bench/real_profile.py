@@ -12,6 +12,8 @@ technique at a time, so each one's saving is the difference to the row above:
 - ``+shared-prefill``: one prompt pass for a test row's loss and its answer;
 - ``+scored-logits``: the output head only at scored positions (with the row
   above: every exact speed-up at the preset's own settings);
+- ``+bf16``: the row above with the frozen base in bfloat16 (a precision
+  setting, not exact; fast where the processor multiplies bfloat16 in hardware);
 - ``last-k reference`` / ``last-k +exact`` / ``last-k +prefix-cache``:
   LoRA on the last ``--last-k`` blocks only (a different setting, so other
   numbers), without and with the exact speed-ups and the frozen-prefix cache;
@@ -22,7 +24,10 @@ Phases (exclusive wall time): model load, embeddings (clustering and routing
 inputs), training, teacher-forced loss, generation, choice ranking,
 clustering and routing (k-means, nearest centroids), serialisation (Flower's
 protobuf and adapter records), other client work, and the server with its round
-loop. Prints the table and writes ``outputs/bench/real_profile.json``.
+loop. Each phase's matrix-multiply work is counted too (:class:`MatmulCounter`) and set
+against the core's peak matrix-multiply rate, measured at the start in float32 and
+bfloat16: how far each phase is from what the hardware allows. Prints the tables and
+writes ``outputs/bench/real_profile.json``.
 
     python -m bench.real_profile                           # every variant (about an hour on 2 cores)
     python -m bench.real_profile --variants reference +scored-logits --rounds 2
