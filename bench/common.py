@@ -25,6 +25,15 @@ NUM_ROUNDS = 6
 STEADY_ROUNDS = range(2, NUM_ROUNDS)
 
 
+# The real-model benchmarks' reference path: every exact speed-up (``speed.*``) switched off.
+SPEED_OFF = [
+    "speed.eval_batching=false",
+    "speed.shared_prefill=false",
+    "speed.scored_logits_only=false",
+    "speed.prefix_cache=false",
+]
+
+
 # At most this many clients register in the setup; the others join when a round first samples them.
 SETUP_REGISTRATIONS = 500
 
@@ -153,6 +162,21 @@ class PeakMemory(BackgroundSampler):
         self.cpu_seconds += time.thread_time() - start
 
 
+class LoadSampler(BackgroundSampler):
+    """The 1-minute load average every ``interval`` seconds, in a background thread (and once more at the end)."""
+
+    def __init__(self, interval: float = 30.0) -> None:
+        super().__init__(interval)
+        self.samples: list[float] = []
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self.sample_once()
+
+    def sample_once(self) -> None:
+        self.samples.append(os.getloadavg()[0])
+
+
 def tree_cpu_seconds() -> float:
     """CPU seconds (user + system) used so far by this process and every live descendant.
 
@@ -230,3 +254,17 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON, creating parent directories."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1))
+
+
+def final_numbers(results: dict[str, Any]) -> dict[str, Any]:
+    """A run's final mean score and loss, per-task scores and losses, and its last routing accuracy per mode."""
+    final = results.get("final") or {}
+    rounds = [r for r in results["rounds"] if r.get("evaluate", {}).get("clients")]
+    routing = rounds[-1].get("strategy", {}).get("evaluate", {}).get("routing", {}) if rounds else {}
+    return {
+        "score": (final.get("mean") or {}).get("score"),
+        "loss": (final.get("mean") or {}).get("loss"),
+        "per_task": {t: m.get("score") for t, m in (final.get("per_task") or {}).items()},
+        "per_task_loss": {t: m.get("loss") for t, m in (final.get("per_task") or {}).items()},
+        "routing_accuracy": {mode: r.get("accuracy") for mode, r in routing.items()},
+    }

@@ -33,22 +33,16 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import write_json
+from bench.common import SPEED_OFF, LoadSampler, final_numbers, write_json
 from bench.render import portable_command, publish
-from bench.sweep_cost import LoadSampler
 
-SPEED_OFF = [
-    "speed.eval_batching=false",
-    "speed.shared_prefill=false",
-    "speed.scored_logits_only=false",
-    "speed.prefix_cache=false",
-]
 VARIANTS: dict[str, tuple[list[str], str]] = {
     "before": ([], "the `--before` tree's code and preset"),
     "reference": (SPEED_OFF, "this version, every `speed.*` switch off"),
@@ -90,27 +84,21 @@ def read_job(directory: Path) -> dict[str, Any]:
     rounds = results["rounds"]
     evaluated = [r["seconds"] for r in rounds if (r.get("evaluate") or {}).get("clients")]
     training = [r["seconds"] for r in rounds if not (r.get("evaluate") or {}).get("clients")]
-    final = results.get("final") or {}
+    final = final_numbers(results)
     return {
         "job_seconds": float(job["seconds"]),
         "round_seconds": [r["seconds"] for r in rounds],
         "train_round_seconds": sum(training) / len(training) if training else None,
         "eval_round_seconds": sum(evaluated) / len(evaluated) if evaluated else None,
-        "score": (final.get("mean") or {}).get("score"),
-        "per_task": {t: m.get("score") for t, m in (final.get("per_task") or {}).items()},
+        "score": final["score"],
+        "per_task": final["per_task"],
     }
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def typical(row: dict[str, Any], key: str) -> float | None:
     """The median of ``key`` over a variant's runs (None where no run recorded it)."""
     values = [run[key] for run in row["runs"] if run.get(key) is not None]
-    return median(values) if values else None
+    return statistics.median(values) if values else None
 
 
 def compare(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -134,7 +122,7 @@ def compare(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         ]
         out[name] = {
             "against": base,
-            "speedup": median(ratios),
+            "speedup": statistics.median(ratios),
             "speedups": ratios,
             "max_score_diff": max(diffs, default=float("nan")),
         }

@@ -53,17 +53,11 @@ import torch
 from flwr.app import Message
 from flwr.common.serde import message_from_proto, message_to_proto
 
-from bench.common import write_json
+from bench.common import SPEED_OFF, final_numbers, write_json
 from bench.render import publish
 from fedrouter_app.compat.flwr_internals import set_message_id
 from fedrouter_app.inprocess import InProcessGrid
 
-OFF = [
-    "speed.eval_batching=false",
-    "speed.shared_prefill=false",
-    "speed.scored_logits_only=false",
-    "speed.prefix_cache=false",
-]
 PHASES = (
     "model load",
     "embeddings",
@@ -83,15 +77,15 @@ def variants(last_k: int) -> dict[str, tuple[list[str], str]]:
     """Variant name -> (overrides, what it is)."""
     top = f"lora.layers=[{','.join(str(-i) for i in range(last_k, 0, -1))}]"
     return {
-        "reference": (OFF, "the preset, every speed.* switch off"),
-        "+batches": ([o for o in OFF if "eval_batching" not in o], "exact"),
+        "reference": (SPEED_OFF, "the preset, every speed.* switch off"),
+        "+batches": ([o for o in SPEED_OFF if "eval_batching" not in o], "exact"),
         "+shared-prefill": (["speed.scored_logits_only=false", "speed.prefix_cache=false"], "exact"),
         "+scored-logits": (["speed.prefix_cache=false"], "exact: every exact speed-up at the preset's settings"),
         "+bf16": (
             ["speed.prefix_cache=false", "model.dtype=bfloat16"],
             "setting: the row above with the frozen base weights in bfloat16",
         ),
-        "last-k reference": ([top, *OFF], f"setting: LoRA on the last {last_k} blocks, speed-ups off"),
+        "last-k reference": ([top, *SPEED_OFF], f"setting: LoRA on the last {last_k} blocks, speed-ups off"),
         "last-k +exact": ([top, "speed.prefix_cache=false"], "exact (against last-k reference)"),
         "last-k +prefix-cache": ([top], "exact (against last-k reference)"),
         "last-k +choices": ([top, "eval.answer_mode=choices"], "protocol: closed-answer tasks ranked"),
@@ -298,19 +292,6 @@ def run_variant(overrides: list[str], out_dir: Path) -> dict[str, Any]:
         "matmul_tflop": {k: v / 1e12 for k, v in flops.items()},
         "final": final_numbers(results),
         **machine,
-    }
-
-
-def final_numbers(results: dict[str, Any]) -> dict[str, Any]:
-    final = results.get("final") or {}
-    rounds = [r for r in results["rounds"] if r.get("evaluate", {}).get("clients")]
-    routing = rounds[-1].get("strategy", {}).get("evaluate", {}).get("routing", {}) if rounds else {}
-    return {
-        "score": (final.get("mean") or {}).get("score"),
-        "loss": (final.get("mean") or {}).get("loss"),
-        "per_task": {t: m.get("score") for t, m in (final.get("per_task") or {}).items()},
-        "per_task_loss": {t: m.get("loss") for t, m in (final.get("per_task") or {}).items()},
-        "routing_accuracy": {mode: r.get("accuracy") for mode, r in routing.items()},
     }
 
 

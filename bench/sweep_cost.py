@@ -28,7 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.common import BackgroundSampler, write_json
+from bench.common import LoadSampler, write_json
 from bench.render import portable_command, publish
 
 
@@ -40,21 +40,6 @@ def preset_seeds(preset: str) -> list[int]:
 
     params = OmegaConf.load(part_dir("conf") / "sweep" / f"{preset}.yaml").hydra.sweeper.params
     return [int(s) for s in str(params.seed).split(",")]
-
-
-class LoadSampler(BackgroundSampler):
-    """The 1-minute load average every ``interval`` seconds, in a background thread (and once more at the end)."""
-
-    def __init__(self, interval: float = 30.0) -> None:
-        super().__init__(interval)
-        self.samples: list[float] = []
-
-    def __exit__(self, *exc: object) -> None:
-        super().__exit__(*exc)
-        self.sample_once()
-
-    def sample_once(self) -> None:
-        self.samples.append(os.getloadavg()[0])
 
 
 def run_sweep(preset: str, seeds: list[int], directory: Path) -> float:
