@@ -209,7 +209,10 @@ class DataSettings:
     )
     archive: str = field(
         default="",
-        metadata={"help": "bigbench: path of bigbench-1.0.0.tar.gz; empty: <cache>/bigbench/, fetched when missing."},
+        metadata={
+            "help": "bigbench: path of bigbench-1.0.0.tar.gz, or a folder holding benchmark_tasks/ (a clone of the "
+            "BIG-bench repository); empty: <cache>/bigbench/, fetched with pip when missing."
+        },
     )
     held_out: list[str] = field(
         default_factory=list,
@@ -241,7 +244,7 @@ class DataSettings:
     )
 
     def validate(self) -> None:
-        from fedrouter_app.data.sources import known_tasks
+        from fedrouter_app.data.sources import declared_tasks
 
         for table in self.tables:
             table.validate()
@@ -251,9 +254,12 @@ class DataSettings:
         )
         require(0.0 < self.test_fraction < 1.0, f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
         require(self.max_test_examples >= 1, "data.max_test_examples must be >= 1")
-        known = known_tasks(self)
-        unknown = [t for t in self.tasks if t not in known]
-        require(not unknown, f"unknown task(s) {', '.join(map(repr, unknown))}; valid choices: {', '.join(known)}")
+        known = declared_tasks(self)
+        unknown = [t for t in self.tasks if known is not None and t not in known]
+        require(
+            not unknown,
+            f"unknown task(s) {', '.join(map(repr, unknown))}; valid choices: {', '.join(known or [])}",
+        )
         require(0 < len(set(self.tasks)) == len(self.tasks), "data.tasks must be a non-empty list without repeats")
         one_of("data.prompt_format", self.prompt_format, ("plain", "chat"))
         require(

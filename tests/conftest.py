@@ -16,6 +16,16 @@ os.environ.setdefault("FEDROUTER_CACHE", str(_ROOT / "cache"))
 os.environ["FEDROUTER_OUTPUT_DIR"] = str(_ROOT / "outputs")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# No test touches the network: outbound connections are refused here and, through sitecustomize on PYTHONPATH, in
+# the Python processes tests start (loopback and this host's own addresses stay open for Flower and Ray).
+_GUARD_DIR = Path(__file__).parent / "no_network"
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_GUARD_DIR), os.environ.get("PYTHONPATH")]))
+os.environ["PIP_NO_INDEX"] = "1"
+
+from tests.no_network import sitecustomize as network_guard  # noqa: E402
+
+os.environ[network_guard.ENV] = "1"
+network_guard.install()
 
 from fedrouter_app.config import load_run_config  # noqa: E402
 from fedrouter_app.model.loading import AdapterModel, cached_adapter_model  # noqa: E402
@@ -36,6 +46,16 @@ TINY = (
 def _clean_tmp() -> Iterator[None]:
     yield
     shutil.rmtree(_ROOT, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_network() -> Iterator[None]:
+    """Fail the test that tried to reach another host, even where the code under test swallowed the error."""
+    before = len(network_guard.attempts)
+    yield
+    tried = network_guard.attempts[before:]
+    if tried:
+        pytest.fail(f"the test tried to use the network ({', '.join(dict.fromkeys(tried))}); tests must run offline")
 
 
 @pytest.fixture(scope="session")

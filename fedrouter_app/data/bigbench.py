@@ -1,10 +1,15 @@
-"""BIG-bench tasks read offline from the ``bigbench`` source distribution on PyPI (``data.source=bigbench``).
+"""BIG-bench tasks read offline from the ``bigbench`` source distribution (``data.source=bigbench``).
 
 The sdist (``bigbench-1.0.0.tar.gz``, 358 MB) carries every task's
 ``task.json``. It is fetched once with ``pip download --no-deps`` (never
 installed: it requires TensorFlow), streamed at run time for the wanted tasks,
 and each task's parsed examples are cached as JSON under the data cache, the
 BIG-bench canary kept. Nothing extracted belongs in the repository.
+
+Package indexes may stop serving 1.0.0 (some already offer only 0.0.1):
+``data.archive`` then names a copy of the sdist brought from another machine,
+or a folder holding ``benchmark_tasks/`` (a clone of the BIG-bench
+repository), read the same way.
 """
 
 from __future__ import annotations
@@ -12,15 +17,16 @@ from __future__ import annotations
 import ast
 import difflib
 import fcntl
+import functools
 import json
 import os
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from fedrouter_app.data.errors import DataError
 from fedrouter_app.data.rows import RawTable
@@ -77,12 +83,12 @@ def task_cache_file(settings: DataSettings, path: str) -> Path:
 
 
 def ensure_archive(settings: DataSettings) -> Path:
-    """The sdist, downloaded with pip when missing (and ``data.archive`` is not set)."""
+    """The sdist (or a folder of tasks), downloaded with pip when missing and ``data.archive`` is not set."""
     archive = archive_path(settings)
     if archive.exists():
         return archive
     if settings.archive:
-        raise DataError(f"{archive}: unreadable file (data.archive names no file)")
+        raise DataError(f"{archive}: unreadable file (data.archive names no file or folder)")
     fetch_archive(archive.parent)
     if not archive.exists():
         raise DataError(f"{archive}: pip download finished but left no {SDIST} there")
@@ -104,34 +110,48 @@ def fetch_archive(dest: Path) -> None:
     if result.returncode != 0:
         tail = " ".join(result.stderr.strip().splitlines()[-1:])[:300]
         raise DataError(
-            f"{dest / SDIST}: missing, and `pip download --no-deps bigbench=={VERSION}` failed ({tail}); on a machine "
-            f"that reaches the package index run `pip download --no-deps bigbench=={VERSION} -d <dir>` and set "
-            "data.archive=<dir>/" + SDIST
+            f"{dest / SDIST}: missing, and `pip download --no-deps bigbench=={VERSION}` failed ({tail}); the package "
+            f"index may no longer serve it: copy {SDIST} from a machine that has it (its own pip download, or an "
+            "earlier run's <cache>/bigbench/), or clone github.com/google/BIG-bench, and set data.archive=<that file "
+            "or the clone's folder>"
         )
 
 
 def extract_tasks(archive: Path, paths: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Stream the archive once and parse the ``task.json`` of every task in ``paths``."""
+    """Parse the ``task.json`` of every task in ``paths``: one streamed pass over the sdist, or a folder's files."""
     wanted = {p.strip("/") for p in paths}
     found: dict[str, dict[str, Any]] = {}
     seen: list[str] = []
     try:
-        with tarfile.open(archive, "r|gz") as tar:
-            for member in tar:
-                if not member.isfile() or TASKS_DIR not in member.name or not member.name.endswith("/task.json"):
-                    continue
-                name = member.name.split(TASKS_DIR, 1)[1][: -len("/task.json")]
-                seen.append(name)
-                if name in wanted:
-                    raw = json.load(tar.extractfile(member))
-                    found[name] = parse_task(raw, f"{archive}:{name}")
+        for name, read in task_files(archive):
+            seen.append(name)
+            if name in wanted:
+                with read() as fh:
+                    found[name] = parse_task(json.load(fh), f"{archive}:{name}")
     except (OSError, tarfile.TarError, EOFError) as err:
         raise DataError(f"{archive}: unreadable archive ({err})") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{archive}: a task.json is not JSON ({err})") from None
     for name in sorted(wanted - set(found)):
         close = difflib.get_close_matches(name, seen, n=3)
         hint = f"; close matches: {', '.join(close)}" if close else ""
         raise DataError(f"{archive}: no BIG-bench task {name!r}{hint}")
     return found
+
+
+def task_files(archive: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
+    """``(task path, opener)`` of every ``benchmark_tasks/<task>/task.json`` in the sdist or a folder (a clone)."""
+    if archive.is_dir():
+        for path in sorted(archive.rglob("task.json")):
+            posix = "/" + path.relative_to(archive).as_posix()
+            if TASKS_DIR in posix:
+                yield posix.split(TASKS_DIR, 1)[1][: -len("/task.json")], functools.partial(path.open, "rb")
+        return
+    with tarfile.open(archive, "r|gz") as tar:
+        for member in tar:
+            if member.isfile() and TASKS_DIR in member.name and member.name.endswith("/task.json"):
+                name = member.name.split(TASKS_DIR, 1)[1][: -len("/task.json")]
+                yield name, lambda member=member: tar.extractfile(member)  # type: ignore[misc,return-value]
 
 
 def parse_task(raw: dict[str, Any], origin: str) -> dict[str, Any]:

@@ -102,10 +102,17 @@ def make_source(settings: DataSettings, seed: int) -> DataSource:
     return SOURCES[settings.source](settings, seed)
 
 
-def known_tasks(settings: DataSettings) -> list[str]:
-    """Tasks the configured source offers (the seed does not change the list).
+def declared_tasks(settings: DataSettings) -> list[str] | None:
+    """Tasks the configured source names without reading any data; ``None`` when only its data can tell.
 
-    Table sources read their tables here (once per process), so bad data stops
-    a run at start with a :class:`~fedrouter_app.data.errors.DataError`.
+    Composing and validating a config never reads data: the synthetic
+    generator's tasks are known by code, a table source's from the tables that
+    name their task (``task:``). A table that reads task names from a column
+    (``task_field``) and node-local files leave the check to the moment the
+    data is loaded (:func:`fedrouter_app.data.tables.build_pools`).
     """
-    return make_source(settings, seed=0).tasks()
+    if settings.source == "synthetic":
+        return synthetic.task_names()
+    if settings.source == "node" or any(table.task is None for table in settings.tables):
+        return None
+    return list(dict.fromkeys(str(table.task) for table in settings.tables))

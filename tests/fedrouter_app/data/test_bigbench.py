@@ -95,6 +95,20 @@ def test_tasks_are_cached_with_the_canary_and_read_back_without_the_archive(tmp_
     assert load_task(cfg, "group/beta") == json.loads(cached.read_text())
 
 
+def test_a_folder_of_tasks_reads_like_the_sdist(tmp_path):
+    # data.archive may name a clone of the BIG-bench repository: the same task.json files under benchmark_tasks/.
+    archive = make_archive(tmp_path / "bb.tar.gz", ["alpha", "group/beta"])
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "clone", filter="data")
+    folder = tmp_path / "clone" / "bigbench-1.0.0"
+    from_folder = extract_tasks(folder, ["group/beta", "alpha"])
+    assert from_folder == extract_tasks(archive, ["group/beta", "alpha"])
+    with pytest.raises(DataError, match=r"no BIG-bench task 'gamma'"):
+        extract_tasks(folder, ["gamma"])
+    pools = load_pools(settings(tmp_path, folder, {"a": "alpha"}))
+    assert len(pools["a"].train) == 16
+
+
 def test_a_named_archive_that_is_missing_or_broken(tmp_path):
     with pytest.raises(DataError, match=r"nowhere\.tar\.gz: unreadable file"):
         load_pools(settings(tmp_path, tmp_path / "nowhere.tar.gz", {"a": "alpha"}))
@@ -114,8 +128,10 @@ def test_fetching_offline_fails_with_the_command_to_run(tmp_path, monkeypatch):
     monkeypatch.setattr(subprocess, "run", fake_run)
     cfg = settings(tmp_path, tmp_path / "x", {"a": "alpha"})
     cfg.archive = ""
-    with pytest.raises(DataError, match=r"pip download --no-deps bigbench==1\.0\.0.*No matching distribution"):
+    with pytest.raises(DataError, match=r"pip download --no-deps bigbench==1\.0\.0.*No matching distribution") as err:
         load_pools(cfg)
+    assert "may no longer serve it" in str(err.value) and "set data.archive=" in str(err.value)
+    assert "\n" not in str(err.value)
     assert calls == [calls[0]] and calls[0][-3:] == ["bigbench==1.0.0", "-d", str(tmp_path / "cache" / "bigbench")]
 
 

@@ -150,18 +150,19 @@ def test_flan_reads_its_task_column(tmp_path):
     assert len(pools["snli"].train) == 6 and len(pools["snli"].test) == 2
 
 
-def test_an_unreachable_hub_is_one_clear_error(tmp_path):
+def test_an_unreachable_hub_is_one_clear_error_when_the_data_is_first_loaded(tmp_path):
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     raw = compose_config(["data=dolly"])
     raw.data.tables[0].path = "no-such-owner/no-such-dataset"
+    cfg = build_run_config(raw)  # composing and validating reads nothing
     with pytest.raises(DataError, match=r"hub dataset 'no-such-owner/no-such-dataset' split 'train': cannot load it"):
-        build_run_config(raw)
+        load_pools(cfg.data)
 
 
 def test_missing_hub_columns_name_the_dataset(tmp_path):
     path = hub_dir(tmp_path / "qqp", {"train": [{"question1": "a", "label": 1}] * 3})
-    raw = compose_config(["data=fedrouter_mix", "data.tasks=[paraphrase]"])
+    raw = compose_config(["data=fedrouter_mix", "data.tasks=[paraphrase]", "scenario=single"])
     OmegaConf.set_struct(raw, False)
     raw.data.tables = [OmegaConf.merge(raw.data.tables[0], {"path": str(path), "config": None, "test_split": None})]
     with pytest.raises(DataError, match=r"split 'train': missing column\(s\) 'question2'"):
-        build_run_config(raw)
+        load_pools(build_run_config(raw).data)
