@@ -108,7 +108,7 @@ def workload(args: argparse.Namespace, model_dir: Path, out_dir: str) -> list[st
         "method=fedrouter",
         "model=hf",
         f"model.name={model_dir}",
-        "model.dtype=bfloat16",
+        "model.precision=bf16-mixed",
         f"model.max_length={args.max_length}",
         f"num_clients={args.clients}",
         f"num_rounds={args.rounds}",

@@ -14,7 +14,7 @@ scores (``results.json``). Variants:
 - ``before``: the same command in the ``--before`` tree (its code and its preset), when given;
 - ``reference``: this tree with every ``speed.*`` switch off;
 - ``exact``: this tree as shipped (every exact speed-up on);
-- ``bf16``: this tree with the frozen base weights in bfloat16 (``model.dtype=bfloat16``): a precision
+- ``bf16``: this tree in bfloat16 mixed precision (``model.precision=bf16-mixed``): a precision
   setting, not exact; it pays on processors with bfloat16 matrix units (Intel AMX, for example).
 
 ``--now`` overrides go to this tree's variants only, to give them the settings
@@ -47,7 +47,7 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "before": ([], "the `--before` tree's code and preset"),
     "reference": (SPEED_OFF, "this version, every `speed.*` switch off"),
     "exact": ([], "this version, every exact speed-up on (the default)"),
-    "bf16": (["model.dtype=bfloat16"], "setting: frozen base weights in bfloat16"),
+    "bf16": (["model.precision=bf16-mixed"], "setting: bfloat16 mixed precision"),
 }
 
 

@@ -13,6 +13,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from fedrouter_app.centroid_privacy import cluster_means, merge_small_clusters, noisy_centroids
 from fedrouter_app.client_env import RoundInfo
 from fedrouter_app.clients.base import ClientMethod
+from fedrouter_app.clients.fedrouter_fallback import remember_training_embeddings, routing_extras
 from fedrouter_app.clustering import contingency, kmeans, nearest, scores_from_counts
 from fedrouter_app.data.example import Example
 from fedrouter_app.embedding import InstructionPrefixes, embed_texts
@@ -118,6 +119,7 @@ class FedRouterClient(ClientMethod):
         train = self.env.data.train
         method = self.env.cfg.method
         embeddings = self.embed([ex.instruction for ex in train])
+        remember_training_embeddings(self, embeddings)  # method.router_fallback calibrates on them
         if method.clustering == "oracle":
             labels = np.array([self.env.data.tasks.index(ex.task) for ex in train], dtype=np.int64)
             centroids = np.stack([embeddings[labels == j].mean(axis=0) for j in range(len(self.env.data.tasks))])
@@ -246,7 +248,13 @@ class FedRouterClient(ClientMethod):
             for ex, k in zip(test, route, strict=True):
                 whose = "own" if ex.task in self.env.data.tasks else "other"
                 counts[f"route.{mode}.{whose}.{ex.task}.{int(k)}"] += 1
-        return self.env.evaluate_reply(views[f"router-{primary}"], views=views, extra=counts)
+        # method.router_fallback and method.diagnose_routing (off by default: nothing added).
+        extras = routing_extras(self, content, centroids, embeddings, routes["global"], scored)
+        views.update(extras.views)
+        counts.update(extras.metrics)
+        return self.env.evaluate_reply(
+            views[f"router-{primary}"], views=views, extra=counts, per_example=extras.per_example
+        )
 
     def test_embeddings(self) -> np.ndarray:
         """Embeddings of this client's test instructions (computed once per test set, kept in state).

@@ -24,6 +24,7 @@ from fedrouter_app.evaluation import ExampleScore, mean_loss, score_examples, su
 from fedrouter_app.model.adapter_model import DEFAULT_SLOT, AdapterModel, Mixing
 from fedrouter_app.model.loading import cached_adapter_model
 from fedrouter_app.model.lora import LoraState
+from fedrouter_app.predictions import scoring_records, with_texts
 from fedrouter_app.records import (
     ADAPTER,
     CLIENT_ID,
@@ -106,11 +107,16 @@ class ClientEnv:
         This client's partition.
     state : RecordDict
         ``context.state``: kept by Flower for this node across rounds.
+    asked_predictions : bool
+        Whether the server asked for per-example predictions with this message
+        (:mod:`fedrouter_app.predictions`); with ``asked_texts``, texts too.
     """
 
     cfg: RunConfig
     data: ClientData
     state: RecordDict
+    asked_predictions: bool = False
+    asked_texts: bool = False
     _tokens_at_start: int | None = field(default=None, repr=False)
     _trained: list[TrainStats] = field(default_factory=list, repr=False)
 
@@ -358,18 +364,29 @@ class ClientEnv:
         scores: Iterable[ExampleScore],
         views: Mapping[str, Iterable[ExampleScore]] | None = None,
         extra: Mapping[str, float] | None = None,
+        per_example: Mapping[str, Sequence[Any]] | None = None,
     ) -> RecordDict:
         """Reply to an evaluation instruction: per-task metrics of ``scores``.
 
         ``views`` adds alternative scorings of the same test set (e.g. another
         routing mode) under ``<view>/task.<task>.<metric>``; the server pools
-        each view like the main one.
+        each view like the main one. When the server asked for them, each
+        scoring's per-example predictions go too (:mod:`fedrouter_app.predictions`),
+        with ``per_example``: annotations a method attaches, one value per test
+        example (``{"route": [...]}`` for the main scoring, ``{"<view>/route": [...]}``
+        for a view's), so a result's mechanism can be inspected afterwards.
         """
+        scores, views = list(scores), {view: list(s) for view, s in (views or {}).items()}
         metrics: dict[str, Any] = {NUM_EXAMPLES: len(self.data.test), **(extra or {})}
         metrics.update(self.task_metrics(scores))
-        for view, view_scores in (views or {}).items():
+        for view, view_scores in views.items():
             metrics.update({f"{view}/{k}": v for k, v in self.task_metrics(view_scores).items()})
-        return RecordDict({METRICS: MetricRecord(metrics)})
+        reply = RecordDict({METRICS: MetricRecord(metrics)})
+        if self.asked_predictions and self.cfg.output.save_predictions != "off":
+            texts = self.asked_texts and with_texts(self.cfg)
+            for name, record in scoring_records(scores, views, per_example or {}, self.data, texts).items():
+                reply[name] = record
+        return reply
 
     def task_metrics(self, scores: Iterable[ExampleScore]) -> dict[str, float]:
         """``task.<task>.<metric>`` entries; ``score`` is exact match or ROUGE-L by task."""

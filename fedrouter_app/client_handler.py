@@ -25,6 +25,8 @@ from fedrouter_app.clients.base import DEFAULT_ACTION
 from fedrouter_app.config import config_fingerprint, load_run_config
 from fedrouter_app.data.node_local import node_client_data, uses_node_data
 from fedrouter_app.logs import get_logger
+from fedrouter_app.predictions import ASK as PREDICTIONS_ASK
+from fedrouter_app.predictions import ASK_TEXTS as PREDICTION_TEXTS
 from fedrouter_app.records import CLIENT_ID, CONFIG, METRICS
 from fedrouter_app.registry import client_class
 from fedrouter_app.rounds import CLOSE, FINGERPRINT, HELLO, NUM_CLIENTS
@@ -145,6 +147,9 @@ def handle_method(msg: Message, env: ClientEnv) -> Message:
     if saved is not None:
         restore(env, saved[0], saved[2])
     category, _, action = msg.metadata.message_type.partition(".")
+    config = msg.content.config_records.get(CONFIG) or {}
+    # Per-example predictions go back only when the server asks for them (the client's own config may still refuse).
+    env.asked_predictions, env.asked_texts = bool(config.get(PREDICTIONS_ASK)), bool(config.get(PREDICTION_TEXTS))
     method = client_class(env.cfg.method.name)(env)
     content = method.handle(category, action or DEFAULT_ACTION, msg.content)
     # A malicious client (attack.*) sends a poisoned reply; an honest one's goes out as produced.

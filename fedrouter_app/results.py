@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedrouter_app.data.partition import seen_tasks, unseen_tasks
+from fedrouter_app.data.partition import client_tasks, seen_tasks, unseen_tasks
 from fedrouter_app.evaluation import METRICS
 from fedrouter_app.logs import get_logger
 from fedrouter_app.model.lora import LoraTemplate, num_parameters
+from fedrouter_app.predictions_file import load_predictions as load_predictions  # the reader of predictions.jsonl
 from fedrouter_app.privacy_accounting import privacy_summary
 from fedrouter_app.rounds import RoundRecord
 from fedrouter_app.settings import RunConfig
@@ -270,6 +271,10 @@ class ResultsWriter:
         self.unseen = unseen_tasks(cfg)
         self.data["config"] = cfg.to_dict()
         self.data["tasks"] = {"all": list(cfg.data.tasks), "seen": list(seen_tasks(cfg)), "unseen": list(self.unseen)}
+        if cfg.data.source != "node":  # a node's own files decide what it trains on: the server cannot know
+            # How many clients train each task (at the start, before any drift): what stands behind a task's score.
+            trained = [task for client in range(cfg.num_clients) for task in client_tasks(cfg, client)]
+            self.data["tasks"]["train_clients"] = {task: trained.count(task) for task in cfg.data.tasks}
         self.data["adapter"] = {"num_tensors": len(template), "num_parameters": n, "tensor_bytes": 4 * n}
         self.data["strategy"] = strategy.summary()
         # Comparisons keep methods told each sample's true task apart from label-free ones.

@@ -31,6 +31,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
+from fedrouter_app import predictions
 from fedrouter_app.checkpoint import CHECKPOINT_ROUND, RUN_KEY, last_checkpoint_round
 from fedrouter_app.logs import get_logger
 from fedrouter_app.model.lora import LoraState, LoraTemplate
@@ -154,6 +155,8 @@ class RoundRecord:
     queries: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
     # Privacy spent so far, per mechanism (see fedrouter_app.privacy_accounting); empty when nothing is private.
     privacy: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Checked per-example predictions of the round's evaluation: client -> view ("" main) -> column -> values.
+    predictions: dict[int, dict[str, dict[str, list[Any]]]] = field(default_factory=dict)
 
 
 class Callback(Protocol):
@@ -626,15 +629,20 @@ def _checked_train_replies(
 def _evaluate(comm: Communicator, cfg: RunConfig, strategy: Strategy, record: RoundRecord) -> None:
     r = record.server_round
     sampled = sample_clients(comm.clients, cfg.fraction_evaluate, cfg.seed, r, "evaluate")
-    replies = comm.send(MessageType.EVALUATE, strategy.configure_evaluate(r, sampled), _round_config(cfg, r, record.lr))
+    config = {**_round_config(cfg, r, record.lr), **predictions.ask(cfg, r)}
+    replies = comm.send(MessageType.EVALUATE, strategy.configure_evaluate(r, sampled), config)
     valid = []
     for reply in replies:
         try:
             check_evaluation_metrics(reply.metrics, cfg.data.tasks)
+            test_size = reply.metrics.get(NUM_EXAMPLES, 0.0)
+            checked = predictions.read_predictions(reply.content, cfg.data.tasks, test_size)
             strategy.check_evaluate_reply(r, reply)
         except InvalidReplyError as err:
             comm.reject(MessageType.EVALUATE, reply.client, str(err))
             continue
         valid.append(reply)
         record.evaluate[reply.client] = reply.metrics
+        if checked and predictions.wanted(cfg, r):
+            record.predictions[reply.client] = checked
     _note(record, "evaluate", strategy.aggregate_evaluate(r, valid))

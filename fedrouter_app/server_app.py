@@ -33,6 +33,7 @@ from fedrouter_app.logs import get_logger
 from fedrouter_app.message_poll import index_grid_deliveries
 from fedrouter_app.model.loading import lora_config, lora_template, model_path
 from fedrouter_app.model.lora import LoraTemplate, save_peft_adapter
+from fedrouter_app.predictions_file import PredictionsWriter
 from fedrouter_app.privacy_accounting import PrivacyLedger
 from fedrouter_app.progress import RoundProgress, TensorBoardLog
 from fedrouter_app.registry import strategy_class
@@ -91,7 +92,15 @@ def serve(grid: Grid, overrides: Sequence[str]) -> Path:
         writer = ResultsWriter(run_dir, run_info(cfg, overrides, run_dir, runtime_of(grid)))
         log.info("run directory %s", run_dir)
     try:
-        callbacks = [PrivacyLedger(), ProgressLog(), writer, FinalTable(), RoundProgress(), TensorBoardLog(run_dir)]
+        callbacks = [
+            PrivacyLedger(),
+            ProgressLog(),
+            writer,
+            PredictionsWriter(run_dir, resume_after),
+            FinalTable(),
+            RoundProgress(),
+            TensorBoardLog(run_dir),
+        ]
         if cfg.checkpoint.every > 0:
             callbacks.append(Checkpointer(run_dir, run_key, fingerprint))
         run_federation(grid, cfg, strategy, fingerprint, callbacks, run_key=run_key, resume_after=resume_after)

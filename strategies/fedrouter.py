@@ -42,6 +42,8 @@ from fedrouter_app.records import (
 from fedrouter_app.registry import MethodConfig, register_strategy
 from fedrouter_app.robust_aggregation import Aggregate
 from fedrouter_app.rounds import Communicator, Reply, sample_clients
+from fedrouter_app.routing_diagnosis import check_diagnosis_metrics, diagnosis_summary
+from fedrouter_app.routing_fallback import FALLBACK_MODES, check_fallback_metrics, fallback_summary
 from fedrouter_app.seeding import derive_seed
 from fedrouter_app.settings import RunConfig, one_of, require
 from fedrouter_app.strategies.base import Strategy
@@ -81,7 +83,12 @@ class FedRouterConfig(MethodConfig):
         metadata={"help": "'round_robin': one local cluster per round (reference Flower code); 'all': every one."}
     )
     weighting: str = field(metadata={"help": "Aggregation weight: 'cluster_size', 'client_size' or 'uniform'."})
-    router: str = field(metadata={"help": "Routing of the headline metrics: 'global' (all clusters) or 'local'."})
+    router: str = field(
+        metadata={
+            "help": "Routing of the headline metrics: 'global' (all clusters), 'local' or 'fallback' (the "
+            "router-fallback view; needs router_fallback)."
+        }
+    )
     registration_fraction: float = field(
         metadata={"help": "Fraction of clients whose centroids form the global clustering; the rest join later."}
     )
@@ -162,13 +169,50 @@ class FedRouterConfig(MethodConfig):
             "nothing for that local cluster. 0: off. Needs clustering=kmeans, global_features=centroids."
         },
     )
+    router_fallback: str = field(
+        default="soft",
+        metadata={
+            "help": "This project's extension (label-free): a test sample whose nearest global centroid is further "
+            "than the client's calibrated threshold falls back from one routed adapter to a mixture of all of them: "
+            "'soft' (per-row softmax(-distance / tau) weights), 'average' (1/K each, the mean of the LoRA deltas). "
+            "Reported as the extra view router-fallback beside the plain ones; 'none': the paper's hard routing only."
+        },
+    )
+    fallback_quantile: float = field(
+        default=0.95,
+        metadata={
+            "help": "router_fallback: the threshold is this quantile, in (0, 1], of the distances from the client's "
+            "own training samples to their nearest global centroid (0.95: about 5% of in-distribution samples "
+            "would fall back; 1: the farthest training sample)."
+        },
+    )
+    fallback_margin: float = field(
+        default=1.0,
+        metadata={"help": "router_fallback: a sample falls back beyond this x the calibrated threshold (> 0)."},
+    )
+    fallback_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "router_fallback=soft: tau of the softmax weights is this x the calibrated threshold (> 0); "
+            "larger mixes more evenly."
+        },
+    )
+    diagnose_routing: str = field(
+        default="held_out",
+        metadata={
+            "help": "Why routing fails, measured (diagnosis samples cost about K+2 times more to evaluate): clients "
+            "score each diagnosed test sample under every global adapter, their average and the base model, and "
+            "report per task diag.<task>.* means (each cluster, average, base, routed and the per-sample best, "
+            "oracle). 'off', 'held_out' (samples of scenario.unseen_tasks only) or 'all'."
+        },
+    )
 
     def validate(self) -> None:
         require(self.n_local >= 1 and self.n_global >= 1, "method.n_local and method.n_global must be >= 1")
         one_of("method.clustering", self.clustering, ("kmeans", "oracle"))
         one_of("method.schedule", self.schedule, ("round_robin", "all"))
         one_of("method.weighting", self.weighting, ("cluster_size", "client_size", "uniform"))
-        one_of("method.router", self.router, ROUTER_MODES)
+        one_of("method.router", self.router, (*ROUTER_MODES, "fallback"))
         require(0 < self.registration_fraction <= 1, "method.registration_fraction must be in (0, 1]")
         require(self.recluster_every >= 0, "method.recluster_every must be >= 0")
         require(
@@ -193,6 +237,20 @@ class FedRouterConfig(MethodConfig):
             "method.centroid_outlier_threshold needs method.clustering=kmeans and method.global_features=centroids",
         )
         one_of("method.embedding", self.embedding, tuple(EMBEDDING_POOLING))
+        one_of("method.router_fallback", self.router_fallback, FALLBACK_MODES)
+        one_of("method.diagnose_routing", self.diagnose_routing, ("off", "held_out", "all"))
+        require(
+            0 < self.fallback_quantile <= 1, f"method.fallback_quantile must be in (0, 1], got {self.fallback_quantile}"
+        )
+        require(self.fallback_margin > 0, f"method.fallback_margin must be > 0, got {self.fallback_margin}")
+        require(
+            self.fallback_temperature > 0,
+            f"method.fallback_temperature (tau) must be > 0, got {self.fallback_temperature}",
+        )
+        require(
+            self.router != "fallback" or self.router_fallback != "none",
+            "method.router=fallback needs method.router_fallback=soft or average",
+        )
         if self.global_features != "centroids":
             require(
                 self.clustering == "kmeans",
@@ -553,13 +611,19 @@ class FedRouter(Strategy):
             self.require_adapter(reply, local_adapter_name(j))
 
     def check_evaluate_reply(self, server_round: int, reply: Reply) -> None:
-        """Routing counts must be ``route.<mode>.<own|other>.<task>.<cluster>`` with a count; else rejected."""
+        """Routing counts must be ``route.<mode>.<own|other>.<task>.<cluster>`` with a count; else rejected.
+
+        So must the fallback counts and diagnosis values (:mod:`fedrouter_app.routing_fallback`,
+        :mod:`fedrouter_app.routing_diagnosis`).
+        """
         for key in reply.metrics:
             if key.startswith("route."):
                 parsed = _route_key(key)
                 if parsed is None or parsed[2] not in self.cfg.data.tasks or not 0 <= parsed[3] < len(self.bank):
                     raise InvalidReplyError(f"routing metric {key[:80]!r} names no router, run task and cluster")
                 read_count(reply.metrics, key)
+        check_fallback_metrics(reply.metrics, self.cfg.data.tasks)
+        check_diagnosis_metrics(reply.metrics, self.cfg.data.tasks, len(self.bank))
 
     def _contributions(self, replies: Iterable[Reply]) -> Iterator[tuple[int, Reply, int, float]]:
         """(global cluster, reply, local cluster, weight) of every adapter the replies carry, as they are read."""
@@ -660,7 +724,10 @@ class FedRouter(Strategy):
                     t: dict(sorted(r.items(), key=lambda kv: int(kv[0]))) for t, r in sorted(confusion.items())
                 },
             }
-        return {"routing": out}
+        # method.router_fallback and method.diagnose_routing: pooled only when clients reported them.
+        extensions = {"fallback": fallback_summary(r.metrics for r in replies)}
+        extensions["diagnosis"] = diagnosis_summary(r.metrics for r in replies)
+        return {"routing": out, **{name: value for name, value in extensions.items() if value}}
 
     # Reports.
 

@@ -77,13 +77,13 @@ def test_speedups_pair_the_runs_of_one_pass_against_the_earlier_code(tmp_path):
 
 
 def test_each_variant_runs_the_presets_own_sweep_command(tmp_path):
-    command = job_command("real", "fedit", ["model.dtype=bfloat16"], tmp_path)
+    command = job_command("real", "fedit", ["model.precision=bf16-mixed"], tmp_path)
     assert command[1:] == [
         "-m",
         "fedrouter_app.sweep",
         "-m",
         "sweep=real",
         "method=fedit",
-        "model.dtype=bfloat16",
+        "model.precision=bf16-mixed",
         f"hydra.sweep.dir={tmp_path}",
     ]

@@ -172,7 +172,7 @@ def test_defaults_keep_todays_behaviour_and_fingerprint():
     cfg = load_run_config(["method=fedrouter"])
     method = cfg.method
     assert (method.global_features, method.embedding, method.embedding_layer) == ("centroids", "mean", None)
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("output", "checkpoint")}
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("output", "checkpoint", "report")}
     for key in ("global_features", "embedding", "embedding_layer"):
         del settings["method"][key]
     # Other settings at their neutral values leave the fingerprint too; ours were the only ones removed here.

@@ -15,8 +15,8 @@ from fedrouter_app.sweep import job_overrides
 from tests.no_network import sitecustomize as network_guard
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
-# A documentation address (RFC 5737): never this machine, never reached.
-OUTSIDE = ("192.0.2.1", 443)
+# A documentation address (RFC 5737, TEST-NET-3): never this machine, never reached.
+OUTSIDE = ("203.0.113.1", 443)
 
 
 def preset_jobs(preset: str) -> list[list[str]]:
@@ -49,10 +49,10 @@ def test_every_preset_composes_offline_with_an_empty_cache(preset, tmp_path, mon
 
 def test_an_outbound_connection_fails_the_test_with_a_clear_message():
     before = len(network_guard.attempts)
-    with pytest.raises(network_guard.NetworkBlockedError, match=r"tests may not use the network: .*192\.0\.2\.1:443"):
+    with pytest.raises(network_guard.NetworkBlockedError, match=r"tests may not use the network: .*203\.0\.113\.1:443"):
         socket.create_connection(OUTSIDE, timeout=1)
     # The autouse guard would fail this test for the attempt; take it back, since it was the point of the test.
-    assert network_guard.attempts[before:] == ["192.0.2.1:443"]
+    assert network_guard.attempts[before:] == ["203.0.113.1:443"]
     del network_guard.attempts[before:]
 
 

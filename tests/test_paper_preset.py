@@ -207,7 +207,7 @@ def cpu_overrides(local_hub, tmp_path_factory) -> list[str]:
         *local_hub,
         f"model.name={model}",
         "model.quantization=none",
-        "model.dtype=float32",
+        "model.precision=fp32",
         "model.device=cpu",
         "model.max_length=96",
         "num_clients=3",

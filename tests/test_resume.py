@@ -11,6 +11,7 @@ from safetensors.numpy import load_file
 
 from fedrouter_app.checkpoint import CHECKPOINT_DIR, Checkpointer, CheckpointError, latest_checkpoint
 from fedrouter_app.inprocess import run_inprocess
+from fedrouter_app.results import load_predictions
 from fedrouter_app.rounds import RoundRecord
 from tests.conftest import TINY
 
@@ -58,6 +59,8 @@ def test_resumed_run_ends_like_an_uninterrupted_one(method, tmp_path, monkeypatc
     assert resumed["run"]["resumed"][0]["after_round"] == STOP_AFTER
     assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3]
     assert resumed["final"] == whole["final"]
+    # Predictions of the final round, written once, as the uninterrupted run wrote them.
+    assert load_predictions(resumed_dir) == load_predictions(whole_dir) != []
     ours, theirs = _adapters(resumed_dir), _adapters(whole_dir)
     assert ours.keys() == theirs.keys()
     for name in ours:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import fcntl
 import functools
 import json
 import os
@@ -24,11 +23,12 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any
 
 from fedrouter_app.data.errors import DataError
+from fedrouter_app.data.fetch import cache_root, locked, pip_download, pip_failure, write_json
 from fedrouter_app.data.rows import RawTable
 from fedrouter_app.settings import DataSettings, TableSettings
 
@@ -39,13 +39,6 @@ TASKS_DIR = "/benchmark_tasks/"
 # pip 26.3 refuses sdists from PyPI that declare direct-URL dependencies (bigbench does: bleurt); an older pip
 # in a private directory downloads it.
 LEGACY_PIP = "pip<26.3"
-
-
-def cache_root(settings: DataSettings) -> Path:
-    """The data cache: ``data.cache_dir``, or ``$FEDROUTER_CACHE/data`` (default ``~/.cache/fedrouter/data``)."""
-    if settings.cache_dir:
-        return Path(settings.cache_dir).expanduser()
-    return Path(os.environ.get("FEDROUTER_CACHE", "~/.cache/fedrouter")).expanduser() / "data"
 
 
 def archive_path(settings: DataSettings) -> Path:
@@ -97,23 +90,20 @@ def ensure_archive(settings: DataSettings) -> Path:
 
 def fetch_archive(dest: Path) -> None:
     """``pip download --no-deps bigbench==1.0.0 -d dest``, with a clear error when the index is unreachable."""
-    dest.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", f"bigbench=={VERSION}", "-d", str(dest)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    requirement = f"bigbench=={VERSION}"
+    result = pip_download(requirement, dest)
     if result.returncode != 0 and "direct URL dependencies" in result.stderr:
         legacy = dest / "pip-legacy"
         install = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(legacy), LEGACY_PIP]
         result = subprocess.run(install, capture_output=True, text=True, check=False)
         if result.returncode == 0:
-            env = {**os.environ, "PYTHONPATH": str(legacy)}
-            result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+            result = pip_download(requirement, dest, env={**os.environ, "PYTHONPATH": str(legacy)})
     if result.returncode != 0:
-        tail = " ".join(result.stderr.strip().splitlines()[-1:])[:300]
         raise DataError(
-            f"{dest / SDIST}: missing, and `pip download --no-deps bigbench=={VERSION}` failed ({tail}); the package "
-            f"index may no longer serve it: copy {SDIST} from a machine that has it (its own pip download, or an "
-            "earlier run's <cache>/bigbench/), or clone github.com/google/BIG-bench, and set data.archive=<that file "
-            "or the clone's folder>"
+            f"{dest / SDIST}: missing, and `pip download --no-deps {requirement}` failed ({pip_failure(result)}); the "
+            f"package index may no longer serve it: copy {SDIST} from a machine that has it (its own pip download, or "
+            "an earlier run's <cache>/bigbench/), or clone github.com/google/BIG-bench, and set data.archive=<that "
+            "file or the clone's folder>"
         )
 
 
@@ -179,26 +169,6 @@ def parse_target(example: dict[str, Any]) -> str:
     if isinstance(target, list | tuple):
         target = target[0] if target else ""
     return str(target).strip()
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write atomically, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
-
-
-@contextmanager
-def locked(lock_file: Path) -> Iterator[None]:
-    """An exclusive lock across processes (Ray actors, the server) on one machine."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with lock_file.open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -10,8 +10,9 @@ examples split evenly over its tasks, or, with ``scenario.shares=pool``, in
 proportion to the tasks' training pools), ``dirichlet`` splits every task over
 clients in Dirichlet proportions. Tasks in
 ``scenario.unseen_tasks`` are never trained on; a client's test set holds its
-own tasks (``eval.scope=local``) or every task, unseen ones included
-(``global``).
+own tasks (``eval.scope=local``), every task, unseen ones included
+(``global``), the tasks the split covers (``covered``), or the tasks of the
+score cells the scenario exists to measure (``claims``).
 
 With ``scenario.drift`` (``scenario=drift``) a client's data depend on the
 round: from :func:`drift_round` on, the clients :func:`drifting_clients` picks
@@ -91,7 +92,7 @@ def train_counts(cfg: RunConfig, partition_id: int, drifted: bool = False) -> di
     scenario = cfg.scenario
     if scenario.kind == "window":
         m = scenario.tasks_per_client
-        first = drift_source(cfg, partition_id) if drifted else partition_id
+        first = drift_source(cfg, partition_id) if drifted else partition_id // scenario.clients_per_window
         window = [tasks[(first + j) % len(tasks)] for j in range(m)]
         if scenario.shares == "pool":
             sizes = pool_sizes(cfg)
@@ -239,24 +240,60 @@ def build_client_data(cfg: RunConfig, partition_id: int, server_round: int = 0) 
     drifted = is_drifted(cfg, partition_id, server_round)
     counts = train_counts(cfg, partition_id, drifted)
     own = tuple(counts)
-    n_test = cfg.scenario.test_examples_per_task
     train: list[Example] = []
     for task, share in counts.items():
         positions = stream_positions(cfg, source, task, "train", partition_id, share, drifted)
         train += source.examples(task, "train", positions)
-    test_tasks = own if cfg.eval.scope == "local" else tuple(cfg.data.tasks)
     test: list[Example] = []
-    for task in test_tasks:
-        test += source.examples(task, "test", stream_positions(cfg, source, task, "test", partition_id, n_test))
+    for task in tested_tasks(cfg, own):
+        count = test_counts(cfg, task)[partition_id]
+        test += source.examples(task, "test", stream_positions(cfg, source, task, "test", partition_id, count))
     data = ClientData(
         partition_id=partition_id,
         tasks=own,
         train=tuple(train),
         test=tuple(test),
-        metrics={task: source.metric(task) for task in test_tasks},
+        metrics={task: source.metric(task) for task in tested_tasks(cfg, own)},
     )
     check_cluster_samples(cfg, data)
     return data
+
+
+def tested_tasks(cfg: RunConfig, own: Sequence[str]) -> tuple[str, ...]:
+    """Tasks a client holding ``own`` is tested on, as ``eval.scope`` says."""
+    if cfg.eval.scope == "local":
+        return tuple(own)
+    if cfg.eval.scope == "covered":
+        covered = set(seen_tasks(cfg)) | set(cfg.scenario.unseen_tasks)
+        return tuple(t for t in cfg.data.tasks if t in covered)
+    if cfg.eval.scope == "claims":
+        claims, trained = cfg.scenario.claims, set(seen_tasks(cfg))
+        cells = {
+            "own": set(own),
+            "other_clients": trained - set(own),
+            "held_out": set(cfg.scenario.unseen_tasks) | (set(cfg.data.tasks) - trained),
+        }
+        wanted = set().union(*(cells[claim] for claim in claims))
+        return tuple(t for t in cfg.data.tasks if t in wanted)
+    return tuple(cfg.data.tasks)
+
+
+def test_counts(cfg: RunConfig, task: str) -> list[int]:
+    """Test examples of ``task`` that each client holds, by partition id.
+
+    ``scenario.test_items_per_cell`` deals a number of items per reported cell
+    over the clients of that cell: the task's holders (own-task scores), the
+    others (other clients' tasks) or, where no client trains it, everyone
+    (held-out tasks); otherwise every client holds ``test_examples_per_task``.
+    """
+    scenario = cfg.scenario
+    per_cell = scenario.test_items_per_cell
+    if per_cell is None:
+        return [scenario.test_examples_per_task] * cfg.num_clients
+    holds = [task in train_counts(cfg, c) for c in range(cfg.num_clients)]
+    holders = sum(holds)
+    others = cfg.num_clients - holders
+    return [-(-per_cell // (holders if held else others or cfg.num_clients)) for held in holds]
 
 
 def stream_positions(
@@ -290,9 +327,12 @@ def stream_positions(
             if drifted:
                 start = needed + sum(n for c, n in zip(movers, moved, strict=True) if c < partition_id)
             needed += sum(moved)
-    else:
+    elif cfg.scenario.test_items_per_cell is None:
         start = partition_id * count
         needed = cfg.num_clients * count
+    else:
+        counts = test_counts(cfg, task)
+        start, needed = sum(counts[:partition_id]), sum(counts)
     available = size(task, split)
     if needed > available:
         _warn_once(task, split, needed, available)

@@ -85,12 +85,13 @@ def _node(settings: DataSettings, seed: int) -> DataSource:
     return NodeFilesSource(settings)
 
 
-# data.source -> factory. files, hub and bigbench differ only in how tables are read (data/tables.py).
+# data.source -> factory. files, hub, bigbench and packaged differ only in how tables are read (data/tables.py).
 SOURCES: dict[str, Callable[[DataSettings, int], DataSource]] = {
     "synthetic": _synthetic,
     "files": _tables,
     "hub": _tables,
     "bigbench": _tables,
+    "packaged": _tables,
     "node": _node,
 }
 

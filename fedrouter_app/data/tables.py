@@ -59,8 +59,9 @@ def loaders() -> dict[str, Loader]:
     from fedrouter_app.data.bigbench import read_bigbench
     from fedrouter_app.data.files import read_files
     from fedrouter_app.data.hub import read_hub
+    from fedrouter_app.data.packaged import read_packaged
 
-    return {"files": read_files, "hub": read_hub, "bigbench": read_bigbench}
+    return {"files": read_files, "hub": read_hub, "bigbench": read_bigbench, "packaged": read_packaged}
 
 
 _lock = threading.Lock()

@@ -1,24 +1,36 @@
-"""Where the base model runs and in which precision: device, autocast, 4-bit loading.
+"""Where the base model runs and in which precision: device, mixed precision, 4-bit loading.
 
-Adapters always hold float32 weights (they are what clients send, and Flower's
-records carry no bfloat16). The frozen base weights may be float32, bfloat16
-or float16 (``model.dtype``), or NF4 4-bit through bitsandbytes on CUDA
-(``model.quantization=4bit``). On CUDA the forward passes run under bfloat16
-autocast by default (``model.autocast=auto``), so the adapter matmuls use the
-tensor cores while the adapter weights and their optimizer state stay float32.
+``model.precision`` picks one of three recipes (:func:`resolve_precision`).
+``fp32`` computes everything in float32. ``bf16-mixed`` and ``fp16-mixed`` keep
+the frozen base weights in the low precision and run every forward pass under
+``torch.autocast``: matrix products (the base's and the adapters') in the low
+precision, reductions, softmax and losses in float32. Adapters always hold
+float32 master weights with float32 gradients and optimizer state (they are
+what clients send, and Flower's records carry no bfloat16); fp16 scales the
+loss against underflowing gradients. NF4 4-bit base weights through
+bitsandbytes (``model.quantization=4bit``, CUDA) compute in the same precision.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 from typing import Any
 
 import torch
 
+from fedrouter_app.compat.torch_internals import cpu_has_native_bfloat16
 from fedrouter_app.settings import ConfigError, ModelSettings
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+log = logging.getLogger(__name__)
+
+# model.precision -> (dtype of the frozen base weights, autocast dtype or None).
+RECIPES: dict[str, tuple[torch.dtype, torch.dtype | None]] = {
+    "fp32": (torch.float32, None),
+    "bf16-mixed": (torch.bfloat16, torch.bfloat16),
+    "fp16-mixed": (torch.float16, torch.float16),
+}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,21 +57,35 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of the forward passes, or ``None`` for none.
+def resolve_precision(setting: str, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
+    """``(base weight dtype, autocast dtype or None)`` of ``model.precision`` on ``device``.
 
-    ``auto``: bfloat16 on a CUDA device that supports it, float16 on an older
-    one (training then scales the loss), nothing on the CPU (CPU autocast is
-    slower than float32 on most processors). ``bfloat16``/``float16`` apply on
-    any device, the CPU included.
+    ``auto`` is bf16-mixed on a CUDA device that supports bfloat16, fp16-mixed
+    on an older one and fp32 on the CPU, where float32 is exact and, without
+    bfloat16 matrix instructions, also the fastest.
+
+    Raises
+    ------
+    ConfigError
+        For fp16-mixed on a device other than CUDA.
     """
-    if setting == "off":
-        return None
-    if setting == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return DTYPES[setting]
+    if setting == "auto" and device.type != "cuda":
+        setting = "fp32"
+    elif setting == "auto":
+        setting = "bf16-mixed" if torch.cuda.is_bf16_supported() else "fp16-mixed"
+    if setting == "fp16-mixed" and device.type != "cuda":
+        raise ConfigError(f"model.precision=fp16-mixed needs a CUDA device; this process runs on {device}")
+    if setting == "bf16-mixed" and device.type == "cpu" and not cpu_has_native_bfloat16():
+        _warn_emulated_bfloat16()
+    return RECIPES[setting]
+
+
+@functools.cache
+def _warn_emulated_bfloat16() -> None:
+    log.warning(
+        "model.precision=bf16-mixed on a CPU without bfloat16 matrix instructions (AMX, AVX512-BF16): its bfloat16 "
+        "matrix products are emulated, typically many times slower than float32; model.precision=fp32 is faster here"
+    )
 
 
 def with_autocast(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
@@ -98,8 +124,9 @@ def quantization_kwargs(model: ModelSettings, device: torch.device) -> dict[str,
         raise ConfigError(f"model.quantization={model.quantization} needs bitsandbytes: pip install 'fedrouter[gpu]'")
     from transformers import BitsAndBytesConfig
 
-    # Matmuls of the dequantized blocks run in bfloat16 unless the base is float16 (older GPUs).
-    compute = torch.float16 if model.dtype == "float16" else torch.bfloat16
+    # Matmuls of the dequantized blocks run in the precision's compute dtype (float32 under fp32).
+    weights, amp = resolve_precision(model.precision, device)
+    compute = amp or weights
     config = BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
     )

@@ -20,7 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from fedrouter_app.logs import get_logger
 from fedrouter_app.model.adapter_model import DEFAULT_SLOT, AdapterModel, slot_parameters
-from fedrouter_app.model.device import DTYPES, autocast_dtype, quantization_kwargs, resolve_device, with_autocast
+from fedrouter_app.model.device import quantization_kwargs, resolve_device, resolve_precision, with_autocast
 from fedrouter_app.model.embedded import EmbeddedModelSpec, ensure_embedded_model
 from fedrouter_app.model.gguf import ensure_gguf_model
 from fedrouter_app.model.lora import LoraTemplate
@@ -30,7 +30,6 @@ from fedrouter_app.settings import ConfigError, LoraSettings, ModelSettings
 log = get_logger(__name__)
 
 __all__ = [
-    "DTYPES",
     "AdapterModel",
     "cached_adapter_model",
     "hidden_size",
@@ -144,12 +143,12 @@ def load_adapter_model(model: ModelSettings, lora: LoraSettings) -> AdapterModel
     if tokenizer.pad_token_id is None:
         # Reusing EOS as padding keeps the vocabulary (and so the payload) unchanged.
         tokenizer.pad_token = tokenizer.eos_token
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[model.dtype], **quantization)
+    weights, amp = resolve_precision(model.precision, device)
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=weights, **quantization)
     if not quantization:
         base.to(device)
     for param in base.parameters():
         param.requires_grad_(False)
-    amp = autocast_dtype(model.autocast, device)
     if amp is not None:
         with_autocast(base, device, amp)
         if base.base_model is not base:

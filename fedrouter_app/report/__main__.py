@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fedrouter_app.report.bootstrap import RESAMPLES, SEED
 from fedrouter_app.report.build import build_report
 
 
@@ -16,14 +17,29 @@ def main(argv: list[str] | None = None, prog: str = "python -m fedrouter_app.rep
     parser.add_argument("--reference", default="fedit", help="method the gains are relative to (default: fedit)")
     parser.add_argument(
         "--proposed",
-        default="fedrouter",
-        help="method under study, left out of the best baselines (default: fedrouter)",
+        default=None,
+        help="method under study, left out of the best baselines (default: the declared one, else fedrouter)",
     )
+    parser.add_argument(
+        "--preset",
+        type=Path,
+        help="a sweep preset (conf/sweep/<name>.yaml) whose report: block declares the comparison, for runs that "
+        "did not record it (default: the declaration the runs recorded, if any)",
+    )
+    parser.add_argument("--resamples", type=int, default=RESAMPLES, help=f"bootstrap resamples (default: {RESAMPLES})")
+    parser.add_argument("--seed", type=int, default=SEED, help=f"seed of the bootstrap's draws (default: {SEED})")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
     args = parser.parse_args(argv)
     try:
         report = build_report(
-            args.paths, args.out, reference=args.reference, with_figures=not args.no_plots, proposed=args.proposed
+            args.paths,
+            args.out,
+            reference=args.reference,
+            with_figures=not args.no_plots,
+            proposed=args.proposed,
+            preset=args.preset,
+            resamples=args.resamples,
+            seed=args.seed,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

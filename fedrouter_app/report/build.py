@@ -9,8 +9,17 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from fedrouter_app.report.paired import CONFIDENCE, DIFF_COLUMNS, difference_tables, differences_to_json, scenario_best
-from fedrouter_app.report.runs import FailedJob, Run, assign_variants, find, load_job_failure, load_run
+from fedrouter_app.report.bootstrap import RESAMPLES, SEED, PairedBootstrap
+from fedrouter_app.report.declaration import Declaration, choose
+from fedrouter_app.report.paired import (
+    CONFIDENCE,
+    DIFF_COLUMNS,
+    Compare,
+    difference_tables,
+    differences_to_json,
+    scenario_best,
+)
+from fedrouter_app.report.runs import FailedJob, Run, assign_variants, find, load_job_failure, load_run, view_runs
 from fedrouter_app.report.table import (
     COLUMNS,
     COST_TABLE,
@@ -24,6 +33,7 @@ from fedrouter_app.report.table import (
     scores_table,
 )
 from fedrouter_app.report.tasks import describe, protocol, task_kinds, task_tables
+from fedrouter_app.report.verdicts import ALPHA, compare_views, judge, verdict_table, view_table
 
 REPORT_FILE = "report.md"
 REPORT_JSON = "report.json"
@@ -32,12 +42,17 @@ INTRO = """\
 Every number is from the last evaluated round of a run. A client's score on a task is exact match for short
 answers and ROUGE-L for generated sentences; a task's score pools the clients tested on it (weighted by their test
 examples) and a column averages its tasks with equal weight. Cells are the mean ± sample standard deviation over
-seeds. A run's seed fixes its data, partition and initialisation, so runs of two methods with the same seed are
-paired: the paired tables give, per column, the mean over seeds of the per-seed difference ± the half-width of its
-{confidence:.0%} Student-t interval (n - 1 degrees of freedom, n the seeds both methods ran: the interval is over
-seeds, not over test examples); `*` marks an interval that excludes 0, `ref` and `best` the comparator itself. The
-best baseline of a column is the method other than `{proposed}` with the highest mean in it (among runs with the
-same swept setting, where a sweep varies one); the best label-free baseline the same among label-free methods.
+seeds. A run's seed fixes its data, partition and initialisation (and so its test items), so runs of two methods
+with the same seed are paired: the paired tables give, per column, the mean over seeds of the per-seed difference
+and its {confidence:.0%} interval. Where both runs of every paired seed saved their per-example predictions
+(`predictions.jsonl`), the interval is a paired two-level bootstrap, shown as [low, high]: {resamples} resamples
+(seeded) each draw the seeds with replacement and, within each drawn seed, the test items of each task with
+replacement, score both methods on the same drawn items and recompute the column (mean over tasks of per-task mean
+scores); the interval is the 2.5-97.5 percentile range, and the two-sided p-value twice the share of resampled
+differences on the other side of 0. Otherwise it falls back to mean ± the half-width of the Student-t interval over
+seeds (n - 1 degrees of freedom: with 3 seeds, 2), which ignores the test set's size; the note under each scenario's
+tables says which cells fell back and why. `*` marks an interval that excludes 0, `ref` and `best` the comparator
+itself. {comparators}
 *Label-free*: the method is not told the task of a sample, in training or at test time, and must infer it (or
 ignore it); methods that are told it (label-free = no) use the true task labels, as their papers assume.
 *vs {reference}*: relative gain of the mean over `{reference}`."""
@@ -48,17 +63,44 @@ def definitions() -> str:
     return "\n".join(f"- *{c.title}*: {c.description}." for c in COLUMNS if c.key != "seen")
 
 
+BEST_AFTER_THE_FACT = """The best baseline of a column is the method other than `{proposed}` with the highest mean in
+it (among runs with the same swept setting, where a sweep varies one); the best label-free baseline the same among
+label-free methods: both are picked after the runs, and the intervals are not corrected for the number of
+comparisons, so read them as descriptions, not as tests."""
+DECLARED = """The comparison was declared before the runs ({source}): `{proposed}` against {comparators}, on
+{claims}; no best baseline is picked after the fact, and the claims' verdicts are Holm-corrected over every declared
+(comparator, claim) pair (see *Declared claims*)."""
+
+
+def comparators_text(declaration: Declaration | None, proposed: str) -> str:
+    """The INTRO's sentence on comparators: declared ones, or the best baselines picked after the fact."""
+    if declaration is None:
+        return BEST_AFTER_THE_FACT.format(proposed=proposed)
+    return DECLARED.format(
+        source=declaration.source,
+        proposed=declaration.proposed,
+        comparators=", ".join(f"`{c}`" for c in declaration.comparators),
+        claims=", ".join(f"`{s}`: {c}" for s, c in declaration.claims),
+    )
+
+
 def build_report(
     paths: Sequence[Path],
     out: Path,
     reference: str = "fedit",
     with_figures: bool = True,
-    proposed: str = "fedrouter",
+    proposed: str | None = None,
+    preset: Path | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
 ) -> Path:
     """Write ``report.md``, ``report.json`` and figures for the runs under ``paths``; return the Markdown path.
 
     ``reference``: the method gains and the first paired table are against;
-    ``proposed``: the method under study, left out of the best baselines.
+    ``proposed``: the method under study, left out of the best baselines
+    (default: the declaration's, else ``fedrouter``); ``preset``: a sweep
+    preset whose ``report:`` block declares the comparison (default: what the
+    runs recorded); ``resamples`` and ``seed``: the bootstrap's.
     """
     run_dirs, job_files = find([Path(p) for p in paths])
     runs: list[Run] = []
@@ -82,6 +124,13 @@ def build_report(
     if not runs:
         raise ValueError(f"no completed runs under {', '.join(map(str, paths))}")
     assign_variants(runs)
+    declaration = choose(runs, preset)
+    if declaration is not None:
+        runs += view_runs(runs, declaration.views)
+    if declaration is not None and proposed not in (None, declaration.proposed):
+        raise ValueError(f"--proposed {proposed} differs from the declared proposed method {declaration.proposed}")
+    proposed = declaration.proposed if declaration is not None else proposed or "fedrouter"
+    compare = PairedBootstrap(runs, resamples, seed).compare
     out.mkdir(parents=True, exist_ok=True)
     rows = aggregate(runs)
     scenarios: dict[str, dict] = {}
@@ -90,27 +139,60 @@ def build_report(
         scenarios[name] = {"kinds": task_kinds(members), "protocol": protocol(members)}
     figures = make_figures(runs, out) if with_figures else []
     tables = [
-        scenario_section(rows, name, s["kinds"], s["protocol"], reference, proposed) for name, s in scenarios.items()
+        scenario_section(rows, name, s["kinds"], s["protocol"], reference, proposed, declaration, compare)
+        for name, s in scenarios.items()
     ]
+    verdicts = judge(rows, declaration, compare) if declaration is not None else []
+    views = compare_views(rows, declaration, compare) if declaration is not None and declaration.views else []
+    if views:
+        tables.insert(0, "### Alternative scorings\n\n" + view_table(views, CONFIDENCE))
+    if declaration is not None:
+        tables.insert(0, "### Declared claims\n\n" + verdict_table(verdicts, declaration))
     jobs = job_time(job_files)
-    text = render(runs, failed, tables, figures, reference, proposed, paths, running=len(running), jobs=jobs)
+    intro = INTRO.format(
+        reference=reference,
+        confidence=CONFIDENCE,
+        resamples=resamples,
+        comparators=comparators_text(declaration, proposed),
+    )
+    text = render(runs, failed, tables, figures, intro, paths, running=len(running), jobs=jobs)
     (out / REPORT_FILE).write_text(text)
     summary = {
         "reference": reference,
         "proposed": proposed,
         "confidence": CONFIDENCE,
+        "interval": {
+            "method": "paired two-level bootstrap: seeds with replacement, then test items within each task",
+            "resamples": resamples,
+            "seed": seed,
+            "kind": "percentile",
+            "fallback": "student-t over seeds (runs without predictions.jsonl)",
+        },
+        "declaration": declaration.to_json() if declaration is not None else None,
+        "alpha": ALPHA,
+        "verdicts": [v.to_json() for v in verdicts],
+        "views": [v.to_json() for v in views],
         "columns": {c.key: {"title": c.title, "kind": c.kind, "description": c.description} for c in COLUMNS},
         "scenarios": {
             name: {
                 "protocol": s["protocol"],
                 "tasks": s["kinds"],
-                "best_baseline": scenario_best(rows, name, proposed, label_free=False),
-                "best_label_free": scenario_best(rows, name, proposed, label_free=True),
+                **(
+                    {
+                        "best_baseline": scenario_best(rows, name, proposed, label_free=False),
+                        "best_label_free": scenario_best(rows, name, proposed, label_free=True),
+                    }
+                    if declaration is None
+                    else {}
+                ),
             }
             for name, s in scenarios.items()
         },
         "rows": [
-            {**row_to_json(rows, row, reference), "differences": differences_to_json(rows, row, reference, proposed)}
+            {
+                **row_to_json(rows, row, reference),
+                "differences": differences_to_json(rows, row, reference, proposed, declaration, compare),
+            }
             for row in rows
         ],
         "failed": [str(f.path) for f in failed],
@@ -136,7 +218,14 @@ def job_time(job_files: Sequence[Path]) -> dict[str, float]:
 
 
 def scenario_section(
-    rows: Sequence[Row], scenario: str, kinds: dict[str, str], info: dict, reference: str, proposed: str
+    rows: Sequence[Row],
+    scenario: str,
+    kinds: dict[str, str],
+    info: dict,
+    reference: str,
+    proposed: str,
+    declaration: Declaration | None = None,
+    compare: Compare | None = None,
 ) -> str:
     """A scenario's protocol line and tables: scores, paired differences, per-task scores, routing, cost."""
     members = ordered(rows, scenario, reference, proposed)
@@ -145,7 +234,7 @@ def scenario_section(
         f"### Scenario `{scenario}`",
         describe(info, kinds),
         scores_table(members, rows, reference),
-        difference_tables(rows, members, keys, reference, proposed),
+        difference_tables(rows, members, keys, reference, proposed, declaration, *([compare] if compare else [])),
         task_tables(members, kinds),
     ]
     routing = metrics_table(members, ROUTING_TABLE, only_filled=True)
@@ -198,8 +287,7 @@ def render(
     failed: Sequence[FailedJob],
     tables: Sequence[str],
     figures: Sequence[Path],
-    reference: str,
-    proposed: str,
+    intro: str,
     paths: Sequence[Path],
     running: int = 0,
     jobs: dict[str, float] | None = None,
@@ -220,7 +308,7 @@ def render(
             else ""
         ),
         "",
-        INTRO.format(reference=reference, proposed=proposed, confidence=CONFIDENCE),
+        intro,
         "",
         "Columns:",
         "",

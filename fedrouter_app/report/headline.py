@@ -2,16 +2,19 @@
 
 A comparison's front page shows each method's score in the setting that carries
 each claim (task interference, other clients' tasks, held-out tasks) and the
-proposed method's paired differences against the reference, the best baseline
-and the best label-free baseline. The tables are generated from the JSON a
-report writes, and can be put into a Markdown file between two markers, so that
-numbers in documents are never copied by hand::
+proposed method's paired differences: against the comparators its sweep
+declared before the runs, each with its Holm-corrected verdict (holds, does not
+hold, reversed), where the report has a declaration; else against the
+reference, the best baseline and the best label-free baseline. The tables are
+generated from the JSON a report writes, and can be put into a Markdown file
+between two markers, so that numbers in documents are never copied by hand::
 
     python -m fedrouter_app.report.headline docs/real_compare/report.json \\
         --claim dual:all --claim cross_task:other_clients --claim unseen:held_out --into README.md
 
 replaces what lies between ``<!-- headline:start -->`` and ``<!-- headline:end -->``
-in README.md (``--marker`` names another pair).
+in README.md (``--marker`` names another pair). Without ``--claim``, the
+declared claims are shown.
 """
 
 from __future__ import annotations
@@ -46,13 +49,43 @@ def _cell(stat: dict[str, Any] | None, best: bool = False) -> str:
     return f"**{text}**" if best else text
 
 
-def _difference(diff: dict[str, Any] | None) -> str:
+def _difference(diff: dict[str, Any] | None, mark: bool = True) -> str:
     if not diff or not math.isfinite(diff.get("mean", math.nan)):
         return "-"
     text = f"{diff['mean']:+.3f}"
-    if math.isfinite(diff.get("half_width", math.nan)):
+    if diff.get("method") == "bootstrap":
+        text += f" [{diff['low']:+.3f}, {diff['high']:+.3f}]"
+    elif math.isfinite(diff.get("half_width", math.nan)):
         text += f" ± {diff['half_width']:.3f}"
-    return text + (" *" if diff.get("excludes_zero") else "")
+    return text + (" *" if mark and diff.get("excludes_zero") else "")
+
+
+def declared_lines(report: dict[str, Any], claims: list[tuple[str, str]], by_key: dict) -> list[str]:
+    """The proposed method against each declared comparator, with the verdict of each declared claim."""
+    declaration = report["declaration"]
+    proposed = declaration["proposed"]
+    verdicts = {(v["scenario"], v["column"], v["comparator"]): v for v in report.get("verdicts", [])}
+    lines = [
+        "",
+        f"`{proposed}` minus each comparator declared before the runs, paired by seed and test item (mean "
+        f"[95% bootstrap interval], or ± the Student-t half-width where predictions were missing); verdict "
+        f"Holm-corrected over the {len(verdicts)} declared comparisons at alpha = {report.get('alpha', 0.05):g} "
+        "(`*` on an undeclared claim: its interval excludes 0, uncorrected):",
+        "",
+    ]
+    head = ["comparator", *(f"{TITLES[column]} (`{scenario}`)" for scenario, column in claims)]
+    lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name in declaration["comparators"]:
+        label_free = " (label-free baseline)" if name == declaration.get("label_free_baseline") else ""
+        cells = [f"vs `{name}`{label_free}"]
+        for scenario, column in claims:
+            declared = ((by_key.get((scenario, proposed)) or {}).get("differences") or {}).get("declared") or {}
+            verdict = verdicts.get((scenario, column, name))
+            # A declared claim shows its corrected verdict, not the uncorrected `*`.
+            cell = _difference((declared.get(name) or {}).get(column), mark=verdict is None)
+            cells.append(cell + (f" **{verdict['verdict']}**" if verdict else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def headline(report: dict[str, Any], claims: list[tuple[str, str]], cost_scenario: str | None = None) -> str:
@@ -69,6 +102,10 @@ def headline(report: dict[str, Any], claims: list[tuple[str, str]], cost_scenari
     """
     rows = report["rows"]
     proposed, reference = report.get("proposed", "fedrouter"), report.get("reference", "fedit")
+    if not claims and report.get("declaration"):
+        claims = [tuple(c.split(":", 1)) for c in report["declaration"]["claims"]]  # type: ignore[misc]
+    if not claims:
+        raise ValueError("no claims: name them (--claim scenario:column) or report a sweep that declares them")
     labels = list(dict.fromkeys(r["label"] for r in rows if any(r["scenario"] == s for s, _ in claims)))
     by_key = {(r["scenario"], r["label"]): r for r in rows}
     cost_scenario = cost_scenario or claims[0][0]
@@ -108,11 +145,12 @@ def headline(report: dict[str, Any], claims: list[tuple[str, str]], cost_scenari
         cells.append(f"{steps:.1f}" if math.isfinite(steps) else "-")
         cells.append(f"{up:,.0f}" if math.isfinite(up) else "-")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        f"`{proposed}` minus each comparator, paired by seed (mean ± 95% interval half-width; `*`: excludes 0):",
-        "",
-    ]
+    if report.get("declaration"):
+        return "\n".join(lines + declared_lines(report, claims, by_key)) + "\n"
+    differences = [d for r in rows for by_key in (r.get("differences") or {}).values() for d in by_key.values()]
+    booted = any(isinstance(d, dict) and d.get("method") == "bootstrap" for d in differences)
+    interval = "mean [95% bootstrap interval] or ± Student-t half-width" if booted else "mean ± 95% interval half-width"
+    lines += ["", f"`{proposed}` minus each comparator, paired by seed ({interval}; `*`: excludes 0):", ""]
     head = ["comparator", *(f"{TITLES[column]} (`{scenario}`)" for scenario, column in claims)]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for key, title in COMPARATORS:
@@ -142,7 +180,12 @@ def splice_file(path: Path, marker: str, content: str) -> None:
 def main(argv: list[str] | None = None, prog: str = "python -m fedrouter_app.report.headline") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("report", type=Path, help="a report.json")
-    parser.add_argument("--claim", action="append", required=True, help="scenario:column, e.g. unseen:held_out")
+    parser.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        help="scenario:column, e.g. unseen:held_out (default: the declared ones)",
+    )
     parser.add_argument("--cost-scenario", help="scenario whose cost columns are shown (default: the first claim's)")
     parser.add_argument("--into", type=Path, help="Markdown file to put the tables into (between the markers)")
     parser.add_argument("--marker", default="headline", help="marker name (default: headline)")
@@ -154,7 +197,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m fedrouter_app.rep
             print(f"error: unknown column {column!r} in --claim {claim}; valid: {', '.join(TITLES)}", file=sys.stderr)
             return 2
         claims.append((scenario, column))
-    tables = headline(json.loads(args.report.read_text()), claims, args.cost_scenario)
+    try:
+        tables = headline(json.loads(args.report.read_text()), claims, args.cost_scenario)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.into is None:
         print(tables, end="")
         return 0

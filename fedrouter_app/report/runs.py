@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,9 @@ JOB_FILE = "job.json"
 CONFIG_FILE = "config.yaml"
 
 # Override keys that place a run in a comparison rather than make a variant (``method.n_local=1`` or
-# ``scenario.alpha=0.1`` do make one), and sections that only move a run's outputs.
+# ``scenario.alpha=0.1`` do make one), and sections that only move a run's outputs or declare what the report tests.
 _NOT_VARIANT = ("seed", "method", "scenario", "sweep")
-_OUTPUT_ONLY = ("output", "checkpoint")
+_OUTPUT_ONLY = ("output", "checkpoint", "report")
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Run:
     metrics: dict[str, float]
     results: dict[str, Any] = field(repr=False)
     config: dict[str, Any] = field(repr=False)
+    view: str = ""
 
 
 @dataclass
@@ -141,6 +143,27 @@ def load_run(path: Path) -> Run:
         results=results,
         config=config,
     )
+
+
+def view_runs(runs: Sequence[Run], views: Sequence[str]) -> list[Run]:
+    """Runs of the ``method:view`` scorings: a method's alternative scoring of the same runs as a row of its own.
+
+    A view (e.g. FedRouter's ``router-fallback``) is scored on the same test
+    items in the same evaluation as the method's main scoring; as its own row
+    it is compared like any method, its items read from the view's
+    predictions. Runs without that view give no row.
+    """
+    out = []
+    for entry in views:
+        method, _, view = entry.partition(":")
+        for run in runs:
+            final = run.results.get("final") or {}
+            scored = (final.get("views") or {}).get(view)
+            if run.method != method or run.view or not scored:
+                continue
+            results = {**run.results, "final": scored}
+            out.append(replace(run, method=entry, results=results, metrics=run_metrics(results, run.config), view=view))
+    return out
 
 
 def assign_variants(runs: list[Run]) -> None:

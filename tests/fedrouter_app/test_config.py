@@ -61,7 +61,7 @@ def test_unknown_keys_list_the_valid_keys():
         ("scenario.tasks_per_client=99", "tasks_per_client"),
         ("method.weighting=median", "cluster_size, client_size, uniform"),
         ("eval.scope=everything", "eval.scope"),
-        ("model.dtype=int8", "model.dtype"),
+        ("model.precision=int8", "model.precision"),
         ("train.lr_schedule=linear", "cosine"),
         ("lora.layers=[1,1]", "lora.layers"),
         ("lora.layers=[]", "lora.layers"),
@@ -114,6 +114,10 @@ def test_flower_run_config_becomes_overrides():
 def test_fingerprint_tracks_settings_but_not_outputs():
     base = config_fingerprint(load_run_config())
     assert config_fingerprint(load_run_config(["output.run_name=x"])) == base
+    assert config_fingerprint(load_run_config(["output.save_predictions=off"])) == base
+    # A comparison's declaration changes what the report tests, not what a run computes: a resumed sweep skips its jobs.
+    declared = ["report.proposed=fedrouter", "report.comparators=[fedit]", "report.claims=[dual:all]"]
+    assert config_fingerprint(load_run_config(declared)) == base
     assert config_fingerprint(load_run_config(["seed=1"])) != base
 
 
@@ -125,10 +129,14 @@ def test_settings_added_later_leave_fingerprints_unchanged_at_their_old_behaviou
     cfg = load_run_config()
     assert (cfg.data.task_prompts, cfg.scenario.shares) == (True, "even")
     stripped = cfg.to_dict()
-    for section, key in NEUTRAL_DEFAULTS:
-        stripped[section].pop(key, None)  # a method setting exists only in its method's config
+    for (section, key), neutral in NEUTRAL_DEFAULTS.items():
+        # At its old behaviour a setting is left out (a method setting exists only in its method's config); the
+        # defaults that moved on from it (FedRouter's fallback view) stay in.
+        if stripped[section].get(key, neutral) == neutral:
+            stripped[section].pop(key, None)
+    assert cfg.method.router_fallback != NEUTRAL_DEFAULTS[("method", "router_fallback")]
     # A section added whole (aggregation) is left out altogether at its neutral values.
-    settings = {k: v for k, v in stripped.items() if k not in ("output", "checkpoint") and v != {}}
+    settings = {k: v for k, v in stripped.items() if k not in ("output", "checkpoint", "report") and v != {}}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert config_fingerprint(cfg) == digest
     assert config_fingerprint(load_run_config(["+data.task_prompts=false"])) != digest

@@ -132,10 +132,79 @@ def test_windows_that_cover_few_tasks_leave_the_rest_unseen(make_cfg):
     assert seen_tasks(cfg) == tuple(cfg.data.tasks[:3])
 
 
+def test_the_paper_split_gives_every_trained_task_two_holders_and_tests_the_trained_tasks(make_cfg):
+    cfg = make_cfg("method=fedrouter", "scenario=paper_split")  # 4 clients: tasks 0 and 1, two holders each
+    tasks = cfg.data.tasks
+    assert [client_tasks(cfg, c) for c in range(4)] == [(tasks[0],), (tasks[0],), (tasks[1],), (tasks[1],)]
+    assert seen_tasks(cfg) == (tasks[0], tasks[1]) and cfg.method.n_global == 2
+    for client in range(4):
+        data = build_client_data(cfg, client)
+        assert {e.task for e in data.test} == {tasks[0], tasks[1]}  # covered: the trained tasks, none held out
+    # The two holders of a task read different parts of its stream.
+    first, second = (build_client_data(cfg, c) for c in (0, 1))
+    assert first.train != second.train
+
+
+def test_every_reported_cell_gets_its_test_items_dealt_over_its_clients(make_cfg):
+    from fedrouter_app.data.partition import stream_positions, test_counts
+
+    cfg = make_cfg("scenario=unseen", "eval.scope=covered", "scenario.test_items_per_cell=12")  # 4 clients
+    tasks = cfg.data.tasks
+    for task in tasks:
+        counts = test_counts(cfg, task)
+        holders = [c for c in range(4) if task in client_tasks(cfg, c)]
+        if not holders:  # held out: the 12 items over all 4 clients
+            assert counts == [3, 3, 3, 3]
+            continue
+        own = sum(counts[c] for c in holders)
+        other = sum(counts[c] for c in range(4) if c not in holders)
+        assert own >= 12 and (other >= 12 or len(holders) == 4)
+        assert max(counts[c] for c in holders) - min(counts[c] for c in holders) == 0
+
+    # Clients still read disjoint positions of the task's test stream, client after client.
+    class Pool:
+        def size(self, task: str, split: str) -> int:
+            return 1000
+
+    task = tasks[0]
+    spans = [list(stream_positions(cfg, Pool(), task, "test", c, test_counts(cfg, task)[c])) for c in range(4)]
+    flat = [p for span in spans for p in span]
+    assert flat == list(range(len(flat)))
+    # Covered: the declared held-out tasks are tested, a task the 4 clients' windows leave untrained is not.
+    data = build_client_data(cfg, 0)
+    covered = [t for t in tasks if t in seen_tasks(cfg) or t in cfg.scenario.unseen_tasks]
+    assert len(covered) < len(tasks) and {e.task for e in data.test} == set(covered)
+    assert len(data.test) == sum(test_counts(cfg, t)[0] for t in covered)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "cells"),
+    [("dual", {"own"}), ("paper_split", {"other_clients"}), ("unseen", {"held_out"})],
+)
+def test_the_claims_scope_tests_only_the_cells_a_scenario_exists_to_measure(make_cfg, scenario, cells):
+    cfg = make_cfg("method=fedit", f"scenario={scenario}", "eval.scope=claims")
+    trained = set(seen_tasks(cfg))
+    for client in range(cfg.num_clients):
+        own = set(client_tasks(cfg, client))
+        tested = {e.task for e in build_client_data(cfg, client).test}
+        expected = set()
+        if "own" in cells:
+            expected |= own
+        if "other_clients" in cells:
+            expected |= trained - own
+        if "held_out" in cells:
+            expected |= set(cfg.data.tasks) - trained
+        assert tested == expected and tested
+
+
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
         (("scenario=unseen", "scenario.unseen_tasks=[nope]"), "not in data.tasks"),
+        (("scenario.claims=[everything]",), "scenario.claims must be"),
+        (("scenario.clients_per_window=0",), "clients_per_window must be >= 1"),
+        (("scenario.kind=dirichlet", "scenario.alpha=1", "scenario.clients_per_window=2"), "kind=window"),
+        (("scenario.test_items_per_cell=0",), "test_items_per_cell must be >= 1"),
         (("scenario=unseen", "scenario.tasks_per_client=7"), "tasks_per_client"),
         (("scenario=dirichlet", "scenario.alpha=0"), "scenario.alpha"),
         (("scenario.kind=random",), "scenario.kind"),
