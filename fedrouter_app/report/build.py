@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from fedrouter_app.report.bootstrap import RESAMPLES, SEED, PairedBootstrap
 from fedrouter_app.report.declaration import Declaration, choose
+from fedrouter_app.report.diagnosis import diagnoses, diagnosis_table
 from fedrouter_app.report.paired import (
     CONFIDENCE,
     DIFF_COLUMNS,
@@ -144,6 +145,9 @@ def build_report(
     ]
     verdicts = judge(rows, declaration, compare) if declaration is not None else []
     views = compare_views(rows, declaration, compare) if declaration is not None and declaration.views else []
+    diagnosed = diagnoses(runs, rows)
+    if diagnosed:
+        tables.append("### Why routing fails on held-out samples\n\n" + diagnosis_table(diagnosed))
     if views:
         tables.insert(0, "### Alternative scorings\n\n" + view_table(views, CONFIDENCE))
     if declaration is not None:
@@ -172,6 +176,7 @@ def build_report(
         "alpha": ALPHA,
         "verdicts": [v.to_json() for v in verdicts],
         "views": [v.to_json() for v in views],
+        "diagnosis": diagnosed,
         "columns": {c.key: {"title": c.title, "kind": c.kind, "description": c.description} for c in COLUMNS},
         "scenarios": {
             name: {

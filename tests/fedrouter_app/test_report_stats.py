@@ -260,3 +260,22 @@ def test_a_declared_view_is_a_row_of_its_own_compared_on_the_same_items(tmp_path
     assert own["mean"] == pytest.approx(0.1, abs=1e-6) and own["low"] == pytest.approx(0.1, abs=1e-6)
     assert by[("cross", "all", "fedit")]["mean"] == pytest.approx(0.3 + 0.1, abs=0.02)
     assert "### Alternative scorings" in (out / "report.md").read_text()
+
+
+def test_the_diagnosis_of_held_out_samples_is_averaged_over_seeds_beside_every_method(tmp_path):
+    for seed in range(2):
+        path = write_run(tmp_path, "router", seed, item_scores(0.5, seed), declared=DECLARED)
+        results = json.loads((path / "results.json").read_text())
+        diagnosis = {"n": 24.0, "routed": 0.1, "average": 0.3 + 0.1 * seed, "base": 0.2, "oracle": 0.6}
+        diagnosis["cluster"] = {"0": 0.1, "1": 0.4 + 0.1 * seed}
+        results["rounds"][-1]["strategy"] = {"evaluate": {"diagnosis": {"z": diagnosis}}}
+        (path / "results.json").write_text(json.dumps(results))
+        write_run(tmp_path, "fedit", seed, item_scores(0.2, seed, salt=1), declared=DECLARED)
+    out = tmp_path / "report"
+    build_report([tmp_path], out, with_figures=False, resamples=200)
+    (entry,) = json.loads((out / "report.json").read_text())["diagnosis"]
+    assert (entry["scenario"], entry["method"], entry["task"], entry["seeds"]) == ("cross", "router", "z", 2)
+    assert entry["best_cluster"] == pytest.approx(0.45) and entry["average"] == pytest.approx(0.35)
+    assert entry["oracle_gap"] == pytest.approx(0.5)
+    assert set(entry["methods"]) == {"router", "fedit"}
+    assert "### Why routing fails on held-out samples" in (out / "report.md").read_text()
