@@ -6,6 +6,8 @@ Values live in ``conf/`` (Hydra). Each dataclass checks its own values in
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -53,6 +55,7 @@ class LoraSettings:
 
     def validate(self) -> None:
         require(self.r >= 1, f"lora.r must be >= 1, got {self.r}")
+        require(self.alpha > 0, f"lora.alpha must be > 0 (the update is scaled by alpha / r), got {self.alpha}")
         layers = self.layers
         require(
             layers is None
@@ -132,6 +135,10 @@ class ModelSettings:
         one_of("model.source", self.source, ("embedded", "huggingface", "gguf"))
         one_of("model.quantization", self.quantization, ("none", "4bit"))
         one_of("model.precision", self.precision, PRECISIONS)
+        require(
+            re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+            f"model.device must be auto, cpu, cuda or cuda:<index>; got {self.device!r}",
+        )
         require(
             not (self.precision == "fp16-mixed" and self.device == "cpu"),
             "model.precision=fp16-mixed needs a CUDA device; on the CPU use fp32, or bf16-mixed where the CPU has "
@@ -476,8 +483,19 @@ class TrainSettings:
     def validate(self) -> None:
         require(self.local_steps >= 0, f"train.local_steps must be >= 0, got {self.local_steps}")
         require(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
-        require(self.lr > 0 and 0 <= self.lr_min <= self.lr, "need train.lr > 0 and 0 <= train.lr_min <= train.lr")
+        require(
+            math.isfinite(self.lr) and self.lr > 0 and 0 <= self.lr_min <= self.lr,
+            f"need a finite train.lr > 0 and 0 <= train.lr_min <= train.lr; got lr={self.lr}, lr_min={self.lr_min}",
+        )
         one_of("train.lr_schedule", self.lr_schedule, ("cosine", "constant"))
+        require(
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            f"train.weight_decay must be a finite value >= 0, got {self.weight_decay}",
+        )
+        require(
+            math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0,
+            f"train.max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}",
+        )
 
 
 @dataclass
@@ -805,7 +823,10 @@ class AttackSettings:
 
     def validate(self) -> None:
         one_of("attack.kind", self.kind, ATTACKS)
-        require(0 <= self.fraction <= 1, f"attack.fraction must be in [0, 1], got {self.fraction}")
+        require(
+            0 <= self.fraction < 1,
+            f"attack.fraction must be in [0, 1): at least one client must stay honest; got {self.fraction}",
+        )
         require(self.start_round >= 1, f"attack.start_round must be >= 1, got {self.start_round}")
         require(self.scale > 0, f"attack.scale must be > 0, got {self.scale}")
         require(self.std >= 0, f"attack.std must be >= 0, got {self.std}")
@@ -884,9 +905,15 @@ class RunConfig:
             value = getattr(self, name)
             require(0.0 < value <= 1.0, f"{name} must be in (0, 1], got {value}")
         require(self.round_timeout > 0 and self.node_wait_timeout > 0, "timeouts must be positive")
+        require(
+            self.eval.max_new_tokens < self.model.max_length,
+            f"eval.max_new_tokens ({self.eval.max_new_tokens}) must be below model.max_length "
+            f"({self.model.max_length}): the prompt keeps what the answer leaves",
+        )
         require(self.max_reply_bytes >= 0, f"max_reply_bytes must be >= 0 (0: derived), got {self.max_reply_bytes}")
+        # The method's settings last among the sections: its defaults follow the data and the scenario (one local
+        # cluster per task a client holds), so a bad scenario must be reported as itself, not as a bad method value.
         for section in (
-            self.method,
             self.model,
             self.lora,
             self.data,
@@ -922,6 +949,7 @@ class RunConfig:
                 f"scenario.shares=pool needs a source with finite task pools (files, hub, bigbench, packaged); "
                 f"data.source is {self.data.source!r}",
             )
+        self.method.validate()
         # Method settings that depend on the rest of the run (e.g. clusters against examples per client).
         check_run = getattr(self.method, "validate_run", None)
         if check_run is not None:

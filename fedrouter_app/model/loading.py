@@ -12,10 +12,11 @@ from __future__ import annotations
 import threading
 import warnings
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
 from fedrouter_app.logs import get_logger
@@ -52,13 +53,30 @@ def model_path(settings: ModelSettings) -> str:
 
 
 @lru_cache(maxsize=16)
+def model_config(base_name: str) -> PretrainedConfig:
+    """The model's config, from a local folder or the hub.
+
+    Raises
+    ------
+    ConfigError
+        One line naming ``model.name`` when there is no model there (no
+        ``config.json`` in a folder, or a hub id that cannot be reached or
+        does not exist), instead of transformers' multi-line error.
+    """
+    try:
+        return AutoConfig.from_pretrained(base_name)
+    except (OSError, ValueError) as err:
+        where = "a local folder without a model config" if Path(base_name).exists() else "no local folder, and the hub"
+        reason = " ".join(str(err).split())[:200]
+        raise ConfigError(f"model.name={base_name!r}: no model there ({where} did not give one: {reason})") from None
+
+
 def _model_type(base_name: str) -> str:
-    return str(AutoConfig.from_pretrained(base_name).model_type)
+    return str(model_config(base_name).model_type)
 
 
-@lru_cache(maxsize=16)
 def _num_blocks(base_name: str) -> int:
-    return int(AutoConfig.from_pretrained(base_name).get_text_config().num_hidden_layers)
+    return int(model_config(base_name).get_text_config().num_hidden_layers)
 
 
 def adapted_blocks(layers: list[int] | None, num_blocks: int) -> list[int] | None:
@@ -102,8 +120,7 @@ def lora_config(lora: LoraSettings, base_name: str) -> LoraConfig:
 
 def hidden_size(model: ModelSettings) -> int:
     """Width of the model's hidden states (the dimension of its embeddings)."""
-    config = AutoConfig.from_pretrained(model_path(model))
-    return int(config.get_text_config().hidden_size)
+    return int(model_config(model_path(model)).get_text_config().hidden_size)
 
 
 def lora_template(model: ModelSettings, lora: LoraSettings) -> LoraTemplate:
@@ -112,7 +129,7 @@ def lora_template(model: ModelSettings, lora: LoraSettings) -> LoraTemplate:
     The server uses this to create and check adapters without ever holding
     the base model.
     """
-    config = AutoConfig.from_pretrained(model_path(model))
+    config = model_config(model_path(model))
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
     peft_model = _attach_lora(skeleton, lora_config(lora, model_path(model)))
@@ -120,6 +137,17 @@ def lora_template(model: ModelSettings, lora: LoraSettings) -> LoraTemplate:
 
 
 def _attach_lora(model: torch.nn.Module, config: LoraConfig) -> PeftModel:
+    """The model with one LoRA slot; target modules it lacks are one line listing the names it has."""
+    targets = config.target_modules
+    if isinstance(targets, list | set | tuple):
+        modules = model.named_modules()
+        linear = sorted({name.rsplit(".", 1)[-1] for name, m in modules if isinstance(m, torch.nn.Linear)})
+        missing = sorted(set(targets) - set(linear))
+        if missing:
+            raise ConfigError(
+                f"lora.target_modules {missing} are not linear layers of this model; its linear layers are named "
+                f"{', '.join(linear)} (or use 'auto' or 'all-linear')"
+            )
     with warnings.catch_warnings():
         # peft calls a transformers method that transformers 5 deprecates; not ours to fix.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

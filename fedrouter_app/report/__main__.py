@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m fedrouter_app.rep
     parser.add_argument("--resamples", type=int, default=RESAMPLES, help=f"bootstrap resamples (default: {RESAMPLES})")
     parser.add_argument("--seed", type=int, default=SEED, help=f"seed of the bootstrap's draws (default: {SEED})")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
+    parser.add_argument("--title", default="Comparison report", help="the report's title (its first heading)")
     args = parser.parse_args(argv)
     try:
         report = build_report(
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m fedrouter_app.rep
             preset=args.preset,
             resamples=args.resamples,
             seed=args.seed,
+            title=args.title,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

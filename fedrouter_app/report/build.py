@@ -94,8 +94,11 @@ def build_report(
     preset: Path | None = None,
     resamples: int = RESAMPLES,
     seed: int = SEED,
+    title: str = "Comparison report",
 ) -> Path:
     """Write ``report.md``, ``report.json`` and figures for the runs under ``paths``; return the Markdown path.
+
+    ``title``: the report's first heading (the page title on the docs site).
 
     ``reference``: the method gains and the first paired table are against;
     ``proposed``: the method under study, left out of the best baselines
@@ -159,7 +162,7 @@ def build_report(
         resamples=resamples,
         comparators=comparators_text(declaration, proposed),
     )
-    text = render(runs, failed, tables, figures, intro, paths, running=len(running), jobs=jobs)
+    text = render(runs, failed, tables, figures, intro, paths, running=len(running), jobs=jobs, title=title)
     (out / REPORT_FILE).write_text(text)
     summary = {
         "reference": reference,
@@ -296,11 +299,12 @@ def render(
     paths: Sequence[Path],
     running: int = 0,
     jobs: dict[str, float] | None = None,
+    title: str = "Comparison report",
 ) -> str:
     """The Markdown report."""
     methods = sorted({r.method for r in runs})
     lines = [
-        "# Comparison report",
+        f"# {title}",
         "",
         f"{len(runs)} completed runs ({', '.join(methods)}) from {', '.join(f'`{p}`' for p in paths)}"
         + (f"; {len(failed)} failed" if failed else "")

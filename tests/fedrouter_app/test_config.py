@@ -68,6 +68,16 @@ def test_unknown_keys_list_the_valid_keys():
         ("eval.answer_mode=guess", "generate, choices"),
         ("eval.max_choices=1", "eval.max_choices"),
         ("speed.prefix_cache_mb=-1", "speed.prefix_cache_mb"),
+        ("lora.alpha=0", "lora.alpha must be > 0"),
+        ("lora.alpha=-16", "lora.alpha must be > 0"),
+        ("train.lr=inf", "finite train.lr"),
+        ("train.weight_decay=-1", "train.weight_decay"),
+        ("train.max_grad_norm=-1", "train.max_grad_norm must be >= 0 (0: no clipping)"),
+        ("model.device=tpu", "model.device must be auto, cpu, cuda"),
+        ("eval.max_new_tokens=100000", "eval.max_new_tokens (100000) must be below model.max_length"),
+        ("attack.fraction=1.0", "at least one client must stay honest"),
+        ("scenario.tasks_per_client=0", "scenario.tasks_per_client must be in [1, 8]"),
+        ("data.tasks=[]", "data.tasks must be a non-empty list"),
     ],
 )
 def test_bad_values_name_the_key(override, fragment):

@@ -44,3 +44,31 @@ def test_config_default_is_auto_and_resolves_on_the_embedded_llama(cfg, make_cfg
     assert make_cfg("lora.target_modules=[q_proj,v_proj]").lora.target_modules == ["q_proj", "v_proj"]
     with pytest.raises(ConfigError, match=r"lora\.target_modules"):
         make_cfg("lora.target_modules=q_proj")
+
+
+def test_target_modules_the_model_lacks_are_one_line_listing_the_names_it_has(cfg):
+    import dataclasses
+
+    import pytest
+
+    from fedrouter_app.model.loading import load_adapter_model
+    from fedrouter_app.settings import ConfigError
+
+    lora = dataclasses.replace(cfg.lora, target_modules=["q_proj", "nope_proj"])
+    with pytest.raises(ConfigError, match=r"\['nope_proj'\] are not linear layers of this model; .*q_proj.*v_proj"):
+        load_adapter_model(cfg.model, lora)
+
+
+def test_a_model_name_that_names_nothing_is_one_line(cfg, tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from fedrouter_app.model.loading import hidden_size
+    from fedrouter_app.settings import ConfigError
+
+    for name in (str(tmp_path / "no-model-here"), "no-such-owner/no-such-model-xyz"):
+        settings = dataclasses.replace(cfg.model, source="huggingface", name=name)
+        with pytest.raises(ConfigError, match=r"model.name=.*: no model there") as err:
+            hidden_size(settings)
+        assert "\n" not in str(err.value)
