@@ -54,7 +54,16 @@ def node_settings(context: Context, overrides: Sequence[str], num_clients: int |
     ``num-partitions``.
     """
     try:
-        all_overrides = (*overrides_from_run_config(context.run_config), *overrides)
+        sent = overrides_from_run_config(context.run_config)
+        # The run config comes from whoever submitted the run: resolved here, an interpolation would read this
+        # node's environment or files (${oc.env:...}) and could carry them back in an error message.
+        resolving = [o for o in sent if "${" in o]
+        if resolving:
+            raise ConfigError(
+                f"the run config sent to this node holds interpolations ({', '.join(resolving)}); nodes resolve none "
+                "from the server: give plain values"
+            )
+        all_overrides = (*sent, *overrides)
         size = num_clients or _int_or_none(context.node_config.get("num-partitions"))
         cfg = load_run_config(all_overrides, size)
     except ConfigError as err:

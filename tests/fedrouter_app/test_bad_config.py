@@ -37,3 +37,19 @@ def test_bad_input_gets_one_clear_line(overrides, message):
         load_run_config([*TINY, *overrides])
     text = str(info.value)
     assert message in text and "\n" not in text
+
+
+def test_a_node_resolves_no_interpolation_the_server_sent(monkeypatch):
+    from types import SimpleNamespace
+
+    from fedrouter_app.client_handler import node_settings
+
+    monkeypatch.setenv("NODE_SECRET", "do-not-leak")
+    context = SimpleNamespace(
+        run_config={"overrides": "data.tasks=[${oc.env:NODE_SECRET}]"},
+        node_config={"partition-id": 0, "num-partitions": 8},
+    )
+    with pytest.raises(ConfigError) as info:
+        node_settings(context, [])
+    assert "nodes resolve none from the server" in str(info.value)
+    assert "do-not-leak" not in str(info.value)
