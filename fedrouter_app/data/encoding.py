@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100
 
 
+# An upper bound on the characters of one token, so that cutting a field to max_length x this many characters before
+# tokenizing keeps every token that can reach the model: a 20 MB field costs what a long one does.
+MAX_TOKEN_CHARS = 64
+
+
 @dataclass(frozen=True)
 class PromptFormat:
     """How an example becomes text.
@@ -56,15 +61,24 @@ class PromptFormat:
         chat = chat_renderer(tokenizer, data.system_prompt) if data.prompt_format == "chat" else None
         return cls(data.prompt_template, data.response_template, max_length, chat)
 
+    @property
+    def max_chars(self) -> int:
+        """Characters of a field that can reach the model: no token is longer than :data:`MAX_TOKEN_CHARS`."""
+        return self.max_length * MAX_TOKEN_CHARS
+
     def prompt(self, example: Example) -> str:
+        # Only the instruction's end can reach the model (prompts lose tokens from the left): a huge field is cut
+        # before it is tokenized, not after.
+        instruction = example.instruction[-self.max_chars :]
         if self.chat is not None:
-            return self.chat(example.instruction)
-        return self.prompt_template.format(instruction=example.instruction)
+            return self.chat(instruction)
+        return self.prompt_template.format(instruction=instruction)
 
     def response(self, example: Example) -> str:
+        response = example.response[: self.max_chars]  # responses lose tokens from the right
         if self.chat is not None:
-            return example.response
-        return self.response_template.format(response=example.response)
+            return response
+        return self.response_template.format(response=response)
 
 
 def chat_renderer(tokenizer: PreTrainedTokenizerBase, system_prompt: str | None) -> Callable[[str], str]:

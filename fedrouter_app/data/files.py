@@ -62,6 +62,8 @@ def read_file(path: Path, declared: str = "auto") -> tuple[list[dict[str, Any]],
     except (OSError, UnicodeDecodeError, ValueError, csv.Error) as err:
         # ValueError covers json's decode errors and pyarrow's invalid-file errors.
         raise DataError(f"{path}: unreadable {kind} file: {' '.join(str(err).split())[:200]}") from None
+    except RecursionError:
+        raise DataError(f"{path}: unreadable {kind} file: nested too deeply to hold rows") from None
     if not rows:
         raise DataError(f"{path}: the file holds no rows")
     return rows, columns
@@ -95,6 +97,8 @@ def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}: line {number} is nested too deeply to be a row") from None
     return _records(path, rows, "one JSON object per line")
 
 

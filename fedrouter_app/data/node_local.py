@@ -32,6 +32,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -92,8 +93,9 @@ def _yaml_table(path: Path) -> TableSettings:
         if not OmegaConf.is_dict(raw):
             raise DataError(f"{path}: a node data config is one mapping (the keys of a data.tables entry)")
         table = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TableSettings), raw))
-    except OmegaConfBaseException as err:
-        raise DataError(f"{path}: {str(err).splitlines()[0]}") from None
+    except (OmegaConfBaseException, yaml.YAMLError) as err:
+        # YAMLError: not YAML, or tags that would construct Python objects (the loader refuses them).
+        raise DataError(f"{path}: {' '.join(str(err).split())[:200]}") from None
     assert isinstance(table, TableSettings)
     here = path.parent
 

@@ -107,3 +107,18 @@ def test_format_from_settings(cfg, chat_tokenizer):
 def test_prompt_ids_adds_no_second_bos(adapter_model):
     tok = adapter_model.tokenizer
     assert prompt_ids(tok, "reverse planet") == prompt_ids(tok, f"{tok.bos_token}reverse planet")
+
+
+def test_a_huge_field_is_cut_before_it_is_tokenized_and_encodes_as_its_tail_does(adapter_model):
+    import time
+
+    tok = adapter_model.tokenizer
+    fmt = PromptFormat("{instruction} =", " {response}", 32)
+    tail = "the last words reach the model " * 20
+    huge = Example(task="t", instruction="x y z " * 3_500_000 + tail, response="yes " * 3_500_000)  # ~21 MB each
+    start = time.perf_counter()
+    enc = encode_example(tok, huge, fmt)
+    assert time.perf_counter() - start < 5.0
+    # What reaches the model is the instruction's end and the response's start, as for fields of ordinary length.
+    ordinary = Example(task="t", instruction="x y z " * 400 + tail, response="yes " * 400)
+    assert enc == encode_example(tok, ordinary, fmt) and len(enc.input_ids) == 32

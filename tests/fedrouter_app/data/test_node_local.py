@@ -98,3 +98,14 @@ def test_a_changed_file_is_read_again(tmp_path):
     assert len(node_client_data(cfg(), 0, {"data": str(path)}).train) == 8
     jsonl(path, unlabelled(20, tag="new"))
     assert len(node_client_data(cfg(), 0, {"data": str(path)}).train) == 16
+
+
+def test_a_node_side_config_with_a_python_tag_or_a_deeply_nested_row_is_one_line(tmp_path):
+    (tmp_path / "node.yaml").write_text("path: !!python/object/apply:os.system ['echo hi']\ntask: local\n")
+    with pytest.raises(DataError) as err:
+        node_table(cfg(), {"data": str(tmp_path / "node.yaml")})
+    assert "node.yaml" in str(err.value) and "\n" not in str(err.value)
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(DataError, match=r"deep\.jsonl: line 1 is nested too deeply"):
+        node_client_data(cfg(), 0, {"data": str(deep)})
