@@ -228,6 +228,8 @@ class AdapterModel:
         for slot in weights:
             if slot not in self.slots:
                 raise KeyError(f"no adapter loaded in slot {slot!r}")
+        if not self.model.training:
+            weights = _without_idle_slots(weights)
         base = self.lora_config.lora_alpha / self.lora_config.r
         scales = {slot: self._scale(base, w) for slot, w in weights.items()}
         saved = []
@@ -254,3 +256,20 @@ class AdapterModel:
         if not self._layers:
             self._layers = lora_layers(self.model)
         return self._layers
+
+
+def _without_idle_slots(weights: Mixing) -> Mixing:
+    """``weights`` without the slots whose weight is 0 for every row of the batch (at least one slot kept).
+
+    Rows routed one-hot over K slots, batched together, would otherwise run
+    every slot's LoRA product in every layer for every row, K times the
+    adapter work, and add exact zeros. Used outside training only: there a
+    zero-weighted trainable slot still gets a (zero) gradient and its
+    optimizer step, which leaving it out would change.
+    """
+    busy = {
+        slot: w
+        for slot, w in weights.items()
+        if (bool(torch.count_nonzero(w)) if isinstance(w, torch.Tensor) else float(w) != 0.0)
+    }
+    return busy or dict(list(weights.items())[:1])

@@ -56,6 +56,33 @@ def test_per_row_weights_equal_one_row_at_a_time(cfg, adapter_model):
         torch.testing.assert_close(alone, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_slots_idle_for_a_whole_batch_are_left_out_of_evaluation_passes_exactly(adapter_model):
+    from fedrouter_app.compat.peft_internals import active_adapters
+
+    adapter_model.load_state(random_state(adapter_model, 7))
+    adapter_model.load_state(random_state(adapter_model, 8), "local")
+    layer = adapter_model._lora_layers()[0]
+    both = {DEFAULT_SLOT: torch.tensor([1.0, 1.0]), "local": torch.tensor([0.0, 0.0])}
+    adapter_model.model.eval()
+    with torch.no_grad():
+        with adapter_model.mixing(both):
+            assert list(active_adapters(layer)) == [DEFAULT_SLOT]  # the idle slot's products are not run
+            skipped = adapter_model.model(input_ids=IDS).logits
+        with adapter_model.mixing({DEFAULT_SLOT: 1.0}):
+            alone = adapter_model.model(input_ids=IDS).logits
+        # Every slot idle (the base model alone): one is kept, weighted 0.
+        with adapter_model.mixing({DEFAULT_SLOT: 0.0, "local": torch.zeros(2)}):
+            assert list(active_adapters(layer)) == [DEFAULT_SLOT]
+    assert torch.equal(skipped, alone)
+    # In training every slot stays: a zero-weighted trainable slot still gets its (zero) gradient and step.
+    adapter_model.model.train()
+    try:
+        with adapter_model.mixing(both):
+            assert sorted(active_adapters(layer)) == sorted([DEFAULT_SLOT, "local"])
+    finally:
+        adapter_model.model.eval()
+
+
 def test_mixing_is_undone_and_nests(adapter_model):
     adapter_model.load_state(random_state(adapter_model, 5))
     adapter_model.load_state(random_state(adapter_model, 6), "local")
