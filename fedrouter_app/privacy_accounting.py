@@ -91,7 +91,19 @@ class PrivacyLedger:
         self.dp = None
         if cfg.dp.mode != "off":
             sampled = sample_size(cfg.num_clients, cfg.fraction_train)
-            self.dp = {"noise_multiplier": cfg.dp.noise_multiplier, "sampling_rate": sampled / cfg.num_clients}
+            self.dp = {
+                "noise_multiplier": cfg.dp.noise_multiplier,
+                "sampling_rate": sampled / cfg.num_clients,
+                # What the epsilon below assumes, stated with it (and true of what runs).
+                "assumptions": {
+                    "sampling": f"{sampled} of {cfg.num_clients} clients a round, accounted as Poisson sampling "
+                    f"with rate {sampled / cfg.num_clients:g} (exact when every client takes part)",
+                    "weighting": "uniform: every sampled client counts once in the mean (reported sizes are not used)",
+                    "clipping": f"each client's update clipped to L2 norm {cfg.dp.clipping_norm:g} "
+                    f"({'by the server' if cfg.dp.mode == 'server' else 'by each client, checked by the server'})",
+                    "unit": "one client's whole participation (client-level privacy)",
+                },
+            }
         noise = float(getattr(cfg.method, "centroid_noise", 0.0) or 0.0)
         self.centroids = None
         if noise > 0:

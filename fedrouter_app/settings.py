@@ -725,6 +725,11 @@ class DPSettings:
         one_of("dp.mode", self.mode, ("off", "server", "client"))
         require(0 < self.delta < 1, f"dp.delta must be in (0, 1), got {self.delta}")
         require(self.noise_multiplier >= 0, f"dp.noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        require(
+            self.mode == "off" or self.noise_multiplier > 0,
+            f"dp.mode={self.mode} with dp.noise_multiplier=0 adds no noise: no privacy at all (epsilon is infinite); "
+            "set a noise_multiplier > 0, or dp.mode=off",
+        )
         require(self.clipping_norm > 0, f"dp.clipping_norm must be > 0, got {self.clipping_norm}")
 
 

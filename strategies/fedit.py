@@ -68,11 +68,13 @@ class FedIT(Strategy):
         if self.cfg.dp.mode != "off":
             replies = list(replies)
             if replies:
+                # Uniform weights under DP, whatever method.weighting says: the accountant's sensitivity (one
+                # client moves the mean by at most C / n) holds only if no client can weigh more by its reported size.
                 self.global_adapter = dp_mean(
                     self.cfg.dp,
                     self.global_adapter,
                     [self.require_adapter(reply) for reply in replies],
-                    [reply.metrics[NUM_EXAMPLES] if by_examples else 1.0 for reply in replies],
+                    [1.0] * len(replies),
                     self.num_sampled,
                     self.template,
                     self.cfg.seed,

@@ -86,6 +86,29 @@ def test_client_mode_sends_the_norm_and_refuses_an_unclipped_update(make_cfg):
 
 
 def test_dp_with_a_method_that_does_not_average_one_adapter_is_a_config_error(make_cfg):
-    cfg = make_cfg("method=fltac", "dp.mode=server")
+    cfg = make_cfg("method=fltac", "dp.mode=server", "dp.noise_multiplier=1.0")
     with pytest.raises(ConfigError, match=r"dp\.mode=server needs a method"):
         strategy_class("fltac")(cfg, TEMPLATE)
+
+
+def test_under_dp_every_client_counts_once_whatever_it_reports(make_cfg, monkeypatch):
+    # A client that reports a huge training set must not weigh more in the mean the accountant assumes uniform.
+    import fedrouter_app.strategies.fedit as fedit_module
+
+    cfg = make_cfg("method=fedit", "dp.mode=server", "dp.noise_multiplier=1.0")
+    assert cfg.method.weighting == "num_examples"
+    seen = {}
+
+    def record(settings, current, states, weights, *args, **kwargs):
+        seen["weights"] = list(weights)
+        return current
+
+    monkeypatch.setattr(fedit_module, "dp_mean", record)
+    strategy = strategy_class("fedit")(cfg, TEMPLATE)
+    strategy.configure_train(1, [0, 1])
+    replies = [
+        Reply(client=c, metrics={"num-examples": n}, adapters={ADAPTER: full(1.0 + c)}, content=RecordDict())
+        for c, n in ((0, 8), (1, 2**52))
+    ]
+    strategy.aggregate_train(1, replies)
+    assert seen["weights"] == [1.0, 1.0]

@@ -91,4 +91,8 @@ def test_dp_run_reports_epsilon_every_round():
         entry = r["privacy"]["dp"]
         assert entry["sampling_rate"] == 0.5 and entry["rounds"] == r["round"] and entry["delta"] == 1e-5
         assert entry["epsilon"] == pytest.approx(dp_fedavg_epsilon(1.5, 0.5, r["round"], 1e-5))
+        # The epsilon comes with what it assumes, each true of what ran.
+        assumptions = entry["assumptions"]
+        assert "uniform" in assumptions["weighting"] and "rate 0.5" in assumptions["sampling"]
+        assert "by the server" in assumptions["clipping"] and "client-level" in assumptions["unit"]
     assert "privacy" not in results["rounds"][0] or results["rounds"][0]["privacy"]["dp"]["epsilon"] == 0.0
