@@ -21,6 +21,7 @@ from fedrouter_app.report.paired import (
     scenario_best,
 )
 from fedrouter_app.report.runs import FailedJob, Run, assign_variants, find, load_job_failure, load_run, view_runs
+from fedrouter_app.report.signal import signal, signal_table
 from fedrouter_app.report.table import (
     COLUMNS,
     COST_TABLE,
@@ -148,6 +149,9 @@ def build_report(
     ]
     verdicts = judge(rows, declaration, compare) if declaration is not None else []
     views = compare_views(rows, declaration, compare) if declaration is not None and declaration.views else []
+    signals = signal(runs)
+    if signals:
+        tables.append("### Does every task carry signal?\n\n" + signal_table(signals))
     diagnosed = diagnoses(runs, rows)
     if diagnosed:
         tables.append("### Why routing fails on held-out samples\n\n" + diagnosis_table(diagnosed))
@@ -180,6 +184,7 @@ def build_report(
         "verdicts": [v.to_json() for v in verdicts],
         "views": [v.to_json() for v in views],
         "diagnosis": diagnosed,
+        "signal": signals,
         "columns": {c.key: {"title": c.title, "kind": c.kind, "description": c.description} for c in COLUMNS},
         "scenarios": {
             name: {

@@ -279,3 +279,18 @@ def test_the_diagnosis_of_held_out_samples_is_averaged_over_seeds_beside_every_m
     assert entry["oracle_gap"] == pytest.approx(0.5)
     assert set(entry["methods"]) == {"router", "fedit"}
     assert "### Why routing fails on held-out samples" in (out / "report.md").read_text()
+
+
+def test_the_floor_of_a_closed_task_is_its_commonest_answer_and_every_task_is_checked_for_signal(sweep, tmp_path):
+    from fedrouter_app.report.signal import floor_of
+
+    assert floor_of(["yes", "no", "yes", "yes"]) == 0.75
+    assert floor_of([f"headline {i}" for i in range(20)]) == 0.0  # generated: no answer is worth anything alone
+    assert floor_of([]) == 0.0
+    out = tmp_path / "report"
+    build_report([sweep], out, with_figures=False, resamples=200)
+    entries = {(e["scenario"], e["task"]): e for e in json.loads((out / "report.json").read_text())["signal"]}
+    assert set(entries) == {("cross", "a"), ("cross", "b"), ("cross", "z")}
+    # The best row on every task is `good` (level 0.8), far above a floor of 0 for these reference-less items.
+    assert all(e["best"] == "good" and e["carries_signal"] for e in entries.values())
+    assert "### Does every task carry signal?" in (out / "report.md").read_text()
