@@ -218,7 +218,7 @@ class PairedBootstrap:
         self._cache: dict[tuple[str, str, str, str], Difference] = {}
 
     def items(self, run: Run) -> Items | None:
-        key = str(run.path)
+        key = _run_key(run)
         if key not in self._items:
             self._items[key] = read_items(run)
         return self._items[key]
@@ -299,7 +299,7 @@ class PairedBootstrap:
     def _vector(self, run: Run, items: Items, column: str, keys: np.ndarray, task: np.ndarray) -> np.ndarray:
         """``run``'s resampled column scores on its own items, computed with every run of its seed sharing them."""
         signature = _signature(keys, task, items.tasks)
-        if (str(run.path), column, signature) not in self._vectors:
+        if (_run_key(run), column, signature) not in self._vectors:
             sharing = [run]
             for (scenario, _, _), by_seed in self.runs.items():
                 if scenario == run.scenario:
@@ -317,11 +317,16 @@ class PairedBootstrap:
             rows = self.resamples * self.slots[run.scenario]
             out = resampled_scores(task, np.stack(columns, axis=1), rows, rng)
             for j, member in enumerate(members):
-                self._vectors[(str(member.path), column, signature)] = out[:, j]
-        return self._vectors[(str(run.path), column, signature)]
+                self._vectors[(_run_key(member), column, signature)] = out[:, j]
+        return self._vectors[(_run_key(run), column, signature)]
 
     def _rng(self, scenario: str, seed: int, column: str, signature: str) -> np.random.Generator:
         return np.random.default_rng(derive_seed(self.seed, "items", scenario, seed, column, signature))
+
+
+def _run_key(run: Run) -> str:
+    """A run's scoring: its directory, and the view where a report row is another scoring of the same run."""
+    return f"{run.path}#{run.view}"
 
 
 def _fallback(student: Difference, reason: str) -> Difference:

@@ -258,6 +258,8 @@ def test_a_declared_view_is_a_row_of_its_own_compared_on_the_same_items(tmp_path
     # Every item's score moved by +0.1 in the view: exactly +0.1 against the proposed method, in every resample.
     own = by[("cross", "all", "router")]
     assert own["mean"] == pytest.approx(0.1, abs=1e-6) and own["low"] == pytest.approx(0.1, abs=1e-6)
+    # From the view's own predictions, paired item by item with the main scoring of the same runs.
+    assert own["method"] == "bootstrap" and by[("cross", "all", "fedit")]["method"] == "bootstrap"
     assert by[("cross", "all", "fedit")]["mean"] == pytest.approx(0.3 + 0.1, abs=0.02)
     assert "### Alternative scorings" in (out / "report.md").read_text()
 
