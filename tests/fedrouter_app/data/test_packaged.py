@@ -290,7 +290,7 @@ def packaged_config(tmp_path: Path, wheels: Path, *overrides: str):
 def test_the_preset_reads_its_eight_tasks_from_the_wheels(tmp_path, wheels):
     cfg = packaged_config(tmp_path, wheels)
     pools = load_pools(cfg.data)
-    assert list(pools) == TASKS and cfg.data.held_out == ["tweet_sentiment", "news_headline"]
+    assert list(pools) == TASKS and cfg.data.held_out == ["tweet_sentiment", "news_topic"]
     assert {t: p.metric for t, p in pools.items() if p.metric == "rouge"} == dict.fromkeys(
         ["news_headline", "words_to_headline"], "rouge"
     )
@@ -322,7 +322,7 @@ def test_composing_checks_task_and_corpus_names_without_reading_anything(tmp_pat
     monkeypatch.setattr(subprocess, "run", fail_on_pip)
     empty = f"data.cache_dir={tmp_path / 'empty'}"
     cfg = load_run_config(["data=packaged", empty, "scenario=unseen"])
-    assert declared_tasks(cfg.data) == TASKS and cfg.scenario.unseen_tasks == ["tweet_sentiment", "news_headline"]
+    assert declared_tasks(cfg.data) == TASKS and cfg.scenario.unseen_tasks == ["tweet_sentiment", "news_topic"]
     assert not (tmp_path / "empty").exists()
     with pytest.raises(ConfigError, match=r"unknown task\(s\) 'news'; valid choices: news_topic, news_headline"):
         load_run_config(["data=packaged", "data.tasks=[news]"])
