@@ -24,6 +24,7 @@ EXAMPLES = """examples:
   fedrouter prefetch sweep=real                    download that preset's model and data
   fedrouter bench                                  list the benchmarks
   fedrouter config train.lr                        a setting's type, default and meaning
+  fedrouter stop                                   stop the local SuperLink flwr run left running
 """
 
 
@@ -74,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     prefetch.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides, e.g. sweep=real")
     prefetch.add_argument("--bigbench", action="store_true", help="also fetch BIG-bench's sdist (for data=bigbench)")
     prefetch.set_defaults(handler=_prefetch)
+
+    stop = commands.add_parser("stop", help="stop the local SuperLink that flwr run left running (by its process)")
+    stop.description = (
+        "Stop the SuperLink that `flwr run` starts in the background for the local federation: only that process "
+        "(found by its log file under Flower's home folder), never another SuperLink of the machine."
+    )
+    stop.set_defaults(handler=_stop)
 
     config = commands.add_parser("config", help="every setting with its type, default and meaning; or one")
     config.description = (
@@ -185,6 +193,13 @@ def _prefetch(args: argparse.Namespace) -> int:
         return fail("prefetch", str(err))
     except PrefetchError as err:
         return fail("prefetch", str(err), status=1)
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from fedrouter_app.local_superlink import stop_local_superlink
+
+    print(stop_local_superlink())
     return 0
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from queue import Queue
 from typing import Any
 
@@ -229,3 +230,14 @@ def set_task_identity(run_id: int, node_id: int, task_id: int) -> None:
 def set_message_id(message: Message, message_id: str) -> None:
     """Give ``message`` the id a SuperLink would (Flower's metadata has no public setter)."""
     message.metadata.__dict__["_message_id"] = message_id
+
+
+def local_superlink_log() -> Path:
+    """The log file of the SuperLink that ``flwr run`` starts and leaves running (under Flower's home folder).
+
+    Flower writes no PID file for it; its ``--log-file`` argument, this path,
+    is what tells it apart from any other SuperLink on the machine.
+    """
+    from flwr.supercore.utils import get_flwr_home
+
+    return get_flwr_home() / "local-superlink" / "superlink.log"
