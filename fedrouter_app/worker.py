@@ -40,19 +40,25 @@ from fedrouter_app.logs import get_logger
 from fedrouter_app.node_threads import apply_cpus, node_cpus
 from fedrouter_app.worker_channel import (
     DEFAULT_MAX_BYTES,
+    FROM_CLIENT,
+    FROM_WORKER,
     REPLY,
     REQUEST,
     STOP,
     ChannelError,
     app_code_hash,
+    check_client_proof,
+    check_peer,
     create_secret,
-    nonce_frame,
     pack,
+    private_folder,
+    read_client_hello,
     read_secret,
     recv_frame,
     send_frame,
     try_lock,
     unpack,
+    worker_opening,
 )
 
 # Named for the module even when run as ``python -m``.
@@ -117,6 +123,7 @@ class Worker:
         apply_cpus(self.cpus)
         from fedrouter_app import client_handler  # noqa: F401  (the imports every message would pay, paid once)
 
+        private_folder(self.socket_path.parent)
         self.socket_path.unlink(missing_ok=True)  # ours to replace: we hold the lock
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
@@ -148,18 +155,24 @@ class Worker:
     def _connection(self, conn: socket.socket) -> None:
         with conn:
             try:
-                nonce, opening = nonce_frame(self.code)
-                conn.sendall(opening)
+                check_peer(conn)
                 conn.settimeout(REQUEST_TIMEOUT)
-                if not conn.recv(1, socket.MSG_PEEK):
-                    return  # a ClientApp checking that the worker answers
-                kind, payload = recv_frame(conn, self._secret, nonce, (REQUEST, STOP), self.max_bytes)
+                client_nonce = read_client_hello(conn)
+                if client_nonce is None:
+                    return
+                nonce, opening = worker_opening(self._secret, client_nonce, self.code)
+                conn.sendall(opening)
+                if not check_client_proof(conn, self._secret, client_nonce, nonce):
+                    return  # a ClientApp checking that the worker answers, and proves itself
+                session = client_nonce + nonce
+                kind, payload = recv_frame(conn, self._secret, session, FROM_CLIENT, (REQUEST, STOP), self.max_bytes)
                 if kind == STOP:
-                    send_frame(conn, self._secret, nonce, REPLY, pack({"stopping": self._stop_request()}, {}))
+                    stopping = pack({"stopping": self._stop_request()}, {})
+                    send_frame(conn, self._secret, session, FROM_WORKER, REPLY, stopping)
                     return
                 conn.settimeout(None)
                 reply = self.handle(payload)
-                send_frame(conn, self._secret, nonce, REPLY, reply)
+                send_frame(conn, self._secret, session, FROM_WORKER, REPLY, reply)
             except (ChannelError, OSError) as err:
                 log.warning("dropped a connection: %s", err)
 

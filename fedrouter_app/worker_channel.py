@@ -5,20 +5,29 @@ unpickled: a frame is a fixed header, a JSON header of plain values and
 protobuf bytes of Flower's own records (``flwr.common.serde``), and it is
 authenticated before any of that is parsed.
 
-Connection, both directions authenticated by a secret the two processes share
-(a file only their user may read)::
+Both ends prove that they hold the node's secret (a file only their user may
+read) before the client discloses anything but a random nonce::
 
-    worker -> client   b"FRW1" b"N" nonce[32] code[32]
+    client -> worker   b"FRW2" b"C" client_nonce[32]
+    worker -> client   b"FRW2" b"N" worker_nonce[32] code[32] proof[32]
+                       proof = HMAC-SHA256(secret, "worker" || client_nonce || worker_nonce || code)
+    client -> worker   b"FRW2" b"P" HMAC-SHA256(secret, "client" || client_nonce || worker_nonce)
     client -> worker   frame(b"Q", payload)
     worker -> client   frame(b"R", payload)
 
-    frame(kind, payload) = b"FRW1" kind length[8, big-endian] tag[32] payload
-    tag = HMAC-SHA256(secret, nonce || kind || length || payload)
+    frame(kind, payload) = b"FRW2" kind length[8, big-endian] tag[32] payload
+    tag = HMAC-SHA256(secret, client_nonce || worker_nonce || sender || kind || length || payload)
 
-The nonce is fresh per connection, so a recorded frame cannot be replayed on
-another; ``code`` is the hash of the worker's app code (:func:`app_code_hash`),
-so a client never has its message handled by other code than its own. The
-length is checked against a bound before the payload is read.
+A listener without the secret (a process that bound the socket path first)
+cannot produce the worker's proof, so the client stops after its nonce and
+says so; a peer's user is checked on both ends (``SO_PEERCRED``). Every frame
+is bound to both nonces and to its direction, and each end reads one frame per
+connection, so a recorded frame is refused on any other connection and cannot
+be reflected back. ``code`` is the hash of the worker's app code
+(:func:`app_code_hash`), authenticated by the proof, so a client never has its
+message handled by other code than its own. A frame's length is checked
+against a bound before its payload is read, and only after both ends proved
+themselves.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import os
 import secrets
 import socket
 import stat
+import struct
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -38,11 +48,15 @@ from typing import Any
 
 from fedrouter_app.method_packages import LAYOUT_PARTS, part_dir
 
-MAGIC = b"FRW1"
+MAGIC = b"FRW2"
 NONCE_BYTES = 32
 TAG_BYTES = 32
+CODE_BYTES = 32
 HEADER = len(MAGIC) + 1 + 8 + TAG_BYTES
 REQUEST, REPLY, NONCE, STOP = b"Q", b"R", b"N", b"S"
+HELLO, PROOF = b"C", b"P"
+# Who sent a frame: bound into its tag, so a frame cannot be reflected back to its sender.
+FROM_CLIENT, FROM_WORKER = b"c", b"w"
 # Largest frame either side accepts by default (node config ``worker-max-mb``).
 DEFAULT_MAX_BYTES = 1 << 30
 SECRET_BYTES = 32
@@ -100,12 +114,16 @@ def create_secret(path: Path) -> None:
 
 
 def read_secret(path: Path) -> bytes:
-    """The secret in ``path``; refused when others than its owner may read it, or when it is too short."""
+    """The secret in ``path``; refused when it is not this user's, others may read it, or it is too short."""
     try:
-        info = path.stat()
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            data = handle.read()
     except OSError as err:
         raise ChannelError(f"worker secret {path}: cannot read it ({err.strerror})") from None
+    if info.st_uid != os.getuid():
+        raise ChannelError(f"worker secret {path}: owned by another user (uid {info.st_uid}); use your own")
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ChannelError(f"worker secret {path}: readable by others than its owner; chmod 600 it")
     if len(data) < 16:
@@ -113,24 +131,121 @@ def read_secret(path: Path) -> bytes:
     return data
 
 
+def private_folder(folder: Path) -> None:
+    """Create ``folder`` for this user alone (0700), or refuse one that another user owns or others may enter.
+
+    The socket, its lock, log and secret live there: in a folder another user
+    can write to, they could be replaced or linked elsewhere.
+    """
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise ChannelError(f"worker folder {folder}: not a folder (a link?); give a folder of your own")
+    if info.st_uid != os.getuid() or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ChannelError(
+            f"worker folder {folder}: owned by uid {info.st_uid} with mode {stat.S_IMODE(info.st_mode):o}; the "
+            "worker's socket needs a folder only you can enter (mode 700, yours): use another path"
+        )
+
+
+def open_private(path: Path, flags: int) -> int:
+    """``os.open`` of a file of ours, never through a symbolic link planted in its place (mode 0600 if created)."""
+    return os.open(path, flags | os.O_NOFOLLOW, 0o600)
+
+
+def check_peer(sock: socket.socket) -> None:
+    """Refuse a peer that runs as another user (where the system tells: ``SO_PEERCRED``)."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return
+    creds = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", creds)
+    if uid != os.getuid():
+        raise AuthenticationError(f"the peer runs as uid {uid}, not as this user ({os.getuid()})")
+
+
+# The handshake.
+
+
+def _proof(secret: bytes, role: bytes, *parts: bytes) -> bytes:
+    return hmac.new(secret, role + b"".join(parts), hashlib.sha256).digest()
+
+
+def client_hello() -> tuple[bytes, bytes]:
+    """The client's fresh nonce and the opening bytes that carry it: all it sends before the worker proves itself."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    return nonce, MAGIC + HELLO + nonce
+
+
+def read_client_hello(sock: socket.socket) -> bytes | None:
+    """The client's nonce (worker side); None when the client closed without one."""
+    opening = recv_exactly(sock, len(MAGIC) + 1 + NONCE_BYTES, allow_empty=True)
+    if not opening:
+        return None
+    if opening[: len(MAGIC) + 1] != MAGIC + HELLO:
+        raise ChannelError("the client does not speak the fedrouter worker protocol")
+    return opening[len(MAGIC) + 1 :]
+
+
+def worker_opening(secret: bytes, client_nonce: bytes, code: bytes) -> tuple[bytes, bytes]:
+    """The worker's nonce and its answer: nonce, code hash and its proof of the secret."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    proof = _proof(secret, b"worker", client_nonce, nonce, code)
+    return nonce, MAGIC + NONCE + nonce + code + proof
+
+
+def read_worker_opening(sock: socket.socket, secret: bytes, client_nonce: bytes, where: object) -> tuple[bytes, bytes]:
+    """The worker's ``(nonce, code hash)``, once its proof shows it holds ``secret``."""
+    opening = recv_exactly(sock, len(MAGIC) + 1 + NONCE_BYTES + CODE_BYTES + TAG_BYTES)
+    if opening[: len(MAGIC) + 1] != MAGIC + NONCE:
+        raise ChannelError("the socket does not speak the fedrouter worker protocol")
+    body = opening[len(MAGIC) + 1 :]
+    nonce, code, proof = body[:NONCE_BYTES], body[NONCE_BYTES:-TAG_BYTES], body[-TAG_BYTES:]
+    if not hmac.compare_digest(proof, _proof(secret, b"worker", client_nonce, nonce, code)):
+        raise AuthenticationError(
+            f"the process at {where} does not prove it holds this node's worker secret: another process listens "
+            "there, or it uses another secret file; nothing was sent to it"
+        )
+    return nonce, code
+
+
+def client_proof(secret: bytes, client_nonce: bytes, worker_nonce: bytes) -> bytes:
+    """The client's proof of the secret, sent once the worker proved itself."""
+    return MAGIC + PROOF + _proof(secret, b"client", client_nonce, worker_nonce)
+
+
+def check_client_proof(sock: socket.socket, secret: bytes, client_nonce: bytes, worker_nonce: bytes) -> bool:
+    """Worker side: True when the client proves it holds the secret; False when it closed first (a probe)."""
+    got = recv_exactly(sock, len(MAGIC) + 1 + TAG_BYTES, allow_empty=True)
+    if not got:
+        return False
+    if got[: len(MAGIC) + 1] != MAGIC + PROOF:
+        raise ChannelError("the client sent no proof of the worker secret")
+    if not hmac.compare_digest(got[len(MAGIC) + 1 :], _proof(secret, b"client", client_nonce, worker_nonce)):
+        raise AuthenticationError("the client does not prove it holds this node's worker secret")
+    return True
+
+
 # Frames.
 
 
-def _tag(secret: bytes, nonce: bytes, kind: bytes, payload: bytes) -> bytes:
-    mac = hmac.new(secret, nonce + kind + len(payload).to_bytes(8, "big"), hashlib.sha256)
+def _tag(secret: bytes, session: bytes, sender: bytes, kind: bytes, payload: bytes) -> bytes:
+    mac = hmac.new(secret, session + sender + kind + len(payload).to_bytes(8, "big"), hashlib.sha256)
     mac.update(payload)
     return mac.digest()
 
 
-def send_frame(sock: socket.socket, secret: bytes, nonce: bytes, kind: bytes, payload: bytes) -> None:
-    """Send one authenticated frame."""
-    header = MAGIC + kind + len(payload).to_bytes(8, "big") + _tag(secret, nonce, kind, payload)
+def send_frame(sock: socket.socket, secret: bytes, session: bytes, sender: bytes, kind: bytes, payload: bytes) -> None:
+    """Send one authenticated frame of ``sender`` (:data:`FROM_CLIENT` or :data:`FROM_WORKER`) in ``session``."""
+    header = MAGIC + kind + len(payload).to_bytes(8, "big") + _tag(secret, session, sender, kind, payload)
     sock.sendall(header)
     sock.sendall(payload)
 
 
-def recv_frame(sock: socket.socket, secret: bytes, nonce: bytes, kinds: tuple[bytes, ...], max_bytes: int) -> tuple:
-    """Receive one frame of one of ``kinds``: ``(kind, payload)``, checked and authenticated."""
+def recv_frame(
+    sock: socket.socket, secret: bytes, session: bytes, sender: bytes, kinds: tuple[bytes, ...], max_bytes: int
+) -> tuple[bytes, bytes]:
+    """Receive one frame of ``sender`` and one of ``kinds``: ``(kind, payload)``, checked and authenticated."""
     header = recv_exactly(sock, HEADER)
     if header[: len(MAGIC)] != MAGIC:
         raise ChannelError("not a fedrouter worker frame (bad magic)")
@@ -141,36 +256,23 @@ def recv_frame(sock: socket.socket, secret: bytes, nonce: bytes, kinds: tuple[by
     if length > max_bytes:
         raise ChannelError(f"frame of {length} bytes exceeds the bound of {max_bytes} (worker-max-mb)")
     payload = recv_exactly(sock, length)
-    if not hmac.compare_digest(header[len(MAGIC) + 9 :], _tag(secret, nonce, kind, payload)):
-        raise AuthenticationError("frame failed authentication: the two ends do not share the worker secret")
+    if not hmac.compare_digest(header[len(MAGIC) + 9 :], _tag(secret, session, sender, kind, payload)):
+        raise AuthenticationError("frame failed authentication: not of this connection, or not of this secret")
     return kind, payload
 
 
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    """``n`` bytes, or :class:`ChannelError` when the peer closes first."""
+def recv_exactly(sock: socket.socket, n: int, allow_empty: bool = False) -> bytes:
+    """``n`` bytes, or :class:`ChannelError` when the peer closes first (``b""`` if it sent none, where allowed)."""
     chunks, left = [], n
     while left:
         chunk = sock.recv(min(left, 1 << 20))
         if not chunk:
+            if allow_empty and left == n:
+                return b""
             raise ChannelError("the connection closed mid-frame (the other end died or refused the frame)")
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
-
-
-def nonce_frame(code: bytes) -> tuple[bytes, bytes]:
-    """A fresh nonce and the opening bytes that carry it with the worker's code hash."""
-    nonce = secrets.token_bytes(NONCE_BYTES)
-    return nonce, MAGIC + NONCE + nonce + code
-
-
-def read_nonce(sock: socket.socket) -> tuple[bytes, bytes]:
-    """The worker's opening bytes: ``(nonce, code hash)``."""
-    opening = recv_exactly(sock, len(MAGIC) + 1 + NONCE_BYTES + 32)
-    if opening[: len(MAGIC) + 1] != MAGIC + NONCE:
-        raise ChannelError("the socket does not speak the fedrouter worker protocol")
-    body = opening[len(MAGIC) + 1 :]
-    return body[:NONCE_BYTES], body[NONCE_BYTES:]
 
 
 # Payloads: a JSON header of plain values, then the byte blocks it names.
@@ -257,8 +359,8 @@ def lock_path(sock: Path) -> Path:
 def try_lock(sock: Path) -> int | None:
     """Take the exclusive lock of ``sock``'s worker without waiting: its descriptor, or None if a process holds it."""
     path = lock_path(sock)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    private_folder(path.parent)
+    fd = open_private(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

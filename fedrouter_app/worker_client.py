@@ -25,6 +25,8 @@ from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict  # pylint: d
 
 from fedrouter_app.logs import get_logger
 from fedrouter_app.worker_channel import (
+    FROM_CLIENT,
+    FROM_WORKER,
     REPLY,
     REQUEST,
     STOP,
@@ -33,9 +35,14 @@ from fedrouter_app.worker_channel import (
     WorkerAddress,
     app_code_hash,
     app_root,
+    check_peer,
+    client_hello,
+    client_proof,
+    open_private,
     pack,
-    read_nonce,
+    private_folder,
     read_secret,
+    read_worker_opening,
     recv_frame,
     send_frame,
     try_lock,
@@ -95,7 +102,10 @@ def forward(
     starts = 0
     for attempt in (1, 2):
         try:
-            sock, nonce = connect(address)
+            sock, secret, session = connect(address)
+        except AuthenticationError as err:
+            # Whoever listens there cannot prove it holds the secret: it learnt a random nonce, nothing else.
+            raise ChannelError(f"worker {address.socket}: {err}") from None
         except CodeMismatchError:
             # A worker this app started for an earlier version makes way; a user's worker is left alone.
             if attempt == 2 or not stop_worker(address):
@@ -109,9 +119,8 @@ def forward(
             continue
         try:
             with sock:
-                secret = read_secret(address.secret)
-                send_frame(sock, secret, nonce, REQUEST, payload)
-                _, reply = recv_frame(sock, secret, nonce, (REPLY,), address.max_bytes)
+                send_frame(sock, secret, session, FROM_CLIENT, REQUEST, payload)
+                _, reply = recv_frame(sock, secret, session, FROM_WORKER, (REPLY,), address.max_bytes)
         except (ChannelError, OSError) as err:
             # The worker died (or was replaced) mid-message: the state it held is ours, so send it again.
             if attempt == 2 or isinstance(err, AuthenticationError):
@@ -160,22 +169,31 @@ def _error_of(type_name: str, message: str) -> Exception:
 _error_types: dict[str, type[WorkerTaskError]] = {}
 
 
-def connect(address: WorkerAddress) -> tuple[socket.socket, bytes]:
-    """A connection to the worker after its opening bytes; refuses one that runs other code."""
+def connect(address: WorkerAddress, check_code: bool = True) -> tuple[socket.socket, bytes, bytes]:
+    """A connection to the worker once both ends proved they hold the secret: ``(socket, secret, session)``.
+
+    Before the worker proves itself the client sends nothing but a random
+    nonce; a worker running other app code is refused after that (unless
+    ``check_code`` is off: to ask that worker to stop).
+    """
+    secret = read_secret(address.secret)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(CONNECT_TIMEOUT)
         sock.connect(str(address.socket))
-        nonce, code = read_nonce(sock)
+        check_peer(sock)
+        nonce, hello = client_hello()
+        sock.sendall(hello)
+        worker_nonce, code = read_worker_opening(sock, secret, nonce, address.socket)
+        if check_code and code != app_code_hash():
+            theirs, mine = code.hex()[:12], app_code_hash().hex()[:12]
+            raise CodeMismatchError(f"worker {address.socket} runs other app code ({theirs}) than this app ({mine})")
+        sock.sendall(client_proof(secret, nonce, worker_nonce))
         sock.settimeout(None)  # a message may train for long; a dead worker closes the socket
     except BaseException:
         sock.close()
         raise
-    if code != app_code_hash():
-        sock.close()
-        theirs, mine = code.hex()[:12], app_code_hash().hex()[:12]
-        raise CodeMismatchError(f"worker {address.socket} runs other app code ({theirs}) than this app ({mine})")
-    return sock, nonce
+    return sock, secret, nonce + worker_nonce
 
 
 def worker_alive(address: WorkerAddress) -> bool:
@@ -198,10 +216,10 @@ def ensure_worker(address: WorkerAddress, cpus: int | None, timeout: float = STA
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            sock, _ = connect(address)
+            sock, _, _ = connect(address)
             sock.close()
             return int(proc is not None)
-        except CodeMismatchError:
+        except (CodeMismatchError, AuthenticationError):
             raise
         except (ChannelError, OSError):
             pass
@@ -232,8 +250,8 @@ def start_worker(address: WorkerAddress, cpus: int | None) -> subprocess.Popen:
     if cpus is not None:
         args += ["--cpus", str(cpus)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    address.socket.parent.mkdir(parents=True, exist_ok=True)
-    with open(worker_log(address), "ab") as out:
+    private_folder(address.socket.parent)
+    with os.fdopen(open_private(worker_log(address), os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as out:
         proc = subprocess.Popen(
             args, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -244,14 +262,13 @@ def start_worker(address: WorkerAddress, cpus: int | None) -> subprocess.Popen:
 
 def stop_worker(address: WorkerAddress, timeout: float = 30.0) -> bool:
     """Ask a worker this app started (``--managed``) to exit; True once it has. A user's worker says no."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(CONNECT_TIMEOUT)
-        sock.connect(str(address.socket))
-        nonce, _ = read_nonce(sock)
-        secret = read_secret(address.secret)
-        send_frame(sock, secret, nonce, STOP, b"")
-        header, _ = unpack(recv_frame(sock, secret, nonce, (REPLY,), address.max_bytes)[1])
+        sock, secret, session = connect(address, check_code=False)
+    except (ChannelError, OSError):
+        return not worker_alive(address)
+    try:
+        send_frame(sock, secret, session, FROM_CLIENT, STOP, b"")
+        header, _ = unpack(recv_frame(sock, secret, session, FROM_WORKER, (REPLY,), address.max_bytes)[1])
     except (ChannelError, OSError):
         return not worker_alive(address)
     finally:

@@ -32,7 +32,7 @@ from fedrouter_app.config import config_fingerprint, load_run_config
 from fedrouter_app.model.loading import cached_adapter_model
 from fedrouter_app.records import ADAPTER, CONFIG, adapter_record
 from fedrouter_app.rounds import FINGERPRINT, HELLO
-from fedrouter_app.worker_channel import MAGIC, NONCE, ChannelError, WorkerAddress, lock_path
+from fedrouter_app.worker_channel import ChannelError, WorkerAddress, lock_path, read_client_hello, worker_opening
 from fedrouter_app.worker_client import CodeMismatchError, connect, forward, worker_alive
 from tests.conftest import TINY
 from tests.processes import pids_mentioning, stop
@@ -53,7 +53,7 @@ def wait_until_serving(sock: Path, proc: subprocess.Popen, timeout: float = 180)
     while time.monotonic() < deadline:
         assert proc.poll() is None, sock.with_suffix(".out").read_text()[-3000:]
         try:
-            conn, _ = connect(WorkerAddress(sock, Path(f"{sock}.secret")))
+            conn, *_ = connect(WorkerAddress(sock, Path(f"{sock}.secret")))
             conn.close()
             return
         except (ChannelError, OSError):
@@ -167,8 +167,50 @@ def test_a_clientapp_with_another_secret_is_refused(worker, tmp_path):
     wrong.write_bytes(b"w" * 32)
     wrong.chmod(0o600)
     ctx = context({"partition-id": 1, "worker": str(sock), "worker-secret": str(wrong), "worker-autostart": False})
-    with pytest.raises(ChannelError, match="closed mid-frame"):
+    with pytest.raises(ChannelError, match="does not prove it holds this node's worker secret"):
         handle(train_message(), ctx)
+
+
+def test_an_impostor_listener_learns_nothing(tmp_path):
+    # A process that bound the socket path first, without the node's secret: it answers like a worker would.
+    sock = tmp_path / "node.sock"
+    secret = tmp_path / "node.sock.secret"
+    secret.write_bytes(b"s" * 32)
+    secret.chmod(0o600)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(sock))
+    server.listen(4)
+    received: list[bytes] = []
+
+    def impostor() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                nonce = read_client_hello(conn)
+                received.append(nonce)
+                conn.sendall(worker_opening(b"guess" * 8, nonce, b"c" * 32)[1])  # a proof of another secret
+                conn.settimeout(2)
+                while chunk := conn.recv(1 << 16):
+                    received.append(chunk)
+
+    thread = threading.Thread(target=impostor, daemon=True)
+    thread.start()
+    lock = os.open(lock_path(sock), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # as a live worker would: the ClientApp must not start one in its place
+    msg = train_message()
+    ctx = context({"partition-id": 1, "worker": str(sock), "worker-autostart": False})
+    try:
+        with pytest.raises(ChannelError, match="does not prove it holds this node's worker secret"):
+            handle(msg, ctx)
+    finally:
+        server.close()
+        os.close(lock)
+        thread.join(timeout=5)
+    # One connection, and nothing in it but the client's random nonce: no byte of the request.
+    assert len(received) == 1 and len(received[0]) == 32
 
 
 def test_without_a_worker_and_autostart_off_the_message_fails_with_what_to_do(tmp_path):
@@ -192,7 +234,8 @@ def test_a_worker_running_other_app_code_is_left_alone_and_the_clientapp_does_th
             except OSError:
                 return
             opened.append(1)
-            conn.sendall(MAGIC + NONCE + b"n" * 32 + b"c" * 32)
+            nonce = read_client_hello(conn)
+            conn.sendall(worker_opening(b"s" * 32, nonce, b"c" * 32)[1])  # it holds the secret, runs other code
             conn.close()
 
     (tmp_path / "other.sock.secret").write_bytes(b"s" * 32)
