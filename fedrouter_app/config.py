@@ -32,7 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fedrouter_app.method_packages import part_dir
 from fedrouter_app.registry import method_config_class
-from fedrouter_app.run_config import overrides_from_run_config
+from fedrouter_app.run_config import hydra_overrides, naming_flat_keys_in, overrides_from_run_config
 from fedrouter_app.settings import SECTIONS, ConfigError, RunConfig
 
 __all__ = [
@@ -111,7 +111,10 @@ def _load_cached(overrides: tuple[str, ...], federation_size: int | None) -> Run
     raw = compose_config(overrides)
     if federation_size is not None and _follows_federation(raw):
         raw.num_clients = federation_size
-    return build_run_config(raw)
+    try:
+        return build_run_config(raw)
+    except ConfigError as err:
+        raise naming_flat_keys_in(err, overrides) from None
 
 
 # Settings added after sweeps had recorded fingerprints, with the value that keeps the old behaviour: at that value
@@ -167,7 +170,12 @@ def config_fingerprint(cfg: RunConfig) -> str:
 
 
 def compose_config(overrides: Sequence[str]) -> DictConfig:
-    """Compose the raw Hydra config, turning Hydra's errors into one-line ones."""
+    """Compose the raw Hydra config, turning Hydra's errors into one-line ones.
+
+    Flat run-config keys (``num-server-rounds=3``) are taken as their Hydra
+    keys (:func:`~fedrouter_app.run_config.hydra_overrides`).
+    """
+    overrides = hydra_overrides(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +137,37 @@ def naming_flat_keys(err: ConfigError, run_config: Mapping[str, Any]) -> ConfigE
                 return err  # already about the flat key (its type)
             return type(err)(f"run config key '{key.name}' ({key.hydra_key}={run_config[key.name]!r}): {message}")
     return err
+
+
+def hydra_overrides(overrides: Sequence[str]) -> list[str]:
+    """Overrides with every flat run-config key (``num-server-rounds=3``, ``lr=0.001``) as its Hydra key.
+
+    One name per setting: whatever takes Hydra overrides (``fedrouter run``,
+    ``simulate``, sweeps) also takes the flat keys ``flwr run --run-config``
+    takes, so a setting learnt in one place works in every other. Sweeps keep
+    their comma lists (``lr=0.001,0.003``); an override prefix (``+``, ``~``,
+    ``++``) is kept.
+    """
+    out = []
+    for override in overrides:
+        key = overridden_key(override)
+        flat = BY_NAME.get(key)
+        if flat is None or flat.hydra_key == key or "=" not in override:
+            out.append(override)
+            continue
+        prefix = override[: len(override) - len(override.lstrip("+~"))]
+        out.append(f"{prefix}{flat.hydra_key}={override.split('=', 1)[1]}")
+    return out
+
+
+def naming_flat_keys_in(err: ConfigError, overrides: Sequence[str]) -> ConfigError:
+    """:func:`naming_flat_keys` for flat keys given as overrides (``num-server-rounds=0`` on a command line)."""
+    given = {}
+    for override in overrides:
+        flat = BY_NAME.get(overridden_key(override))
+        if flat is not None and flat.hydra_key != flat.name and "=" in override:
+            given[flat.name] = override.split("=", 1)[1]
+    return naming_flat_keys(err, given) if given else err
 
 
 def pyproject_table() -> str:

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from fedrouter_app.logs import get_logger
 from fedrouter_app.registry import method_names
+from fedrouter_app.run_config import hydra_overrides
 
 log = get_logger(__name__)
 
@@ -183,7 +184,7 @@ def main(cfg: DictConfig) -> None:
 
 def cli() -> None:
     """Entry point: expand ``method=all``, then hand over to Hydra."""
-    sys.argv = [sys.argv[0], *expand_all_methods(sys.argv[1:])]
+    sys.argv = [sys.argv[0], *hydra_overrides(expand_all_methods(sys.argv[1:]))]
     main()
 
 

@@ -137,3 +137,27 @@ def test_run_without_num_clients_has_one_client_per_node():
     assert results["run"]["status"] == "completed"
     assert results["config"]["num_clients"] == 3 and results["config"]["train"]["local_steps"] == 1
     assert sorted(results["rounds"][-1]["train"]["clients"]) == ["0", "1", "2"]
+
+
+def test_the_flat_keys_work_wherever_hydra_keys_do():
+    from fedrouter_app.config import load_run_config
+    from fedrouter_app.run_config import hydra_overrides
+
+    cfg = load_run_config(["num-server-rounds=3", "lr=0.01", "local-steps=2", "run-name=trial"])
+    assert (cfg.num_rounds, cfg.train.lr, cfg.train.local_steps, cfg.output.run_name) == (3, 0.01, 2, "trial")
+    # Sweeps keep their lists, overrides their prefixes; Hydra keys, groups and Hydra's own flags pass unchanged.
+    assert hydra_overrides(["-m", "lr=0.001,0.003", "+num-clients=4", "method=fedit", "hydra.sweep.dir=x"]) == [
+        "-m", "train.lr=0.001,0.003", "+num_clients=4", "method=fedit", "hydra.sweep.dir=x",
+    ]  # fmt: skip
+
+
+def test_a_bad_flat_key_value_names_the_flat_key_and_the_rule():
+    import pytest
+
+    from fedrouter_app.cli import main
+    from fedrouter_app.config import load_run_config
+    from fedrouter_app.settings import ConfigError
+
+    with pytest.raises(ConfigError, match=r"run config key 'num-server-rounds' \(num_rounds='0'\): .*must be >= 1"):
+        load_run_config(["num-server-rounds=0"])
+    assert main(["run", "num-server-rounds=0"]) == 2
