@@ -97,7 +97,7 @@ def test_a_client_without_the_secret_is_refused_by_the_worker():
     with a, b:
         nonce, hello = client_hello()
         b.sendall(hello)
-        w_nonce, opening = worker_opening(SECRET, read_client_hello(a), app_code_hash())
+        w_nonce, _opening = worker_opening(SECRET, read_client_hello(a), app_code_hash())
         b.sendall(client_proof(b"t" * 32, nonce, w_nonce))
         with pytest.raises(AuthenticationError, match="client does not prove"):
             check_client_proof(a, SECRET, nonce, w_nonce)
