@@ -30,6 +30,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from fedrouter_app.durable import replace_folder
 from fedrouter_app.logs import get_logger
 from fedrouter_app.model.lora import LoraState, LoraTemplate
 
@@ -102,7 +103,12 @@ def _tensor_index(state: StrategyState) -> tuple[dict[str, np.ndarray], dict[str
 def save_checkpoint(
     directory: Path, server_round: int, state: StrategyState, run_key: str, fingerprint: str, keep: int
 ) -> Path:
-    """Write ``state`` as the checkpoint of ``server_round``, atomically; keep the newest ``keep``."""
+    """Write ``state`` as the checkpoint of ``server_round``, atomically and durably; keep the newest ``keep``.
+
+    The checkpoint is written to a hidden folder beside it, synced to the disk
+    and renamed (:func:`~fedrouter_app.durable.replace_folder`); older ones go
+    only then, so a write cut short leaves the previous checkpoint as it was.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"round-{server_round:05d}"
     tmp = directory / f".{target.name}.tmp"
@@ -119,8 +125,7 @@ def save_checkpoint(
         "meta": state.meta,
     }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    replace_folder(tmp, target)
     for old in sorted(directory.glob("round-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -211,7 +216,7 @@ def _decode(value: Any) -> Any:
 
 
 def save_record_dict(records: RecordDict, directory: Path) -> None:
-    """Write a RecordDict as safetensors (arrays) plus JSON (configs, metrics), atomically."""
+    """Write a RecordDict as safetensors (arrays) plus JSON (configs, metrics), atomically and durably."""
     tmp = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -229,8 +234,7 @@ def save_record_dict(records: RecordDict, directory: Path) -> None:
             entries.append({"name": name, "kind": kind, "items": {k: _encode(v) for k, v in record.items()}})
     save_file(tensors, str(tmp / TENSORS_FILE))
     (tmp / META_FILE).write_text(json.dumps({"format": FORMAT, "records": entries}))
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp.rename(directory)
+    replace_folder(tmp, directory)
 
 
 def load_record_dict(directory: Path) -> RecordDict:

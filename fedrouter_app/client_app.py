@@ -27,6 +27,7 @@ from flwr.client.mod.utils import make_ffn
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
+from fedrouter_app.client_errors import failure_reply
 from fedrouter_app.client_logs import client_label, in_deployment_clientapp, label_client_logs
 from fedrouter_app.client_mods import dp_clipping_mod
 from fedrouter_app.logs import get_logger
@@ -93,15 +94,27 @@ def handle(msg: Message, context: Context, overrides: Sequence[str] = ()) -> Mes
     return reply
 
 
+def handle_or_fail(msg: Message, context: Context, overrides: Sequence[str] = ()) -> Message:
+    """:func:`handle`, or where it raises, an error reply whose reason holds none of the node's paths or data.
+
+    The node logs the whole error; the server learns what kind of failure it
+    was (:mod:`fedrouter_app.client_errors`).
+    """
+    try:
+        return handle(msg, context, overrides)
+    except Exception as err:
+        return failure_reply(msg, err)
+
+
 def make_client_app(overrides: Sequence[str] = ()) -> ClientApp:
     """A ClientApp that adds ``overrides`` to whatever the run config says."""
 
     def handler(msg: Message, context: Context) -> Message:
         if not in_deployment_clientapp():
-            return handle(msg, context, overrides)
+            return handle_or_fail(msg, context, overrides)
         label_client_logs()
         with client_label(context.run_id, context.node_config.get("partition-id", "?")):
-            return handle(msg, context, overrides)
+            return handle_or_fail(msg, context, overrides)
 
     # Flower's fixedclipping_mod for dp.mode=client; a no-op unless the server sends a clipping norm.
     return ForwardingClientApp(handler, mods=[dp_clipping_mod])

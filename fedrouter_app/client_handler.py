@@ -21,6 +21,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from fedrouter_app.attacks import attack_reply, poison_data
 from fedrouter_app.checkpoint import CHECKPOINT_ROUND, RUN_KEY, STATE_MARKER, ClientStateStore
 from fedrouter_app.client_env import ClientEnv, RoundInfo, client_data
+from fedrouter_app.client_errors import ServerVisibleError
 from fedrouter_app.clients.base import DEFAULT_ACTION
 from fedrouter_app.config import config_fingerprint, load_run_config
 from fedrouter_app.data.node_local import node_client_data, uses_node_data
@@ -71,7 +72,7 @@ def node_settings(context: Context, overrides: Sequence[str], num_clients: int |
     partition_id = int(context.node_config["partition-id"])
     num_partitions = int(context.node_config.get("num-partitions", cfg.num_clients))
     if not uses_node_data(cfg) and num_partitions != cfg.num_clients:
-        raise ValueError(
+        raise ServerVisibleError(
             f"node has num-partitions={num_partitions} but the config says num_clients={cfg.num_clients}; "
             "make them agree (simulation: the federation's num-supernodes; deployment: each SuperNode's "
             "--node-config num-partitions)"
@@ -115,7 +116,7 @@ def hello(msg: Message, node: NodeSettings) -> Message:
     """
     expected = msg.content.config_records[CONFIG].get(FINGERPRINT)
     if expected != (mine := config_fingerprint(node.cfg)):
-        raise ValueError(
+        raise ServerVisibleError(
             f"client config fingerprint {mine} differs from the server's {expected}: "
             "this node runs a different app version or configuration"
         )

@@ -24,11 +24,11 @@ keeps what it evaluated; :func:`load_predictions` reads them back.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedrouter_app.durable import replace_file
 from fedrouter_app.predictions import ALSO, ANNOTATION_PREFIX, NUMBERS, TEXT_LIMITS
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def keep_rounds(path: Path, last: int) -> None:
             round_ = _round_of(line)
             if round_ is not None and round_ <= last:
                 out.write(line)
-    os.replace(tmp, path)
+    replace_file(tmp, path)
 
 
 def _round_of(line: str) -> int | None:

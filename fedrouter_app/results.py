@@ -1,8 +1,9 @@
 """Run outputs as loop callbacks: the results JSON, a progress line per round, a final table.
 
-Each round is appended to the run's ``rounds.jsonl`` as it ends, so a run that
-stops early still leaves everything it measured, and a round's cost does not grow
-with the rounds before it; ``results.json`` gathers them when the run ends.
+Each round is appended to the run's ``rounds.jsonl`` as it ends (and synced to the
+disk), so a run that stops early still leaves everything it measured, and a round's
+cost does not grow with the rounds before it; ``results.json`` gathers them when the
+run ends. A resumed run keeps every earlier round (:func:`earlier_results`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedrouter_app.checkpoint import CheckpointError
 from fedrouter_app.data.partition import client_tasks, seen_tasks, unseen_tasks
+from fedrouter_app.durable import append_text, write_text
 from fedrouter_app.evaluation import METRICS
 from fedrouter_app.logs import get_logger
 from fedrouter_app.model.lora import LoraTemplate, num_parameters
@@ -253,15 +256,13 @@ class ResultsWriter:
     def resume(cls, run_dir: Path, after_round: int, run_info: dict[str, Any]) -> ResultsWriter:
         """Continue ``run_dir``'s results: keep rounds up to ``after_round``, note the resumption."""
         writer = cls(run_dir, run_info)
-        try:
-            previous = load_results(run_dir)
-        except (OSError, ValueError):
-            previous = {}
-        rounds = [r for r in previous.get("rounds", []) if r.get("round", 0) <= after_round]
+        previous = earlier_results(run_dir, after_round)
+        rounds = [r for r in previous["rounds"] if r.get("round", 0) <= after_round]
         resumed = [*previous.get("run", {}).get("resumed", []), {"after_round": after_round, "at": _now()}]
         started = previous.get("run", {}).get("started_at", writer.data["run"]["started_at"])
         writer.data["run"].update(started_at=started, resumed=resumed)
-        _replace_file(writer.rounds_path, "".join(_line(r) for r in rounds))
+        # Rounds after the checkpoint are run again; every round up to it was read above, so none is lost.
+        write_text(writer.rounds_path, "".join(_line(r) for r in rounds))
         evaluated = [r for r in rounds if r["evaluate"]["clients"]]
         writer.last_evaluate = evaluated[-1]["evaluate"] if evaluated else {}
         return writer
@@ -284,8 +285,8 @@ class ResultsWriter:
 
     def on_round_end(self, record: RoundRecord) -> None:
         entry = round_to_json(record, self.unseen)
-        with self.rounds_path.open("a") as out:
-            out.write(_line(entry))
+        # On the disk before the round's checkpoint is written (a later callback): a resume finds every round.
+        append_text(self.rounds_path, _line(entry))
         if entry["evaluate"]["clients"]:
             self.last_evaluate = entry["evaluate"]
 
@@ -303,14 +304,8 @@ class ResultsWriter:
         self.rounds_path.unlink(missing_ok=True)
 
     def _write(self, data: dict[str, Any]) -> None:
-        _replace_file(self.path, json.dumps(data, indent=1, allow_nan=True))
-
-
-def _replace_file(path: Path, text: str) -> None:
-    # Written beside, then renamed: a reader (or a kill) never sees half a file.
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+        # Written beside, synced, then renamed: a reader (or a crash) never sees half a file.
+        write_text(self.path, json.dumps(data, indent=1, allow_nan=True))
 
 
 def _line(round_json: dict[str, Any]) -> str:
@@ -346,6 +341,64 @@ def load_results(run_dir: Path) -> dict[str, Any]:
     if "rounds" not in data:
         data["rounds"] = read_rounds(run_dir / data.pop("rounds_file", ROUNDS_FILE))
     return data
+
+
+def earlier_results(run_dir: Path, after_round: int) -> dict[str, Any]:
+    """What a run being resumed after ``after_round`` recorded: its results, ``rounds`` included.
+
+    Where ``results.json`` cannot be read (a crash while it was first written,
+    a damaged copy), the rounds come from the run's per-round log
+    (:data:`ROUNDS_FILE`) and the rest of the header is written anew.
+
+    Raises
+    ------
+    CheckpointError
+        If the rounds file is damaged, or a round up to ``after_round`` is in
+        neither file: resuming would drop rounds without notice.
+    """
+    results_path, rounds_path = run_dir / RESULTS_FILE, run_dir / ROUNDS_FILE
+    previous: dict[str, Any] | None
+    reason = ""
+    try:
+        previous = json.loads(results_path.read_text())
+        if not isinstance(previous, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        reason = (err.strerror if isinstance(err, OSError) else None) or f"{type(err).__name__}: {err}"
+        previous = None
+    if previous is not None and isinstance(previous.get("rounds"), list):
+        rounds = [r for r in previous["rounds"] if isinstance(r, dict)]  # a run that ended holds its rounds
+    else:
+        try:
+            rounds = read_rounds(rounds_path)
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"cannot resume: {err}; restore the file or start a new run") from None
+        if previous is None:
+            log.warning(
+                "%s cannot be read (%s): the earlier rounds come from %s, the rest is written anew",
+                results_path,
+                reason,
+                rounds_path,
+            )
+    recorded = {r.get("round") for r in rounds}
+    missing = [r for r in range(1, after_round + 1) if r not in recorded]
+    if missing:
+        raise CheckpointError(
+            f"cannot resume after round {after_round}: round(s) {_ranges(missing)} are in neither "
+            f"{results_path} nor {rounds_path}; restore them or start a new run"
+        )
+    return {**(previous or {}), "rounds": rounds}
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[1, 2, 3, 5]`` -> ``"1-3, 5"``."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
 
 
 def _now() -> str:

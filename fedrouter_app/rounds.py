@@ -73,6 +73,9 @@ PULL_INTERVAL = 0.2
 # An ask costs the link state time per reply asked for: with more than this many outstanding, asks are spaced
 # out in proportion, so that asking costs the same share of the server's time however many are outstanding.
 PULL_BATCH = 64
+# Seconds an instruction outlives the wait for its reply (Flower's default is 12 hours): covers the time between
+# building a message and the start of the wait, and some clock difference between the ServerApp and the SuperLink.
+TTL_MARGIN = 30.0
 # A registration (hello) that failed is recorded under this client id: the node never said which client it is.
 UNKNOWN_CLIENT = -1
 
@@ -241,7 +244,7 @@ class Communicator:
         messages, sent = [], {}
         for client, payload in payloads.items():
             content = RecordDict({**payload, CONFIG: _merged_config(payload, shared)})
-            messages.append(Message(content, dst_node_id=self.node_of[client], message_type=message_type))
+            messages.append(self.instruction(content, self.node_of[client], message_type))
             # What went down, counted now: the instruction need not be kept for its reply.
             sent[client] = (sum(tensor_bytes(r) for r in content.array_records.values()), wire_bytes(content))
             self.contacted.add(client)
@@ -281,6 +284,15 @@ class Communicator:
             self.lost.add(self.node_of[client])
             self._account(phase, client, sent[client], RecordDict())
             self.reject(phase, client, f"no reply within {self.timeout:g} s", self.node_of[client], MISSING)
+
+    def instruction(self, content: RecordDict, node: int, message_type: str) -> Message:
+        """A message for ``node`` that expires when the loop stops waiting for its reply (plus :data:`TTL_MARGIN`).
+
+        A node that is slow to pull it (or comes back late) then never runs a
+        phase the server has moved on from: the SuperLink drops it, and the
+        node's reply, which may not outlive the instruction, could not be sent.
+        """
+        return Message(content, dst_node_id=node, message_type=message_type, ttl=self.timeout + TTL_MARGIN)
 
     def _validate(self, msg: Message, client: int) -> Reply:
         content = msg.content
@@ -428,14 +440,8 @@ def register_clients(comm: Communicator, fingerprint: str) -> None:
     new = sorted(comm.connected - set(comm.node_of.values()) - comm.refused)
     if not new:
         return
-    messages = [
-        Message(
-            RecordDict({CONFIG: ConfigRecord({FINGERPRINT: fingerprint, **comm.size_config})}),
-            dst_node_id=node,
-            message_type=HELLO,
-        )
-        for node in new
-    ]
+    config = {FINGERPRINT: fingerprint, **comm.size_config}
+    messages = [comm.instruction(RecordDict({CONFIG: ConfigRecord(config)}), node, HELLO) for node in new]
     errors = []
     for msg in receive(comm.grid, messages, comm.timeout):
         node = msg.metadata.src_node_id
@@ -564,7 +570,7 @@ def close_clients(comm: Communicator) -> None:
     """
     config = ConfigRecord({**comm.size_config, **comm.common})
     messages = [
-        Message(RecordDict({CONFIG: config}), dst_node_id=comm.node_of[c], message_type=CLOSE)
+        comm.instruction(RecordDict({CONFIG: config}), comm.node_of[c], CLOSE)
         for c in comm.clients
         if c in comm.contacted and comm.node_of[c] not in comm.lost
     ]

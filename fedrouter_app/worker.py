@@ -35,6 +35,7 @@ from flwr.common.serde import context_from_proto, message_from_proto, recorddict
 from flwr.proto.message_pb2 import Context as ProtoContext  # pylint: disable=E0611
 from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=E0611
 
+from fedrouter_app.client_errors import public_reason
 from fedrouter_app.client_logs import client_label, label_client_logs
 from fedrouter_app.logs import get_logger
 from fedrouter_app.node_threads import apply_cpus, node_cpus
@@ -211,7 +212,9 @@ class Worker:
                     reply = handle_message(msg, context, overrides)
                 except Exception as err:
                     log.warning("%s failed: %s: %s", msg.metadata.message_type, type(err).__name__, err)
-                    return pack({"ok": False, "error_type": type(err).__name__, "error": str(err)}, {})
+                    # The error's message may name this node's files: the server gets the public reason only.
+                    error = {"error_type": type(err).__name__, "error": str(err), "public": public_reason(err)}
+                    return pack({"ok": False, **error}, {})
                 work = time.perf_counter() - start
                 log.info("%s handled in %.2f s", msg.metadata.message_type, work)
             self.served += 1

@@ -23,6 +23,7 @@ from flwr.app import Context, Message, RecordDict
 from flwr.common.serde import context_to_proto, message_to_proto, recorddict_from_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict  # pylint: disable=E0611
 
+from fedrouter_app.client_errors import PUBLIC_REASON
 from fedrouter_app.logs import get_logger
 from fedrouter_app.worker_channel import (
     FROM_CLIENT,
@@ -138,8 +139,11 @@ def read_reply(payload: bytes) -> Forwarded:
     """The reply's content and state, or the worker's error raised here."""
     header, blocks = unpack(payload)
     if not header.get("ok"):
-        error = str(header.get("error", "the worker gave no reason"))
-        raise _error_of(str(header.get("error_type", "")), error)
+        error = _error_of(str(header.get("error_type", "")), str(header.get("error", "the worker gave no reason")))
+        if isinstance(header.get("public"), str):
+            # The reason the worker worked out from the error's real class (its bases are not sent).
+            setattr(error, PUBLIC_REASON, header["public"])
+        raise error
     try:
         content = recorddict_from_proto(ProtoRecordDict.FromString(blocks["content"]))
         state = recorddict_from_proto(ProtoRecordDict.FromString(blocks["state"]))

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+import fedrouter_app.checkpoint as checkpoint
+import fedrouter_app.durable as durable
 from fedrouter_app.checkpoint import (
     CheckpointError,
     ClientStateStore,
@@ -54,6 +59,88 @@ def test_only_the_newest_checkpoints_are_kept_and_half_written_ones_ignored(tmp_
     (tmp_path / "round-00004").mkdir()  # a crash before the rename leaves no complete round-4
     assert latest_checkpoint(tmp_path).name == "round-00003"
     assert latest_checkpoint(tmp_path / "missing") is None
+
+
+class KilledError(RuntimeError):
+    """Stands for the server process dying in the middle of a write."""
+
+
+def _assert_loads_as(path, state: StrategyState, server_round: int) -> None:
+    loaded = load_checkpoint(path, TEMPLATE)
+    assert loaded.server_round == server_round and loaded.state.meta == state.meta
+    for name, adapter in state.adapters.items():
+        for key in adapter:
+            np.testing.assert_array_equal(loaded.state.adapters[name][key], adapter[key])
+
+
+@pytest.mark.parametrize("where", ["tensors", "sync"])
+def test_a_checkpoint_cut_short_mid_write_leaves_the_previous_one_loadable(tmp_path, monkeypatch, where):
+    """keep=1: the previous checkpoint is the only one; a write killed half way must not have touched it."""
+    save_checkpoint(tmp_path, 1, _state(1), "k", "fp", keep=1)
+
+    def half_written(tensors: dict, filename: str) -> None:
+        with open(filename, "wb") as out:
+            out.write(b'\x10\x00\x00\x00{"t0": {')  # the first bytes of a safetensors header, then death
+        raise KilledError("killed while writing the tensors")
+
+    def dies_syncing(fd: int) -> None:
+        raise KilledError("killed while syncing")
+
+    if where == "tensors":
+        monkeypatch.setattr(checkpoint, "save_file", half_written)
+    else:
+        monkeypatch.setattr(durable.os, "fsync", dies_syncing)
+    with pytest.raises(KilledError):
+        save_checkpoint(tmp_path, 2, _state(2), "k", "fp", keep=1)
+    assert latest_checkpoint(tmp_path).name == "round-00001"
+    _assert_loads_as(latest_checkpoint(tmp_path), _state(1), 1)
+    # The next write clears what the killed one left and replaces the previous checkpoint as usual.
+    monkeypatch.undo()
+    save_checkpoint(tmp_path, 2, _state(2), "k", "fp", keep=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["round-00002"]
+    _assert_loads_as(latest_checkpoint(tmp_path), _state(2), 2)
+
+
+def test_rewriting_a_rounds_checkpoint_keeps_the_old_one_until_the_new_one_is_in_place(tmp_path, monkeypatch):
+    """A resumed run writes the checkpoint of a round again; dying at the swap leaves one of the two readable."""
+    save_checkpoint(tmp_path, 1, _state(1), "k", "fp", keep=1)
+    real_rename = Path.rename
+
+    def dies_at_the_swap(self: Path, target: Path) -> Path:
+        if self.name.endswith(".tmp"):
+            raise KilledError("killed between moving the old checkpoint aside and renaming the new one")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", dies_at_the_swap)
+    with pytest.raises(KilledError):
+        save_checkpoint(tmp_path, 1, _state(2), "k", "fp", keep=1)
+    monkeypatch.undo()
+    # The old checkpoint is still there, set aside under a name the next write clears.
+    _assert_loads_as(tmp_path / ".round-00001.old", _state(1), 1)
+    save_checkpoint(tmp_path, 1, _state(2), "k", "fp", keep=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["round-00001"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names synced files through /proc")
+def test_checkpoint_files_reach_the_disk_before_the_rename_and_the_rename_after(tmp_path, monkeypatch):
+    synced: list[tuple[str, bool]] = []
+    real = os.fsync
+    target = tmp_path / "round-00001"
+
+    def fsync(fd: int) -> None:
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), target.exists()))
+        real(fd)
+
+    monkeypatch.setattr(durable.os, "fsync", fsync)
+    save_checkpoint(tmp_path, 1, _state(1), "k", "fp", keep=1)
+    tmp = tmp_path / ".round-00001.tmp"
+    before = sorted(name for name, renamed in synced if not renamed)
+    assert before == [str(tmp), str(tmp / "state.json"), str(tmp / "state.safetensors")]
+    assert [name for name, renamed in synced if renamed] == [str(tmp_path)]
+    # A client's saved state goes the same way.
+    synced.clear()
+    save_record_dict(RecordDict({"c": ConfigRecord({"a": 1})}), tmp_path / "client" / "round-00001")
+    assert len(synced) == 4 and synced[-1][0] == str(tmp_path / "client")
 
 
 def test_loading_checks_shapes_and_reports_damage(tmp_path):

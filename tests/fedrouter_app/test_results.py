@@ -1,8 +1,12 @@
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 
+import fedrouter_app.durable as durable
+from fedrouter_app.checkpoint import CheckpointError
 from fedrouter_app.registry import strategy_class
 from fedrouter_app.results import (
     ROUNDS_FILE,
@@ -12,6 +16,7 @@ from fedrouter_app.results import (
     format_table,
     load_results,
     parse_task_metrics,
+    read_rounds,
     round_to_json,
     summarize_evaluation,
 )
@@ -221,3 +226,84 @@ def test_a_damaged_line_inside_the_rounds_file_is_an_error(tmp_path):
     (tmp_path / ROUNDS_FILE).write_text('{"round": 1}\nnot json\n{"round": 3}\n')
     with pytest.raises(ValueError, match="line 2"):
         load_results(tmp_path)
+
+
+def _stopped_run(make_cfg, run_dir, rounds=(1, 2, 3)) -> None:
+    """A run stopped after ``rounds``: results.json holds the header, rounds.jsonl the rounds."""
+    cfg = make_cfg("method=fedit")
+    writer = ResultsWriter(run_dir, {"name": "stopped"})
+    writer.on_run_start(cfg, strategy_class("fedit")(cfg, TEMPLATE), TEMPLATE)
+    for r in rounds:
+        writer.on_round_end(_evaluated_round(r))
+
+
+@pytest.mark.parametrize("damage", ["cut-short", "missing", "not-an-object"])
+def test_resume_without_a_readable_results_json_takes_the_earlier_rounds_from_the_rounds_file(
+    make_cfg, tmp_path, damage, caplog
+):
+    _stopped_run(make_cfg, tmp_path)
+    results = tmp_path / "results.json"
+    if damage == "cut-short":
+        results.write_text(results.read_text()[:40])
+    elif damage == "missing":
+        results.unlink()
+    else:
+        results.write_text("[]")
+    resumed = ResultsWriter.resume(tmp_path, 2, {"name": "resumed"})
+    assert [r["round"] for r in read_rounds(tmp_path / ROUNDS_FILE)] == [1, 2]
+    assert "results.json cannot be read" in caplog.text and ROUNDS_FILE in caplog.text
+    cfg = make_cfg("method=fedit")
+    resumed.on_run_start(cfg, strategy_class("fedit")(cfg, TEMPLATE), TEMPLATE)
+    resumed.on_round_end(RoundRecord(server_round=3, lr=0.1))
+    resumed.on_run_end(strategy_class("fedit")(cfg, TEMPLATE))
+    done = load_results(tmp_path)
+    assert [r["round"] for r in done["rounds"]] == [1, 2, 3] and done["run"]["status"] == "completed"
+    assert done["final"]["per_task"]["a"]["score"] == 0.5  # round 2's evaluation, from the rounds file
+
+
+def test_resume_of_a_run_that_ended_keeps_its_rounds(make_cfg, tmp_path):
+    _stopped_run(make_cfg, tmp_path)
+    ResultsWriter.resume(tmp_path, 3, {}).fail("stopped again")  # rounds now in results.json, rounds file gone
+    assert not (tmp_path / ROUNDS_FILE).exists()
+    ResultsWriter.resume(tmp_path, 3, {})
+    assert [r["round"] for r in read_rounds(tmp_path / ROUNDS_FILE)] == [1, 2, 3]
+    assert [r["round"] for r in load_results(tmp_path)["rounds"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("damage", ["no-rounds-file", "damaged-rounds-file", "round-missing"])
+def test_resume_that_would_lose_rounds_stops_with_one_line_naming_the_file(make_cfg, tmp_path, damage):
+    _stopped_run(make_cfg, tmp_path)
+    rounds_path = tmp_path / ROUNDS_FILE
+    lines = rounds_path.read_text().splitlines(keepends=True)
+    if damage == "no-rounds-file":
+        (tmp_path / "results.json").write_text("{")
+        rounds_path.unlink()
+        match = r"round\(s\) 1-2 are in neither .*results\.json nor .*rounds\.jsonl"
+    elif damage == "damaged-rounds-file":
+        rounds_path.write_text(lines[0] + "garbage\n" + lines[2])
+        match = r"cannot resume: .*rounds\.jsonl: line 2 is not a round record"
+    else:
+        rounds_path.write_text(lines[0] + lines[2])
+        match = r"round\(s\) 2 are in neither"
+    before = rounds_path.read_bytes() if rounds_path.exists() else None
+    with pytest.raises(CheckpointError, match=match) as raised:
+        ResultsWriter.resume(tmp_path, 2, {})
+    assert "\n" not in str(raised.value)
+    # Nothing was rewritten: the rounds that are there stay for whoever restores the rest.
+    assert (rounds_path.read_bytes() if rounds_path.exists() else None) == before
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names synced files through /proc")
+def test_each_round_and_the_results_reach_the_disk(make_cfg, tmp_path, monkeypatch):
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(durable.os, "fsync", fsync)
+    _stopped_run(make_cfg, tmp_path, rounds=(1, 2))
+    header = [str(tmp_path / "results.json.tmp"), str(tmp_path)]
+    rounds = str(tmp_path / ROUNDS_FILE)
+    assert synced == [*header, rounds, str(tmp_path), rounds]
