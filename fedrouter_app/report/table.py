@@ -41,13 +41,15 @@ COLUMNS: tuple[Column, ...] = (
         "other clients' tasks",
         "score",
         "each client on tasks it holds no training data for but another client does (generalisation across "
-        "clients, the FedRouter paper's setting: scenario `cross_task`, or `single` with eval.scope=global)",
+        "clients, the FedRouter paper's claim: scenario `paper_split`, where each task is on several clients; also "
+        "`cross_task`, one client per task, or `single` with eval.scope=global)",
     ),
     Column(
         "held_out",
         "held-out tasks",
         "score",
-        "tasks no client trains on, every client tested (generalisation to new tasks: scenario `unseen`)",
+        "tasks no client trains on, every client tested (generalisation to new tasks, scenario `unseen`: "
+        "this project's extension, not a claim of the FedRouter paper)",
     ),
     Column(
         "all",
