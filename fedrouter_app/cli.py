@@ -10,7 +10,6 @@ on Flower's runtimes; see ``docs/getting-started.md``.
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -204,19 +203,19 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from fedrouter_app.settings_help import find_setting, flat_keys_markdown, settings_help
+    from fedrouter_app.settings_help import flat_keys_markdown, select, settings_help, suggest
 
     if args.flat_keys:
         print(flat_keys_markdown(), end="")
         return 0
     overrides = [f"method={args.method}"] if args.method else []
     try:
-        found = find_setting(args.key, overrides) if args.key else settings_help(overrides)
+        every = settings_help(overrides)
     except ConfigError as err:
         return fail("config", str(err))
+    found = select(every, args.key) if args.key else every
     if not found:
-        keys = [s.key for s in settings_help(overrides)]
-        close = difflib.get_close_matches(args.key, keys, n=3)
+        close = suggest(args.key, every)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; {PROG} config lists them all"
         return fail("config", f"no setting {args.key!r}{hint}")
     print("\n".join(s.describe() for s in found))

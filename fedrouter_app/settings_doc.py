@@ -12,6 +12,12 @@ must be set by a config group (``required``)::
 
 replaces what lies between ``<!-- settings:start -->`` and ``<!-- settings:end -->``
 in that file; without ``--into`` the tables are printed.
+
+``fedrouter config`` answers without importing the methods (their modules pull
+torch, transformers and Flower): it reads the fields of each method's config
+dataclass from :data:`METHOD_KEYS_FILE`, which this module writes too::
+
+    python -m fedrouter_app.settings_doc --into docs/reference.md --method-keys fedrouter_app/method_keys.json
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import json
 import sys
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +43,8 @@ MARKER = "settings"
 REQUIRED = "required"
 # RunConfig.method holds the method's own dataclass: documented per method, not under RunConfig.
 METHOD_KEY = "method"
+# The fields of every registered method's config dataclass, as FieldSpec dicts (written by main's --method-keys).
+METHOD_KEYS_FILE = Path(__file__).resolve().parent / "method_keys.json"
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,71 @@ def format_value(value: Any) -> str:
 _UNSET = object()
 
 
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field of a settings dataclass, as much as a :class:`Row` needs, in plain data (JSON-ready).
+
+    Attributes
+    ----------
+    name : str
+        The field's name.
+    type : str
+        Its type in words (:func:`type_name`; a nested dataclass by its class name).
+    help : str
+        The field's ``metadata["help"]``.
+    default : str
+        The dataclass default as written in YAML, or :data:`REQUIRED`.
+    is_list : bool
+        Whether the field holds a list of the nested dataclass.
+    children : tuple of FieldSpec or None
+        The nested dataclass's fields; None for a plain value.
+    """
+
+    name: str
+    type: str
+    help: str
+    default: str
+    is_list: bool = False
+    children: tuple[FieldSpec, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON-ready data (children nested)."""
+        out: dict[str, Any] = {"name": self.name, "type": self.type, "help": self.help, "default": self.default}
+        if self.children is not None:
+            out |= {"is_list": self.is_list, "children": [c.to_dict() for c in self.children]}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FieldSpec:
+        """The spec :meth:`to_dict` wrote."""
+        children = data.get("children")
+        return cls(
+            str(data["name"]),
+            str(data["type"]),
+            str(data["help"]),
+            str(data["default"]),
+            bool(data.get("is_list", False)),
+            None if children is None else tuple(cls.from_dict(c) for c in children),
+        )
+
+
+def field_specs(cls: type) -> list[FieldSpec]:
+    """The fields of dataclass ``cls``, nested dataclasses walked into."""
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        annotation = hints[f.name]
+        help_text = str(f.metadata.get("help", ""))
+        inner, is_list = nested_dataclass(annotation)
+        if inner is None:
+            specs.append(FieldSpec(f.name, type_name(annotation), help_text, _default(f, _UNSET)))
+            continue
+        kind = f"list of {inner.__name__}" if is_list else type_name(annotation).replace("section", inner.__name__)
+        children = tuple(field_specs(inner))
+        specs.append(FieldSpec(f.name, kind, help_text, _default(f, _UNSET), is_list, children))
+    return specs
+
+
 def _lookup(values: Any, name: str) -> Any:
     if isinstance(values, dict) and name in values:
         return values[name]
@@ -106,23 +181,30 @@ def rows_of(cls: type, prefix: str = "", values: Any = None, skip: tuple[str, ..
 
     ``values`` is the unresolved config under ``prefix`` (a plain dict), the source of defaults.
     """
-    hints = typing.get_type_hints(cls)
+    return spec_rows(field_specs(cls), prefix, values, skip)
+
+
+def spec_rows(
+    specs: Sequence[FieldSpec], prefix: str = "", values: Any = None, skip: tuple[str, ...] = ()
+) -> list[Row]:
+    """:func:`rows_of` for fields given as :class:`FieldSpec` (read from :data:`METHOD_KEYS_FILE`, say)."""
     rows = []
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
+    for spec in specs:
+        if spec.name in skip:
             continue
-        key = f"{prefix}{f.name}"
-        annotation = hints[f.name]
-        help_text = str(f.metadata.get("help", ""))
-        value = _lookup(values, f.name)
-        inner, is_list = nested_dataclass(annotation)
-        if inner is not None:
-            kind = f"list of {inner.__name__}" if is_list else type_name(annotation).replace("section", inner.__name__)
-            rows.append(Row(key, kind, _default(f, value) if is_list or value is None else "", help_text))
-            below = value if isinstance(value, dict) else None
-            rows += rows_of(inner, f"{key}[]." if is_list else f"{key}.", None if is_list else below)
+        key = f"{prefix}{spec.name}"
+        value = _lookup(values, spec.name)
+        shown = spec.default if value is _UNSET else format_value(value)
+        if spec.children is None:
+            rows.append(Row(key, spec.type, shown, spec.help))
             continue
-        rows.append(Row(key, type_name(annotation), _default(f, value), help_text))
+        # A section that conf/ fills has no value of its own to show; its keys below have theirs.
+        rows.append(Row(key, spec.type, shown if spec.is_list or value is None else "", spec.help))
+        if spec.is_list:
+            # Defaults of a list's items are the dataclass's: conf/ gives whole lists, not one item's default.
+            rows += spec_rows(spec.children, f"{key}[].")
+        else:
+            rows += spec_rows(spec.children, f"{key}.", value if isinstance(value, dict) else None)
     return rows
 
 
@@ -153,6 +235,44 @@ def method_rows(name: str) -> list[Row]:
     """Every key of method ``name``'s config dataclass, with the defaults of ``conf/method/<name>.yaml``."""
     cls = method_config_class(name)
     return rows_of(cls, f"{METHOD_KEY}.", composed([f"method={name}"])[METHOD_KEY])
+
+
+def method_keys_data() -> dict[str, Any]:
+    """What :data:`METHOD_KEYS_FILE` holds: the fields of every registered method's config dataclass.
+
+    Imports every method (and so torch); the lookups of :func:`stored_method_specs` then need none of it.
+    """
+    methods = {name: [spec.to_dict() for spec in field_specs(method_config_class(name))] for name in method_names()}
+    return {
+        "generated_by": "python -m fedrouter_app.settings_doc --method-keys fedrouter_app/method_keys.json",
+        "methods": methods,
+    }
+
+
+def method_keys_text() -> str:
+    """:func:`method_keys_data` as the text of :data:`METHOD_KEYS_FILE`."""
+    return json.dumps(method_keys_data(), indent=1, ensure_ascii=False) + "\n"
+
+
+@lru_cache(maxsize=1)
+def _stored_methods() -> dict[str, Any]:
+    try:
+        data = json.loads(METHOD_KEYS_FILE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    methods = data.get("methods") if isinstance(data, dict) else None
+    return methods if isinstance(methods, dict) else {}
+
+
+def stored_method_specs(name: str) -> list[FieldSpec] | None:
+    """The fields of method ``name``'s config dataclass as :data:`METHOD_KEYS_FILE` stores them; None if absent."""
+    stored = _stored_methods().get(name)
+    if not isinstance(stored, list):
+        return None
+    try:
+        return [FieldSpec.from_dict(item) for item in stored]
+    except (KeyError, TypeError):
+        return None
 
 
 def all_rows() -> dict[str, list[Row]]:
@@ -221,13 +341,23 @@ def check_help(cls: type = RunConfig) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Print the reference, or write it into a Markdown file and the method keys into their data file."""
     parser = argparse.ArgumentParser(prog="python -m fedrouter_app.settings_doc", description=__doc__.splitlines()[0])
     parser.add_argument("--into", type=Path, help="Markdown file to put the tables into (between the markers)")
     parser.add_argument("--marker", default=MARKER, help=f"marker name (default: {MARKER})")
+    parser.add_argument(
+        "--method-keys",
+        type=Path,
+        metavar="JSON",
+        help=f"also write the methods' keys that `fedrouter config` reads (fedrouter_app/{METHOD_KEYS_FILE.name})",
+    )
     args = parser.parse_args(argv)
+    if args.method_keys is not None:
+        args.method_keys.write_text(method_keys_text(), encoding="utf-8")
     text = render() + "\n"
     if args.into is None:
-        sys.stdout.write(text)
+        if args.method_keys is None:
+            sys.stdout.write(text)
         return 0
     from fedrouter_app.report.headline import splice_file
 

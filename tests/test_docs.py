@@ -131,3 +131,36 @@ def test_every_docs_page_is_in_the_nav():
     pages = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
     assert pages - set(nav) == set(), "pages missing from mkdocs.yml's nav"
     assert {p for p in nav if not (DOCS / p).is_file()} == set(), "nav entries without a page"
+
+
+ARXIV_LINK = re.compile(r"\[[^\]]*\]\(https://arxiv\.org/abs/(\d{4}\.\d{4,5})\)")
+ARXIV_CITATION = re.compile(r"\barXiv:?\s+(\d{4}\.\d{4,5})")
+
+
+def bare_arxiv_citations(text: str) -> list[str]:
+    """arXiv identifiers cited in the prose of a Markdown text without a link to their abstract page."""
+    prose = _prose(text)
+    for link in ARXIV_LINK.finditer(prose):
+        cited = ARXIV_CITATION.findall(link.group(0))
+        assert cited in ([], [link.group(1)]), f"link text and target differ: {link.group(0)}"
+    return ARXIV_CITATION.findall(ARXIV_LINK.sub("", prose))
+
+
+@pytest.mark.parametrize("path", sorted(DOCS.rglob("*.md")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_arxiv_citations_link_to_the_paper(path):
+    assert bare_arxiv_citations(path.read_text(encoding="utf-8")) == []
+
+
+def test_arxiv_check_catches_a_bare_citation():
+    assert bare_arxiv_citations("(Li et al., arXiv 1812.06127)") == ["1812.06127"]
+    assert bare_arxiv_citations("[arXiv\n1812.06127](https://arxiv.org/abs/1812.06127)") == []
+    assert bare_arxiv_citations("`arXiv 1812.06127` in code") == []
+
+
+def test_page_titles_are_unique():
+    titles: dict[str, list[str]] = {}
+    for path in sorted(DOCS.rglob("*.md")):
+        first = HEADING.search(FENCE.sub("", path.read_text(encoding="utf-8")))
+        if first and first.group(1) == "#":
+            titles.setdefault(first.group(2), []).append(path.relative_to(DOCS).as_posix())
+    assert {title: pages for title, pages in titles.items() if len(pages) > 1} == {}

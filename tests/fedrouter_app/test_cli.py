@@ -83,6 +83,61 @@ def test_config_of_one_key_by_hydra_or_flat_name(key, capsys):
     assert status == 0 and out.startswith("train.lr (float") and out.count("\n") == 2
 
 
+def test_config_of_a_flat_flower_key(capsys):
+    status, out, _ = run_cli(capsys, "config", "num-server-rounds")
+    assert status == 0 and out.startswith("num_rounds (int, default 10; run config: num-server-rounds)")
+    status, out, _ = run_cli(capsys, "config", "num_server_rounds")
+    assert status == 0 and out.startswith("num_rounds (int")
+
+
+# Modules that take seconds to import and that a settings lookup has no use for.
+HEAVY_MODULES = ("torch", "transformers", "peft", "flwr", "ray", "fedrouter_app.strategies", "fedrouter_app.clients")
+
+
+@pytest.mark.parametrize("args", [["config", "train.lr"], ["config", "method.mu", "--method", "fedprox"]])
+def test_config_lookup_imports_neither_torch_nor_the_methods(args):
+    script = (
+        "import sys\n"
+        "from fedrouter_app.cli import main\n"
+        f"status = main({args!r})\n"
+        f"print('loaded:', sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
+        "sys.exit(status)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{args[1]} (")
+    assert proc.stdout.rstrip().endswith("loaded: []"), proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("train.learning_rate", ["train.lr"]),  # a synonym, in the section named
+        ("learning_rate", ["train.lr"]),
+        ("train.lrr", ["train.lr"]),  # a misspelling
+        ("trian.lr", ["train.lr"]),
+        ("rounds", ["num_rounds"]),
+        ("epochs", ["train.local_steps", "num_rounds"]),
+        ("batch", ["train.batch_size", "eval.batch_size"]),
+        ("eval_batch", ["eval.batch_size"]),  # the words of the key and of its help break the tie
+        ("lora.rank", ["lora.r"]),
+        ("train.clip", ["train.max_grad_norm"]),
+        ("dropout_rate", ["lora.dropout"]),
+    ],
+)
+def test_suggestions_find_keys_by_meaning_and_spelling(key, expected):
+    from fedrouter_app.settings_help import settings_help, suggest
+
+    found = suggest(key, settings_help())
+    assert found[: len(expected)] == expected, found
+    assert len(found) <= 3
+
+
+def test_no_suggestion_for_a_key_like_no_other(capsys):
+    status, _, err = run_cli(capsys, "config", "zzyzx.qwv")
+    assert status == 2 and err == "fedrouter config: error: no setting 'zzyzx.qwv'; fedrouter config lists them all\n"
+
+
 def test_config_of_another_methods_settings(capsys):
     status, out, _ = run_cli(capsys, "config", "method", "--method", "fedprox")
     assert status == 0 and "method.mu" in out and "method.n_global" not in out
@@ -98,6 +153,10 @@ def test_config_flat_keys_table_is_the_one_in_the_docs(capsys):
     ("args", "message"),
     [
         (["config", "train.lrr"], "fedrouter config: error: no setting 'train.lrr'; did you mean train.lr"),
+        (
+            ["config", "train.learning_rate"],
+            "fedrouter config: error: no setting 'train.learning_rate'; did you mean train.lr, train.lr_min",
+        ),
         (["config", "--method", "fedavgg"], "fedrouter config: error: unknown method 'fedavgg'"),
         (["bench", "nope"], "fedrouter bench: error: unknown benchmark 'nope'; valid choices:"),
         (["prefetch", "num_rounds=0"], "fedrouter prefetch: error: num_rounds must be >= 1"),

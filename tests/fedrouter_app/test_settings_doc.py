@@ -87,3 +87,31 @@ def test_committed_reference_is_up_to_date(tables):
     assert committed == fresh, (
         "docs/reference.md is stale: python -m fedrouter_app.settings_doc --into docs/reference.md"
     )
+
+
+def test_committed_method_keys_are_up_to_date():
+    committed = settings_doc.METHOD_KEYS_FILE.read_text(encoding="utf-8")
+    assert committed == settings_doc.method_keys_text(), (
+        "fedrouter_app/method_keys.json is stale: "
+        "python -m fedrouter_app.settings_doc --method-keys fedrouter_app/method_keys.json"
+    )
+
+
+@pytest.mark.parametrize("name", ["fedit", "fedprox", "fedrouter", "tap"])
+def test_stored_method_fields_give_the_rows_the_dataclass_gives(name):
+    values = settings_doc.composed([f"method={name}"], resolve=True)[settings_doc.METHOD_KEY]
+    stored = settings_doc.stored_method_specs(name)
+    assert stored is not None
+    live = settings_doc.rows_of(method_config_class(name), "method.", values)
+    assert settings_doc.spec_rows(stored, "method.", values) == live
+
+
+def test_settings_help_asks_the_method_when_its_stored_keys_miss_one(monkeypatch):
+    from fedrouter_app import settings_help
+
+    stored = settings_doc.stored_method_specs("fedprox")
+    assert stored is not None
+    monkeypatch.setattr(settings_doc, "stored_method_specs", lambda name: [s for s in stored if s.name != "mu"])
+    monkeypatch.setattr(settings_help, "stored_method_specs", settings_doc.stored_method_specs)
+    mu = settings_help.find_setting("method.mu", ["method=fedprox"])
+    assert [s.key for s in mu] == ["method.mu"] and mu[0].help
