@@ -15,7 +15,12 @@ data, the model) are keyed by the run's configuration, so runs never see each
 other's state.
 
     fedrouter-worker --socket /run/fedrouter/node0.sock --cpus 2
-    python -m fedrouter_app.worker --socket ... [--secret-file ...] [--max-mb 1024] [--idle-exit 0]
+    python -m fedrouter_app.worker --socket ... [--secret-file ...] [--max-mb 1024] [--idle-exit 0] [--owner-pid PID]
+
+With ``--owner-pid`` the worker exits as soon as that process does: a worker
+the ClientApp starts watches the process that launches the node's ClientApps
+(see :func:`fedrouter_app.worker_client.node_owner_pid`), so it does not
+outlive its SuperNode.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -67,6 +74,90 @@ log = get_logger("fedrouter_app.worker")
 
 # A connection that has sent nothing for this long is dropped (the request itself may be large).
 REQUEST_TIMEOUT = 300.0
+# How often the owner is looked at where the kernel cannot tell us when it exits (no pidfd).
+OWNER_POLL_INTERVAL = 0.5
+
+
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited; a zombie (exited, not yet reaped by its parent) has.
+
+    Parameters
+    ----------
+    pid : int
+        The process to look at.
+
+    Returns
+    -------
+    bool
+        True once the process no longer runs.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it lives, under another user
+    # A killed SuperNode stays a zombie until whoever started it waits for it: it is gone all the same.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return Path("/proc/self").is_dir()  # with /proc mounted, the process was reaped just now
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
+def watch_owner(
+    pid: int, on_exit: Callable[[], None], *, interval: float = OWNER_POLL_INTERVAL, use_pidfd: bool = True
+) -> threading.Thread:
+    """Call ``on_exit`` (once, from a daemon thread) when process ``pid`` exits, or at once if it has.
+
+    Where the kernel offers a pidfd (Linux 5.3+, and not refused by a
+    container's seccomp profile) the thread sleeps until the kernel reports the
+    exit; elsewhere it looks every ``interval`` seconds.
+
+    Parameters
+    ----------
+    pid : int
+        The process to watch.
+    on_exit : callable
+        Called without arguments when it has exited.
+    interval : float
+        Seconds between looks without a pidfd.
+    use_pidfd : bool
+        Try a pidfd first (off: always poll).
+
+    Returns
+    -------
+    threading.Thread
+        The started watcher thread.
+    """
+
+    def watch() -> None:
+        fd = None
+        if use_pidfd and hasattr(os, "pidfd_open"):
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                on_exit()
+                return
+            except OSError:
+                fd = None  # no pidfd here (old kernel, seccomp): poll instead
+        if fd is not None:
+            try:
+                poller = select.poll()
+                poller.register(fd, select.POLLIN)
+                poller.poll()  # readable once the process has exited
+            finally:
+                os.close(fd)
+        else:
+            while not process_gone(pid):
+                time.sleep(interval)
+        on_exit()
+
+    thread = threading.Thread(target=watch, name=f"owner-{pid}", daemon=True)
+    thread.start()
+    return thread
 
 
 class Worker:
@@ -84,6 +175,8 @@ class Worker:
         Exit after this many seconds without a request (0: never).
     managed : bool
         Started by a ClientApp: it may ask this worker to make way for one running newer app code.
+    owner_pid : int, optional
+        Stop serving once this process exits (the node's; None: serve on without it).
     """
 
     def __init__(
@@ -95,6 +188,7 @@ class Worker:
         max_bytes: int = DEFAULT_MAX_BYTES,
         idle_exit: float = 0.0,
         managed: bool = False,
+        owner_pid: int | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.secret_path = secret_path
@@ -102,6 +196,7 @@ class Worker:
         self.max_bytes = max_bytes
         self.idle_exit = idle_exit
         self.managed = managed
+        self.owner_pid = owner_pid
         self.code = app_code_hash()
         self.stopping = threading.Event()
         self.handling = threading.Lock()
@@ -120,7 +215,9 @@ class Worker:
         self._secret = read_secret(self.secret_path)
 
     def serve(self) -> None:
-        """Listen until stopped (signal, idle timeout, or a managed stop), then remove the socket."""
+        """Listen until stopped (signal, idle timeout, a managed stop, or the owner's exit), then remove the socket."""
+        if self.owner_pid is not None:
+            watch_owner(self.owner_pid, self._owner_gone)
         apply_cpus(self.cpus)
         from fedrouter_app import client_handler  # noqa: F401  (the imports every message would pay, paid once)
 
@@ -176,6 +273,11 @@ class Worker:
                 send_frame(conn, self._secret, session, FROM_WORKER, REPLY, reply)
             except (ChannelError, OSError) as err:
                 log.warning("dropped a connection: %s", err)
+
+    def _owner_gone(self) -> None:
+        # The node whose ClientApps would send work is gone; its next start must find the socket free.
+        log.info("the process this worker serves (pid %d) has exited: exiting", self.owner_pid)
+        self.stopping.set()
 
     def _stop_request(self) -> bool:
         if self.managed:
@@ -237,6 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpus", type=int, default=None, help="torch threads (default: the node's num-cpus)")
     parser.add_argument("--max-mb", type=float, default=DEFAULT_MAX_BYTES >> 20, help="largest request, MiB")
     parser.add_argument("--idle-exit", type=float, default=0.0, help="exit after this many idle seconds (0: never)")
+    parser.add_argument(
+        "--owner-pid", type=int, default=None, help="exit when this process exits (e.g. the SuperNode's pid)"
+    )
     parser.add_argument("--managed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.socket.is_absolute():
@@ -245,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--cpus must be >= 1")
     if args.max_mb <= 0:
         parser.error("--max-mb must be positive")
+    if args.owner_pid is not None and args.owner_pid <= 1:
+        parser.error("--owner-pid must name a process other than init")
     label_client_logs()
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.INFO)
@@ -257,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         max_bytes=int(args.max_mb * (1 << 20)),
         idle_exit=args.idle_exit,
         managed=args.managed,
+        owner_pid=args.owner_pid,
     )
     worker.acquire()
 

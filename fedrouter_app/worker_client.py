@@ -245,12 +245,61 @@ def worker_log(address: WorkerAddress) -> Path:
     return address.socket.with_name(address.socket.name + ".log")
 
 
+def node_owner_pid(argv: Sequence[str] | None = None) -> int | None:
+    """The long-lived process whose exit means this node is gone; None where there is none to name.
+
+    Flower runs each message's ClientApp in a short-lived ``flwr-clientapp``
+    process, started by the node's SuperExec with ``--parent-pid <its pid>``
+    and ending when that SuperExec does. With the SuperNode's default
+    ``--isolation subprocess`` the SuperNode starts that SuperExec itself, which
+    exits within a fraction of a second of the SuperNode; with ``--isolation
+    process`` the SuperExec is the node's executor, started beside the
+    SuperNode. Either way that SuperExec is the owner. Where the ClientApp runs
+    in a long-lived process (a simulation, an in-process run), that process is.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        This process's command line (default: ``sys.argv``).
+
+    Returns
+    -------
+    int or None
+        The owner's pid, or None when this process was left to init (its launcher is already gone).
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or Path(argv[0]).stem.replace("_", "-") != "flwr-clientapp":
+        return os.getpid()
+    # The pid Flower itself watches, as it was at launch: getppid() names init (or a subreaper) once the launcher died.
+    owner = None
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg == "--parent-pid" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--parent-pid="):
+            value = arg.partition("=")[2]
+        else:
+            continue
+        if value.isdigit():
+            owner = int(value)
+    if owner is None:
+        owner = os.getppid()
+    return owner if owner > 1 else None
+
+
 def start_worker(address: WorkerAddress, cpus: int | None) -> subprocess.Popen:
-    """Start a worker for ``address`` from this app's own code, detached from this short-lived process."""
+    """Start a worker for ``address`` from this app's own code, detached from this short-lived process.
+
+    The worker exits after :data:`AUTOSTART_IDLE_EXIT` seconds without a
+    message, and as soon as the node's owner process exits
+    (:func:`node_owner_pid`), so it does not outlive its SuperNode.
+    """
     root = app_root()
     args = [sys.executable, "-m", "fedrouter_app.worker", "--socket", str(address.socket)]
     args += ["--secret-file", str(address.secret), "--max-mb", str(address.max_bytes >> 20)]
     args += ["--idle-exit", str(AUTOSTART_IDLE_EXIT), "--managed"]
+    owner = node_owner_pid()
+    if owner is not None:
+        args += ["--owner-pid", str(owner)]
     if cpus is not None:
         args += ["--cpus", str(cpus)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
@@ -260,7 +309,9 @@ def start_worker(address: WorkerAddress, cpus: int | None) -> subprocess.Popen:
             args, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-    log.info("started worker pid %d for %s (log %s)", proc.pid, address.socket, worker_log(address))
+    log.info(
+        "started worker pid %d for %s (log %s, exits with pid %s)", proc.pid, address.socket, worker_log(address), owner
+    )
     return proc
 
 

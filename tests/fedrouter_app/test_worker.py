@@ -161,6 +161,29 @@ def test_a_second_worker_on_a_served_socket_refuses_to_start(worker):
     assert second.returncode != 0 and "another worker already serves" in second.stderr
 
 
+def test_a_worker_exits_soon_after_its_owner_and_frees_the_socket(tmp_path):
+    owner = subprocess.Popen(["sleep", "300"])  # stands in for the SuperNode
+    sock = tmp_path / "owned.sock"
+    proc = start_worker(sock, "--owner-pid", str(owner.pid))
+    try:
+        wait_until_serving(sock, proc)
+        time.sleep(1)
+        assert proc.poll() is None, "the worker runs on while its owner lives"
+        owner.kill()  # left unreaped until the end: a killed SuperNode stays a zombie until its parent waits
+        killed = time.monotonic()
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - killed < 5
+    finally:
+        owner.kill()
+        owner.wait()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not sock.exists()
+    assert not worker_alive(WorkerAddress(sock, Path(f"{sock}.secret"))), "the lock is free for the next worker"
+    assert f"(pid {owner.pid}) has exited: exiting" in sock.with_suffix(".out").read_text()
+
+
 def test_a_clientapp_with_another_secret_is_refused(worker, tmp_path):
     sock, _ = worker
     wrong = tmp_path / "wrong.secret"
