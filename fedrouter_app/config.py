@@ -157,10 +157,30 @@ NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
 }
 
 
+def _as_recorded_before(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings whose neutral value depends on another setting, written as fingerprints recorded them before.
+
+    ``model.precision=auto`` is what ``model.dtype=float32`` with ``model.autocast=auto`` was; ``scenario.claims``
+    selects test tasks only under ``eval.scope=claims``; ``data.wheels_dir`` is read by the packaged source only.
+    """
+    settings = {k: dict(v) if isinstance(v, dict) else v for k, v in settings.items()}
+    model, scenario, data = settings.get("model", {}), settings.get("scenario", {}), settings.get("data", {})
+    if model.get("precision") == "auto":
+        del model["precision"]
+        model.update(dtype="float32", autocast="auto")
+    if settings.get("eval", {}).get("scope") != "claims":
+        scenario.pop("claims", None)
+    if data.get("source") != "packaged" and not data.get("wheels_dir"):
+        data.pop("wheels_dir", None)
+    return settings
+
+
 def config_fingerprint(cfg: RunConfig) -> str:
     """Hash of everything server and clients must agree on (outputs, checkpointing and the report's declaration
     excluded: none of them changes what a run computes)."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("output", "checkpoint", "report")}
+    settings = _as_recorded_before(
+        {k: v for k, v in cfg.to_dict().items() if k not in ("output", "checkpoint", "report")}
+    )
     for (section, key), neutral in NEUTRAL_DEFAULTS.items():
         if section in settings and settings[section].get(key, neutral) == neutral:
             settings[section] = {k: v for k, v in settings[section].items() if k != key}

@@ -39,6 +39,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from fedrouter_app.config import CONF_DIR
 from fedrouter_app.logs import get_logger
 from fedrouter_app.registry import method_names
 from fedrouter_app.run_config import hydra_overrides
@@ -175,8 +176,7 @@ def run_job(overrides: Sequence[str], job_dir: Path) -> dict[str, Any]:
     return record
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base=None)
-def main(cfg: DictConfig) -> None:
+def job(cfg: DictConfig) -> None:
     """One Hydra job: simulate the run its overrides describe."""
     hc = HydraConfig.get()
     run_job(list(hc.overrides.task), Path(hc.runtime.output_dir))
@@ -185,7 +185,9 @@ def main(cfg: DictConfig) -> None:
 def cli() -> None:
     """Entry point: expand ``method=all``, then hand over to Hydra."""
     sys.argv = [sys.argv[0], *hydra_overrides(expand_all_methods(sys.argv[1:]))]
-    main()
+    # The config folder by its absolute path: a relative one would make Hydra look for an importable module
+    # `conf`, which exists only where the repository root happens to be on sys.path (and never in a wheel).
+    hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)(job)()
 
 
 if __name__ == "__main__":

@@ -81,7 +81,13 @@ def test_other_scenarios_fingerprint_as_before():
     # Computed before scenario=drift and method.drift_check existed: completed sweep jobs stay skipped.
     assert config_fingerprint(load_run_config(["scenario=dual", "method=fedit"])) == "712f941d130f0705"
     assert config_fingerprint(load_run_config(["scenario=single", "method=local"])) == "72fb0d2c83b0c621"
-    assert config_fingerprint(load_run_config(["scenario=dual", "method=fedrouter"])) == "77810174e480594e"
+    # FedRouter's defaults moved on: its runs now also score the fallback routing and diagnose held-out samples, so
+    # they compute more than before and are run again; at the old behaviour they fingerprint as before.
+    old_fedrouter = ["method.router_fallback=none", "method.diagnose_routing=off"]
+    assert config_fingerprint(load_run_config(["scenario=dual", "method=fedrouter", *old_fedrouter])) == (
+        "77810174e480594e"
+    )
+    assert config_fingerprint(load_run_config(["scenario=dual", "method=fedrouter"])) != "77810174e480594e"
     assert config_fingerprint(load_run_config(["scenario=drift"])) != config_fingerprint(load_run_config())
 
 

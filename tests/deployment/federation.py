@@ -128,8 +128,10 @@ class LocalFederation:
 
     def start(self, wait: float = 60.0) -> LocalFederation:
         """Start the SuperLink and every SuperNode; return once the SuperLink answers."""
-        for path in (self.flwr_home, self.out_dir, self.logs, self.worker_dir):
+        for path in (self.flwr_home, self.out_dir, self.logs):
             path.mkdir(parents=True, exist_ok=True)
+        # The workers' sockets and secrets live in a folder only this user may enter; the worker refuses any other.
+        self.worker_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.tls or self.node_auth:
             self._make_credentials()
         self._write_cli_config()

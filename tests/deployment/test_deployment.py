@@ -223,7 +223,10 @@ def test_nodes_train_and_are_tested_on_their_own_files(federation: Callable[...,
     assert fed.wait_for_run(run_id, timeout=120) == "finished:completed"
     (refused,) = results["rounds"][0]["failures"]
     assert refused["phase"] == "query.hello" and refused["client"] == -1
-    assert "node2.jsonl: missing column(s) 'response'" in refused["reason"] and "\n" not in refused["reason"]
+    # The server learns that the node's data failed, not where it lives; the node's own log says which file.
+    assert refused["reason"] == "the node's data could not be read (DataError)"
+    node_logs = "".join(path.read_text(errors="replace") for path in fed.logs.glob("supernode-*.log"))
+    assert "node2.jsonl: missing column(s) 'response'" in node_logs
     last = results["rounds"][-1]
     train, evaluate = last["train"]["clients"], last["evaluate"]["clients"]
     assert sorted(train) == sorted(evaluate) == ["0", "1"]

@@ -101,11 +101,14 @@ def test_fingerprint_tracks_settings_but_not_outputs():
 def test_settings_added_later_leave_fingerprints_unchanged_at_their_old_behaviour():
     # A sweep resumed after an upgrade skips its completed jobs: a new setting at the value that keeps the old
     # behaviour does not enter the fingerprint; any other value does.
-    from fedrouter_app.config import NEUTRAL_DEFAULTS
+    from fedrouter_app.config import NEUTRAL_DEFAULTS, _as_recorded_before
 
     cfg = load_run_config()
     assert (cfg.data.task_prompts, cfg.scenario.shares) == (True, "even")
-    stripped = cfg.to_dict()
+    stripped = _as_recorded_before(cfg.to_dict())
+    # Settings that replaced older ones are written as the older ones were, at the value that behaves the same.
+    assert stripped["model"]["dtype"] == "float32" and "precision" not in stripped["model"]
+    assert "claims" not in stripped["scenario"] and "wheels_dir" not in stripped["data"]
     for (section, key), neutral in NEUTRAL_DEFAULTS.items():
         # At its old behaviour a setting is left out (a method setting exists only in its method's config); the
         # defaults that moved on from it (FedRouter's fallback view) stay in.
@@ -118,6 +121,8 @@ def test_settings_added_later_leave_fingerprints_unchanged_at_their_old_behaviou
     assert config_fingerprint(cfg) == digest
     assert config_fingerprint(load_run_config(["+data.task_prompts=false"])) != digest
     assert config_fingerprint(load_run_config(["aggregation.rule=median"])) != digest
+    assert config_fingerprint(load_run_config(["model.precision=bf16-mixed"])) != digest
+    assert config_fingerprint(load_run_config(["eval.scope=claims"])) != digest
 
 
 def test_every_setting_has_help_text():
