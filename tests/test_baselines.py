@@ -16,6 +16,8 @@ from fedrouter_app.records import packed_key
 from fedrouter_app.strategies.fedsa_lora import a_template
 from tests.conftest import tiny_overrides
 
+pytestmark = pytest.mark.slow  # whole runs, or Ray, Flower or worker processes
+
 SMALL = tiny_overrides("train.local_steps=5")
 BASELINES = ("fedavg_ft", "fedprox", "ifca", "fedsa_lora", "ditto")
 

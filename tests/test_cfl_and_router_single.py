@@ -1,6 +1,10 @@
 """CFL and FedRouter with one local cluster per client (``fedrouter_n1``) run whole (small) federations."""
 
+import pytest
+
 from fedrouter_app.inprocess import run_inprocess
+
+pytestmark = pytest.mark.slow  # whole runs, or Ray, Flower or worker processes
 
 BASE = [
     "num_clients=4",

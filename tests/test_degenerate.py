@@ -1,11 +1,14 @@
 """FedRouter's degenerate settings reproduce the baselines exactly (same seed, same data)."""
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from fedrouter_app.inprocess import NODE_OFFSET, run_inprocess
 from fedrouter_app.records import read_local_adapter
 from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.slow  # whole runs, or Ray, Flower or worker processes
 
 SMALL = tiny_overrides("scenario=single", "data.tasks=[copy,reverse,capital,sentiment]", "train.local_steps=5")
 

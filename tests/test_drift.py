@@ -201,6 +201,7 @@ def expected_tasks(server_round):
     return {c: tuple(sorted(build_client_data(cfg, c, server_round).tasks)) for c in range(cfg.num_clients)}
 
 
+@pytest.mark.slow
 def test_fedrouter_with_its_drift_check_registers_the_drifting_clients_again():
     results, _, _ = run_inprocess([*BASE, "method=fedrouter_drift"], 4)
     assert results["run"]["status"] == "completed" and not results["rounds"][-1]["failures"]
@@ -217,6 +218,7 @@ def test_fedrouter_with_its_drift_check_registers_the_drifting_clients_again():
         assert routed == set(expected_tasks(2)[c])
 
 
+@pytest.mark.slow
 def test_fedit_follows_the_drifted_data():
     results, _, _ = run_inprocess([*BASE, "method=fedit"], 4)
     assert results["run"]["status"] == "completed"

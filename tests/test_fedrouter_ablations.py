@@ -172,7 +172,11 @@ def test_defaults_keep_todays_behaviour_and_fingerprint():
     cfg = load_run_config(["method=fedrouter"])
     method = cfg.method
     assert (method.global_features, method.embedding, method.embedding_layer) == ("centroids", "mean", None)
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("output", "checkpoint", "report")}
+    from fedrouter_app.config import _as_recorded_before
+
+    settings = _as_recorded_before(
+        {k: v for k, v in cfg.to_dict().items() if k not in ("output", "checkpoint", "report")}
+    )
     for key in ("global_features", "embedding", "embedding_layer"):
         del settings["method"][key]
     # Other settings at their neutral values leave the fingerprint too; ours were the only ones removed here.
@@ -203,6 +207,7 @@ BASE = [
 
 
 # One run per global-features mode, each with one of the other embeddings (the rules are unit-tested above).
+@pytest.mark.slow
 @pytest.mark.parametrize(("features", "embedding"), [("adapters", "last_token"), ("both", "prefix")])
 def test_clustering_by_adapters_runs_and_reports_its_clustering(features, embedding):
     overrides = [*BASE, f"method.global_features={features}", f"method.embedding={embedding}"]

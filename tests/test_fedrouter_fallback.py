@@ -210,6 +210,7 @@ def test_defaults_report_the_fallback_beside_the_papers_routing_which_stays_the_
     load_run_config(["method=fedrouter", "method.router_fallback=average", "method.router=fallback"])
 
 
+@pytest.mark.slow
 def test_a_federation_with_a_held_out_task_reports_the_fallback_and_the_diagnosis():
     results, _, _ = run_inprocess(
         [

@@ -15,6 +15,8 @@ import pytest
 from tests.conftest import tiny_overrides
 from tests.processes import pids_mentioning, stop
 
+pytestmark = pytest.mark.slow  # whole runs, or Ray, Flower or worker processes
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -31,6 +31,7 @@ def preset_jobs(preset: str) -> list[list[str]]:
     return [list(job) for job in dict.fromkeys(tuple(job) for job in jobs)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_composes_offline_with_an_empty_cache(preset, tmp_path, monkeypatch):
     cache = tmp_path / "cache"

@@ -235,6 +235,7 @@ def test_pool_shares_and_raw_inputs_reach_the_clients(cpu_overrides):
     assert len(data.test) == 2 * 4  # every client is tested on every task
 
 
+@pytest.mark.slow
 def test_a_paper_job_runs_end_to_end_on_the_cpu(cpu_overrides, tmp_path):
     job = next(j for j in job_overrides(paper_sweep()) if {"scenario=dual", "method=fedrouter", "seed=111"} <= set(j))
     record = run_job([*job, *cpu_overrides], tmp_path)

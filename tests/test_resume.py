@@ -37,6 +37,7 @@ def _adapters(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
     return {p.parent.name: load_file(str(p)) for p in sorted((run_dir / "adapters").glob("*/*.safetensors"))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fedrouter", "local"])
 def test_resumed_run_ends_like_an_uninterrupted_one(method, tmp_path, monkeypatch):
     # fedrouter: server clusters and per-cluster adapters, clients' local clusters; local: everything
@@ -68,6 +69,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(method, tmp_path, monkeypatc
             np.testing.assert_array_equal(ours[name][key], theirs[name][key], err_msg=f"{name}/{key}")
 
 
+@pytest.mark.slow
 def test_clients_drop_their_saved_state_when_the_run_ends(tmp_path):
     results, _, _ = run_inprocess([*TINY, "method=local", f"checkpoint.client_dir={tmp_path}"], 4)
     assert results["run"]["status"] == "completed"

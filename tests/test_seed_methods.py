@@ -6,6 +6,8 @@ from safetensors.numpy import load_file
 
 from fedrouter_app.inprocess import run_inprocess
 
+pytestmark = pytest.mark.slow  # whole runs, or Ray, Flower or worker processes
+
 BASE = [
     "num_clients=4",
     "num_rounds=3",

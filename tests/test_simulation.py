@@ -10,6 +10,8 @@ from fedrouter_app.model.loading import model_path
 from fedrouter_app.simulation import simulate
 from tests.conftest import tiny_overrides
 
+pytestmark = pytest.mark.slow  # whole runs, or Ray, Flower or worker processes
+
 
 def run(*overrides: str) -> tuple[dict, object]:
     run_dir = simulate(tiny_overrides("train.local_steps=10", *overrides), num_cpus=2)

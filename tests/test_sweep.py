@@ -28,6 +28,7 @@ def table_row(text: str, scenario: str, method: str, table: str = "| method | la
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
+@pytest.mark.slow
 def test_two_job_sweep_and_its_report_agree_with_the_runs(tmp_path):
     sweep_dir = tmp_path / "sweep"
     overrides = tiny_overrides("num_rounds=1", "eval.at_start=false", "eval.scope=global", "output.save_adapters=false")

@@ -1,3 +1,4 @@
+import pytest
 from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.clients.fedavg_ft import BEFORE_VIEW, FedAvgFTClient
@@ -23,6 +24,7 @@ def test_rounds_before_the_last_evaluate_the_global_adapter(make_env):
     assert dict(evaluate(FedAvgFTClient, env, 1)) == dict(evaluate(FedITClient, env, 1))
 
 
+@pytest.mark.slow
 def test_the_last_round_evaluates_the_global_adapter_fine_tuned_locally(make_env):
     env = make_env("method=fedavg_ft")
     tuned = dict(evaluate(FedAvgFTClient, env, 2))

@@ -23,6 +23,7 @@ def instruction(env, adapter, server_round, num_rounds=3):
     )
 
 
+@pytest.mark.slow
 def test_global_phase_is_fedit_and_local_phase_starts_in_round_two(make_env):
     from fedrouter_app.clients.fedit import FedITClient
 
@@ -39,6 +40,7 @@ def test_global_phase_is_fedit_and_local_phase_starts_in_round_two(make_env):
     assert any(not np.array_equal(local[k], start[k]) for k in start)
 
 
+@pytest.mark.slow
 def test_a_client_that_skipped_rounds_continues_from_its_local_adapter(make_env):
     env = make_env("method=feddpa")
     start = env.initial_adapter()
@@ -49,6 +51,7 @@ def test_a_client_that_skipped_rounds_continues_from_its_local_adapter(make_env)
     assert all(np.array_equal(client.local_adapter(start)[k], after_round_2[k]) for k in start)
 
 
+@pytest.mark.slow
 def test_batched_dynamic_mixing_equals_one_instance_at_a_time(make_env):
     env = make_env("method=feddpa", "method.similarity_on=global")
     client = FedDPAClient(env)
@@ -73,6 +76,7 @@ def client_info(server_round):
     return RoundInfo(server_round=server_round, num_rounds=3, lr=3e-3)
 
 
+@pytest.mark.slow
 def test_static_mixing_reports_the_configured_weight(make_env):
     env = make_env("method=feddpa", "method.inference=static", "method.static_weight=0.25")
     FedDPAClient(env).handle("train", "default", instruction(env, env.initial_adapter(), 2))

@@ -54,6 +54,7 @@ def plain(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k.startswith(("task.", "router-global/", "router-local/", "route."))}
 
 
+@pytest.mark.slow
 def test_none_is_unchanged_and_the_extras_leave_the_plain_views_as_they_were(make_env):
     env, client = registered(make_env, "method.router_fallback=none", "method.diagnose_routing=off")
     before = evaluate(client, env)
@@ -64,6 +65,7 @@ def test_none_is_unchanged_and_the_extras_leave_the_plain_views_as_they_were(mak
     assert plain(after) == plain(before)
 
 
+@pytest.mark.slow
 def test_calibration_is_on_the_kept_training_embeddings(make_env):
     env, client = registered(make_env, "method.router_fallback=soft")
     kept = env.state[TRAIN_EMBEDDINGS]["embeddings"].numpy()
@@ -73,6 +75,7 @@ def test_calibration_is_on_the_kept_training_embeddings(make_env):
     assert metrics[THRESHOLD_METRIC] == pytest.approx(calibrate(kept, centroids, 0.95).threshold)
 
 
+@pytest.mark.slow
 def test_a_huge_margin_routes_everything_and_the_view_is_the_routed_one(make_env):
     env, client = registered(make_env, "method.router_fallback=soft", "method.fallback_margin=1e6")
     metrics = evaluate(client, env)
@@ -83,6 +86,7 @@ def test_a_huge_margin_routes_everything_and_the_view_is_the_routed_one(make_env
     assert {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(f"{FALLBACK_VIEW}/")} == routed
 
 
+@pytest.mark.slow
 def test_a_tiny_margin_answers_everything_with_the_average_in_one_pass(make_env):
     env, client = registered(make_env, "method.router_fallback=average", "method.fallback_margin=1e-9")
     metrics = evaluate(client, env)

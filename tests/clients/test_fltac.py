@@ -109,6 +109,7 @@ def perturbed(env, seed):
     return {k: (v + rng.normal(0.0, 0.2, v.shape)).astype(np.float32) for k, v in env.initial_adapter().items()}
 
 
+@pytest.mark.slow
 def test_router_scores_each_unseen_sample_with_the_cluster_of_its_nearest_centroid(make_env):
     env = make_env(*ROUTER)
     clusters = [perturbed(env, seed) for seed in range(3)]

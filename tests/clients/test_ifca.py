@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.client_env import RoundInfo
@@ -30,6 +31,7 @@ def clusters_with_one_trained(env):
     return [initial, trained, initial]
 
 
+@pytest.mark.slow
 def test_trains_the_cluster_with_the_lowest_training_loss(make_env):
     env = make_env(*IFCA)
     clusters = clusters_with_one_trained(env)

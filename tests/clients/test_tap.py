@@ -99,6 +99,7 @@ def router_setup(env):
     return content, lora, expected
 
 
+@pytest.mark.slow
 def test_router_runs_each_unseen_sample_through_the_shared_and_its_nearest_task_lora(make_env):
     env = make_env(*ROUTER)
     content, lora, expected = router_setup(env)
@@ -123,6 +124,7 @@ def test_router_runs_each_unseen_sample_through_the_shared_and_its_nearest_task_
         assert metrics[key] == pytest.approx(value, rel=1e-3, abs=1e-3), key
 
 
+@pytest.mark.slow
 def test_routed_views_match_the_one_pass_per_view_reference(make_env):
     env = make_env(*ROUTER)
     content, lora, expected = router_setup(env)

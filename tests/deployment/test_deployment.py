@@ -28,6 +28,8 @@ from fedrouter_app.simulation import simulate
 from tests.conftest import TINY
 from tests.deployment.federation import LocalFederation
 
+pytestmark = pytest.mark.slow  # whole runs, or Ray, Flower or worker processes
+
 NUM_NODES = 3
 # The tiny test config for three clients; FedRouter with one global cluster per client's pair of tasks.
 BASE = [

@@ -59,6 +59,7 @@ def program_of(service: str, spec: dict[str, Any]) -> str:
     return "flower-superexec"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "files", [("compose.yaml",), ("compose.yaml", "compose.tls.yaml"), ("compose.yaml", "compose.gpu.yaml")]
 )

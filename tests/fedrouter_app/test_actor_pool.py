@@ -2,11 +2,14 @@
 
 import json
 
+import pytest
 import ray
 
 from fedrouter_app import actor_pool
 from fedrouter_app.simulation import simulate
 from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.slow  # whole runs, or Ray, Flower or worker processes
 
 
 def run(*overrides: str, cpus_per_client: int = 1, keep_actors: bool = True) -> dict:

@@ -269,6 +269,7 @@ def train_losses(results) -> dict[str, float]:
     return {c: m["train-loss"] for c, m in results["rounds"][0]["train"]["clients"].items()}
 
 
+@pytest.mark.slow
 def test_model_poisoning_run_moves_the_aggregate(clean_fedit):
     clean, clean_dir, _ = clean_fedit
     results, run_dir, _ = run_inprocess(
@@ -281,6 +282,7 @@ def test_model_poisoning_run_moves_the_aggregate(clean_fedit):
     assert final_update_norm(run_dir) > 3 * final_update_norm(clean_dir)
 
 
+@pytest.mark.slow
 def test_data_poisoning_run_changes_only_the_attackers_training(clean_fedit):
     clean, _, _ = clean_fedit
     results, _, _ = run_inprocess(list(tiny_overrides("method=fedit", *ONE_ROUND, "attack.kind=label_swap")), 4)
@@ -293,6 +295,7 @@ def test_data_poisoning_run_changes_only_the_attackers_training(clean_fedit):
     }
 
 
+@pytest.mark.slow
 def test_capture_run_puts_the_attacker_in_the_victims_global_cluster():
     # The attacker (client 3 at seed 0) holds max and capital; it captures reverse's cluster.
     overrides = tiny_overrides("method=fedrouter", *ONE_ROUND, "attack.kind=capture", "attack.target_task=reverse")
@@ -320,6 +323,7 @@ def distance(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
     return float(np.sqrt(sum(np.sum((a[k].astype(np.float64) - b[k]) ** 2) for k in a)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("attack", "defence"),
     [
@@ -341,6 +345,7 @@ def test_a_robust_rule_keeps_the_aggregate_near_the_clean_one_under_model_poison
     assert distance(final_adapter(defended_dir), clean) < 0.5 * distance(final_adapter(attacked_dir), clean)
 
 
+@pytest.mark.slow
 def test_label_random_changes_only_the_attackers_training(clean_fedit):
     clean, _, _ = clean_fedit
     results, _, _ = run_inprocess(list(tiny_overrides("method=fedit", *ONE_ROUND, "attack.kind=label_random")), 4)

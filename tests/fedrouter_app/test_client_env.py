@@ -42,6 +42,7 @@ def assert_same_scores(fast, reference):
         assert a.loss_sum == pytest.approx(b.loss_sum, rel=1e-4, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_routed_rows_in_one_batch_equal_one_pass_per_adapter(make_cfg):
     fast = env_for(make_cfg)
     reference = env_for(make_cfg, "speed.eval_batching=false")

@@ -25,6 +25,7 @@ def test_defaults_compose_into_typed_settings():
     assert dataclasses.is_dataclass(cfg.method)
 
 
+@pytest.mark.slow
 def test_every_registered_method_and_scenario_composes():
     for method in method_names():
         for scenario in ("single", "dual", "iid"):

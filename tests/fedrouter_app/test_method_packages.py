@@ -90,6 +90,7 @@ def test_the_wheel_installs_one_top_level_package(wheel):
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
 
 
+@pytest.mark.slow
 def test_the_installed_layout_runs_the_same_code(wheel, tmp_path):
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:

@@ -79,6 +79,7 @@ def test_ledger_reports_both_mechanisms(make_cfg):
     assert "eps" in privacy_summary(record.privacy) and "delta 1e-06" in privacy_summary(record.privacy)
 
 
+@pytest.mark.slow
 def test_dp_run_reports_epsilon_every_round():
     results, _, _ = run_inprocess(
         list(tiny_overrides("method=fedit", "dp.mode=server", "dp.noise_multiplier=1.5", "fraction_train=0.5")), 4

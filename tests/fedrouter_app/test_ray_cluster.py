@@ -26,7 +26,10 @@ from fedrouter_app.results import load_results
 from fedrouter_app.simulation import simulate
 from tests.conftest import tiny_overrides
 
-pytestmark = pytest.mark.skipif(cluster_not_supported, reason="ray.cluster_utils.Cluster does not run on Windows")
+pytestmark = [
+    pytest.mark.skipif(cluster_not_supported, reason="ray.cluster_utils.Cluster does not run on Windows"),
+    pytest.mark.slow,
+]
 
 
 @pytest.fixture(scope="module")

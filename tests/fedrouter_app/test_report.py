@@ -296,6 +296,7 @@ def test_per_task_routing_and_cost_tables(report):
     assert cells(text, "cross", "Cost per client-round", "local")[1:] == ["0", "0", "4", "-", "-"]
 
 
+@pytest.mark.slow
 def test_report_figures_and_another_reference(runs_dir, tmp_path):
     out = tmp_path / "r"
     build_report([runs_dir], out, reference="router", proposed="router")

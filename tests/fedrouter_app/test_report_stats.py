@@ -158,6 +158,7 @@ def synthetic(seeds: int, true_diff: float, rng: np.random.Generator, spread: bo
     return tasks, x, y
 
 
+@pytest.mark.slow
 def test_the_interval_covers_the_true_difference_on_synthetic_data():
     rng = np.random.default_rng(0)
     covered = 0

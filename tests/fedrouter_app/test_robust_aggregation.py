@@ -99,6 +99,7 @@ def test_streaming_rules_hold_one_accumulator():
     assert clip.count == 5 and not hasattr(clip, "states")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("method", "rule"), [("fedit", "median"), ("fedrouter", "norm_clip")])
 def test_runs_with_a_robust_rule(method, rule):
     results, _, _ = run_inprocess(list(tiny_overrides(f"method={method}", f"aggregation.rule={rule}")), 4)

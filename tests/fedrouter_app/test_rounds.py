@@ -249,6 +249,7 @@ def test_two_live_nodes_with_one_partition_id_still_abort(make_cfg):
         register_clients(comm, config_fingerprint(_cfg))
 
 
+@pytest.mark.slow
 def test_nodes_with_their_own_files_train_and_one_without_usable_data_is_recorded_and_left_out(tmp_path):
     """data=node: each node reads the file its config names; a node whose file is malformed fails its hello."""
     rows = {

@@ -81,6 +81,7 @@ def one_round(make_cfg, arriving: bool, *overrides: str):
     return strategy, record, seen
 
 
+@pytest.mark.slow
 def test_mean_replies_are_folded_as_they_arrive_one_held_at_a_time_with_the_same_bits(make_cfg):
     in_order, _, seen_in_order = one_round(make_cfg, arriving=False)
     arrived, record, seen = one_round(make_cfg, arriving=True)

@@ -107,6 +107,7 @@ def same_reply(a: Message, b: Message) -> None:
         assert {k: v for k, v in record.items() if k not in drop} == {k: v for k, v in other.items() if k not in drop}
 
 
+@pytest.mark.slow
 def test_replies_through_the_worker_equal_the_clientapps_own(worker):
     sock, _ = worker
     fingerprint = config_fingerprint(load_run_config(OVERRIDES))
@@ -117,6 +118,7 @@ def test_replies_through_the_worker_equal_the_clientapps_own(worker):
         assert remote.state == local.state
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_message_is_replaced_and_the_message_sent_again(worker):
     sock, proc = worker
     overrides = [*OVERRIDES, "train.local_steps=60"]  # long enough to die in the middle
@@ -142,6 +144,7 @@ def test_a_worker_killed_mid_message_is_replaced_and_the_message_sent_again(work
     same_reply(expected, Message(result.content, reply_to=msg))
 
 
+@pytest.mark.slow
 def test_handler_errors_come_back_with_their_type_and_reason(worker):
     sock, _ = worker
     ctx = context({"partition-id": 99, "worker": str(sock)})
@@ -149,6 +152,7 @@ def test_handler_errors_come_back_with_their_type_and_reason(worker):
         handle(train_message(), ctx)
 
 
+@pytest.mark.slow
 def test_a_second_worker_on_a_served_socket_refuses_to_start(worker):
     sock, _ = worker
     second = subprocess.run(
@@ -161,6 +165,7 @@ def test_a_second_worker_on_a_served_socket_refuses_to_start(worker):
     assert second.returncode != 0 and "another worker already serves" in second.stderr
 
 
+@pytest.mark.slow
 def test_a_worker_exits_soon_after_its_owner_and_frees_the_socket(tmp_path):
     owner = subprocess.Popen(["sleep", "300"])  # stands in for the SuperNode
     sock = tmp_path / "owned.sock"
@@ -184,6 +189,7 @@ def test_a_worker_exits_soon_after_its_owner_and_frees_the_socket(tmp_path):
     assert f"(pid {owner.pid}) has exited: exiting" in sock.with_suffix(".out").read_text()
 
 
+@pytest.mark.slow
 def test_a_clientapp_with_another_secret_is_refused(worker, tmp_path):
     sock, _ = worker
     wrong = tmp_path / "wrong.secret"

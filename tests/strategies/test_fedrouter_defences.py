@@ -123,6 +123,7 @@ def test_bad_defence_settings_are_one_line_errors(make_cfg, overrides, message):
 SHORT = ("method=fedrouter", "num_rounds=1", "eval.at_start=false", "method.schedule=all")
 
 
+@pytest.mark.slow
 def test_run_with_inflated_sizes_caps_the_attackers_share():
     overrides = tiny_overrides(*SHORT, "attack.kind=inflate_sizes", "attack.scale=1000", "method.max_client_share=0.5")
     results, _, _ = run_inprocess(list(overrides), 4)
@@ -134,6 +135,7 @@ def test_run_with_inflated_sizes_caps_the_attackers_share():
     assert any(attacker in clients for clients in first["train"]["share_capped"].values())
 
 
+@pytest.mark.slow
 def test_run_with_polluted_centroids_refuses_them_and_only_them():
     polluted = tiny_overrides(*SHORT, "attack.kind=pollute", "attack.scale=10")
     results, _, _ = run_inprocess(list(polluted), 4)
