@@ -152,7 +152,13 @@ def create_run_dir(cfg: RunConfig) -> Path:
     candidate, n = root / name, 1
     while candidate.exists():
         candidate, n = root / f"{name}-{n}", n + 1
-    candidate.mkdir(parents=True)
+    try:
+        candidate.mkdir(parents=True)
+    except OSError as err:
+        raise ConfigError(
+            f"output.dir={cfg.output.dir}: cannot create the run's folder there ({err.strerror or err}); "
+            "give a folder you can write to"
+        ) from None
     return candidate
 
 
