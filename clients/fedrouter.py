@@ -25,7 +25,6 @@ from fedrouter_app.strategies.fedrouter import (
     CENTROIDS,
     CHECK,
     EMBEDDING_POOLING,
-    ROUTER_MODES,
     UNCHANGED,
     global_adapter_name,
     local_adapter_name,
@@ -231,18 +230,17 @@ class FedRouterClient(ClientMethod):
             content.array_records[CENTROIDS], CENTROIDS, max_rows=max(n_clusters, 1), cols=self.env.model().hidden_size
         )
         embeddings = self.test_embeddings()
-        routes = {
-            "global": nearest(embeddings, centroids),
+        routes = {"global": nearest(embeddings, centroids)}
+        if self.env.cfg.method.local_router_view or primary == "local":
             # A local cluster the server refused (method.centroid_outlier_threshold) is mapped to -1: no candidate.
-            "local": nearest(embeddings, centroids, candidates=[k for k in assignment if k >= 0] or None),
-        }
+            routes["local"] = nearest(embeddings, centroids, candidates=[k for k in assignment if k >= 0] or None)
         test = self.env.data.test
         # Every (sample, cluster) pair either router asks for, scored once, all in one set of batches.
         pairs = sorted({(i, int(k)) for route in routes.values() for i, k in enumerate(route)})
         adapters = {k: self.env.read_adapter(content, global_adapter_name(k)) for k in sorted({k for _, k in pairs})}
         rows = self.env.score_routed([test[i] for i, _ in pairs], [k for _, k in pairs], adapters)
         scored: dict[tuple[int, int], ExampleScore] = dict(zip(pairs, rows, strict=True))
-        views = {f"router-{mode}": [scored[(i, int(k))] for i, k in enumerate(routes[mode])] for mode in ROUTER_MODES}
+        views = {f"router-{mode}": [scored[(i, int(k))] for i, k in enumerate(route)] for mode, route in routes.items()}
         counts: dict[str, float] = defaultdict(float)
         for mode, route in routes.items():
             for ex, k in zip(test, route, strict=True):

@@ -147,6 +147,7 @@ NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
     ("method", "fallback_margin"): 1.0,
     ("method", "fallback_temperature"): 1.0,
     ("method", "diagnose_routing"): "off",
+    ("method", "local_router_view"): True,
     ("attack", "kind"): "none",
     ("attack", "fraction"): 0.25,
     ("attack", "start_round"): 1,

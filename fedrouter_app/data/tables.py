@@ -100,6 +100,7 @@ def build_pools(settings: DataSettings, loader: Loader) -> dict[str, TaskPools]:
                 raise DataError(f"{raw.origin}: no rows")
             check_columns(mapping, raw.columns, raw.origin)
             read.append(raw.origin)
+            examples = []
             for number, row in enumerate(subsample(raw.rows, table.max_rows, raw.origin), 1):
                 task = mapping.task_of(row)
                 if not task:
@@ -109,9 +110,11 @@ def build_pools(settings: DataSettings, loader: Loader) -> dict[str, TaskPools]:
                     continue
                 instruction, response = mapping.convert(row)
                 if instruction and response:
-                    rows[task][raw.split].append(Example(task, instruction, response))
-                    origins[task][raw.origin] = None
-                    metrics.setdefault(task, table.metric)
+                    examples.append(Example(task, instruction, response))
+            for ex in balanced(examples, raw.origin) if table.balance else examples:
+                rows[ex.task][raw.split].append(ex)
+                origins[ex.task][raw.origin] = None
+                metrics.setdefault(ex.task, table.metric)
     pools = {}
     for task in settings.tasks:
         where = ", ".join(origins[task]) or ", ".join(read)
@@ -129,6 +132,21 @@ def subsample(rows: list[dict], max_rows: int | None, origin: str) -> list[dict]
         return rows
     keep = np.sort(numpy_rng("rows", origin).choice(len(rows), size=max_rows, replace=False))
     return [rows[i] for i in keep]
+
+
+def balanced(examples: list[Example], origin: str) -> list[Example]:
+    """Equally many examples of every (task, answer): a sample of the rarest answer's count, seeded by the origin."""
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        groups[(ex.task, ex.response)].append(i)
+    least: dict[str, int] = {}
+    for (task, _), members in groups.items():
+        least[task] = min(least.get(task, len(members)), len(members))
+    keep: list[int] = []
+    for (task, answer), members in sorted(groups.items()):
+        rng = numpy_rng("balance", origin, task, answer)
+        keep += [members[j] for j in rng.choice(len(members), size=least[task], replace=False)]
+    return [examples[i] for i in sorted(keep)]
 
 
 def split_task(

@@ -92,3 +92,17 @@ def test_evaluation_routes_and_reports_both_modes(make_env):
     for task in env.data.tasks:
         assert metrics[f"router-global/task.{task}.n"] == metrics[f"task.{task}.n"]
         assert metrics[f"router-local/task.{task}.score"] == metrics[f"task.{task}.score"]
+
+
+@pytest.mark.parametrize("router", ["global", "local"])
+def test_the_local_router_view_can_be_left_out_unless_it_is_the_headline(make_env, router):
+    env = make_env(*DUAL, "method.local_router_view=false", "method.router_fallback=none")
+    client = FedRouterClient(env)
+    client.handle("query", "register", RecordDict())
+    centroids = LocalClusters.from_record(env.state[CLUSTERS]).centroids
+    init = env.initial_adapter()
+    content = instruction(env, {"fedrouter.map": [0, 1], "fedrouter.router": router}, {0: init, 1: init})
+    content[CENTROIDS] = matrix_record(CENTROIDS, centroids)
+    metrics = client.handle("evaluate", "default", content)["metrics"]
+    scored_local = any(k.startswith(("router-local/", "route.local.")) for k in metrics)
+    assert scored_local == (router == "local") and any(k.startswith("route.global.") for k in metrics)

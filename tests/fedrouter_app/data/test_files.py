@@ -12,7 +12,7 @@ import pytest
 from fedrouter_app.data.errors import DataError, TooFewSamplesError
 from fedrouter_app.data.files import read_file
 from fedrouter_app.data.partition import build_client_data
-from fedrouter_app.data.tables import TableSource, load_pools
+from fedrouter_app.data.tables import TableSource, build_pools, load_pools, loaders
 from fedrouter_app.settings import DataSettings, TableSettings
 
 
@@ -89,6 +89,24 @@ def test_column_oriented_json_and_a_fixed_task_per_file(tmp_path):
     pools = load_pools(cfg)
     assert pools["gen"].metric == "rouge"  # auto: answers longer than 3 words
     assert {ex.task for ex in pools["gen"].train} == {"gen"}
+
+
+def test_balance_keeps_as_many_rows_of_each_answer_as_the_rarest_has(tmp_path):
+    counts = {"alpha": {"yes": 9, "no": 3}, "beta": {"a": 4, "b": 5, "c": 6}}
+    labelled = [
+        {"category": task, "prompt": f"{task} {label} {i}", "answer": label}
+        for task, answers in counts.items()
+        for label, n in answers.items()
+        for i in range(n)
+    ]
+    path = write(tmp_path / "labelled.jsonl", labelled)
+    table = mapped(path, context_field=None, balance=True)
+    pools = build_pools(settings(table), loaders()["files"])
+    answers = {t: sorted(ex.response for ex in p.train + p.test) for t, p in pools.items()}
+    assert answers == {"alpha": ["no"] * 3 + ["yes"] * 3, "beta": ["a"] * 4 + ["b"] * 4 + ["c"] * 4}
+    assert build_pools(settings(table), loaders()["files"]) == pools  # the same sample every time
+    unbalanced = load_pools(settings(mapped(path, context_field=None)))
+    assert len(unbalanced["alpha"].train + unbalanced["alpha"].test) == 12
 
 
 def test_a_test_file_is_held_out_whole_and_globs_join_files(tmp_path):

