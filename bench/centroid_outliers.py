@@ -4,7 +4,7 @@
 real client code: embedding, local k-means; and, for the attacked runs, the
 real ``attack.kind=pollute``), clusters the centroids globally as the server
 does, and computes each centroid's leave-one-out distance over the median
-(:mod:`fedrouter_app.cluster_defences`). A centroid is refused at threshold t
+(:mod:`fedrouter_app.federation.cluster_defences`). A centroid is refused at threshold t
 when that ratio exceeds t, so one registration gives the refusal rates of
 every threshold: on honest clients (false refusals) and on the attacker's
 centroids (detections). Registration only: nothing is trained. It writes
@@ -55,18 +55,19 @@ def registration_ratios(overrides: list[str]) -> tuple[np.ndarray, np.ndarray, d
     # Imported here so that --render needs neither torch nor Flower.
     from flwr.app import RecordDict
 
-    from fedrouter_app.attacks import attack_reply, malicious_clients
-    from fedrouter_app.client_env import ClientEnv
+    from fedrouter_app.client.attacks import attack_reply, malicious_clients
+    from fedrouter_app.client.client_env import ClientEnv
     from fedrouter_app.clients.fedrouter import FedRouterClient
-    from fedrouter_app.cluster_defences import leave_one_out_distances
-    from fedrouter_app.clustering import kmeans
-    from fedrouter_app.config import load_run_config
+    from fedrouter_app.config.compose import load_run_config
     from fedrouter_app.data.partition import build_client_data
+    from fedrouter_app.federation.cluster_defences import leave_one_out_distances
+    from fedrouter_app.federation.exchange import Reply
+    from fedrouter_app.federation.records import METRICS
+    from fedrouter_app.ml.clustering import kmeans
     from fedrouter_app.model.loading import lora_template
-    from fedrouter_app.records import METRICS
-    from fedrouter_app.rounds import Reply
     from fedrouter_app.seeding import derive_seed
-    from fedrouter_app.strategies.fedrouter import REGISTER, FedRouter
+    from fedrouter_app.strategies.fedrouter.config import REGISTER
+    from fedrouter_app.strategies.fedrouter.strategy import FedRouter
 
     cfg = load_run_config(overrides)
     attackers = malicious_clients(cfg.seed, cfg.num_clients, cfg.attack.fraction) if cfg.attack.kind != "none" else ()

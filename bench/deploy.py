@@ -3,7 +3,7 @@
 For the same job (FedRouter on the embedded default, a few clients and rounds),
 three rows, run one after the other in this one command:
 
-- ``simulation``: Flower's Ray simulation (``fedrouter_app.simulation.simulate``,
+- ``simulation``: Flower's Ray simulation (``fedrouter_app.runners.simulation.simulate``,
   one 1-CPU actor per core);
 - ``deployment``: ``flwr run`` on a real SuperLink and one SuperNode per client
   on 127.0.0.1, every message a fresh ClientApp process doing the work;

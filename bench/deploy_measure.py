@@ -4,7 +4,7 @@ Pieces of :mod:`bench.deploy`. A deployment row runs a real SuperLink and
 SuperNodes on 127.0.0.1 (:class:`tests.deployment.federation.LocalFederation`),
 with or without a warm worker per node; every ClientApp process appends one
 line per message to a timing log (``FEDROUTER_TIMING_LOG``,
-:mod:`fedrouter_app.message_timing`); a thread samples the memory of each
+:mod:`fedrouter_app.runtime.message_timing`); a thread samples the memory of each
 node's processes (its SuperNode, the SuperExec and ClientApp processes under
 it, and its worker).
 """
@@ -50,7 +50,7 @@ class NodeMemory(BackgroundSampler):
         sock = str(self.fed.worker_socket(partition_id))
         for proc in psutil.process_iter(["cmdline"]):
             line = " ".join(proc.info["cmdline"] or [])
-            if sock in line and ("fedrouter_app.worker" in line or "fedrouter-worker" in line):
+            if sock in line and ("fedrouter_app.runtime.worker" in line or "fedrouter-worker" in line):
                 procs.append(proc)
         return procs
 

@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     pin_threads(1)  # as Ray gives each 1-CPU actor; set before torch loads
-    from fedrouter_app.simulation import simulate
+    from fedrouter_app.runners.simulation import simulate
 
     with tempfile.TemporaryDirectory(prefix="fedrouter-bench-") as tmp, PeakMemory(interval=1.0) as memory:
         start = time.perf_counter()

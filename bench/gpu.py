@@ -49,7 +49,7 @@ LLAMA_3_2_1B = {
 
 def llama_1b_shaped(layers: int) -> Path:
     """Directory of the random Llama-3.2-1B-shaped model with ``layers`` blocks (built once)."""
-    from fedrouter_app.config import load_run_config
+    from fedrouter_app.config.compose import load_run_config
     from fedrouter_app.model.embedded import build_once, cache_root
     from fedrouter_app.model.loading import model_path
 
@@ -129,7 +129,7 @@ def tokens_per_example(overrides: list[str]) -> tuple[float, float]:
     """Mean supervised and total tokens per training example of client 0."""
     from transformers import AutoTokenizer
 
-    from fedrouter_app.config import load_run_config
+    from fedrouter_app.config.compose import load_run_config
     from fedrouter_app.data.encoding import IGNORE_INDEX, PromptFormat, encode_example
     from fedrouter_app.data.partition import build_client_data
 
@@ -166,7 +166,7 @@ def summarize(results: dict[str, Any], args: argparse.Namespace, tokens: tuple[f
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from fedrouter_app.simulation import simulate
+    from fedrouter_app.runners.simulation import simulate
 
     model_dir = llama_1b_shaped(args.layers)
     start = time.perf_counter()

@@ -5,7 +5,7 @@ process for every message, so each message pays the imports, the config, the
 client's data and the base model load again (in simulation a Ray actor pays
 them once). This measures those phases in fresh processes, as a message would:
 
-- ``imports``: ``import fedrouter_app.client_handler`` (torch, transformers, peft,
+- ``imports``: ``import fedrouter_app.client.client_handler`` (torch, transformers, peft,
   flwr, every method: what a ClientApp without a warm worker imports);
 - ``config``: composing the run config with Hydra;
 - ``data``: building the client's partition;
@@ -51,9 +51,9 @@ PHASES = ("interpreter", "imports", "config", "data", "model")
 CHILD = """
 import json, sys, time
 t = time.perf_counter()
-import fedrouter_app.client_handler
-from fedrouter_app.client_env import client_data
-from fedrouter_app.config import load_run_config
+import fedrouter_app.client.client_handler
+from fedrouter_app.client.client_env import client_data
+from fedrouter_app.config.compose import load_run_config
 from fedrouter_app.model.loading import cached_adapter_model
 times = {"imports": time.perf_counter() - t}
 overrides = json.loads(sys.argv[1])
@@ -103,7 +103,7 @@ def one_message(overrides: list[str], env: dict[str, str]) -> dict[str, float]:
 def model_dir(overrides: list[str], env: dict[str, str]) -> Path:
     """The local directory ``from_pretrained`` reads (built first for the embedded model)."""
     code = (
-        "import json, sys; from fedrouter_app.config import load_run_config; "
+        "import json, sys; from fedrouter_app.config.compose import load_run_config; "
         "from fedrouter_app.model.loading import model_path; "
         "print(model_path(load_run_config(json.loads(sys.argv[1])).model))"
     )

@@ -5,7 +5,7 @@ initialised model of SmolLM2-135M's shape, saved with ``save_pretrained`` in
 bfloat16 like the published checkpoint, and runs the same client calls two
 ways in one process with one thread (a 1-CPU worker actor):
 
-- ``cached``: :class:`~fedrouter_app.client_env.ClientEnv` as the ClientApp
+- ``cached``: :class:`~fedrouter_app.client.client_env.ClientEnv` as the ClientApp
   uses it, one base model per process (loaded before the clock starts);
 - ``reload``: the same calls with an environment that loads the base model
   through the same :func:`~fedrouter_app.model.loading.load_adapter_model`
@@ -39,14 +39,14 @@ def run(cache: Path, calls: int = CALLS) -> dict[str, Any]:
     import torch
     from flwr.app import ConfigRecord, RecordDict
 
-    from fedrouter_app.client_env import ClientEnv, client_data
+    from fedrouter_app.client.client_env import ClientEnv, client_data
     from fedrouter_app.clients.base import DEFAULT_ACTION
-    from fedrouter_app.config import load_run_config
+    from fedrouter_app.config.compose import load_run_config
+    from fedrouter_app.federation.records import ADAPTER, CONFIG, adapter_record
     from fedrouter_app.model.adapter_model import AdapterModel
     from fedrouter_app.model.loading import cached_adapter_model, load_adapter_model, model_path
-    from fedrouter_app.records import ADAPTER, CONFIG, adapter_record
     from fedrouter_app.registry import client_class
-    from fedrouter_app.strategies.fedrouter import REGISTER
+    from fedrouter_app.strategies.fedrouter.config import REGISTER
 
     torch.set_num_threads(1)
 

@@ -3,7 +3,7 @@
 ``python -m bench.plain_loop --clients 500 --workers 2 --json out.json`` replays
 the training calls of the benchmark's steady rounds (the same clients, sampled
 by the same seeded function, the same data, steps, batches and seeds) through
-the same client code (:func:`fedrouter_app.client_handler.build_env` and the
+the same client code (:func:`fedrouter_app.client.client_handler.build_env` and the
 method's handler), in ``workers`` plain processes with one thread each, the
 parallelism of the simulation's 1-CPU actors, and at their scheduling priority
 (Ray starts its workers with niceness 15: on a machine shared with other work,
@@ -43,15 +43,15 @@ def _worker(rank: int, num_clients: int, barrier: Any, next_call: Any, joined: A
     import torch
     from flwr.app import ConfigRecord, Context, RecordDict
 
-    from fedrouter_app.client_env import ClientEnv
-    from fedrouter_app.client_handler import build_env
+    from fedrouter_app.client.client_env import ClientEnv
+    from fedrouter_app.client.client_handler import build_env
     from fedrouter_app.clients.base import DEFAULT_ACTION
-    from fedrouter_app.config import load_run_config
-    from fedrouter_app.records import CONFIG, adapter_record
+    from fedrouter_app.config.compose import load_run_config
+    from fedrouter_app.federation.records import CONFIG, adapter_record
+    from fedrouter_app.federation.rounds import sample_clients
+    from fedrouter_app.ml.training import learning_rate
     from fedrouter_app.registry import client_class
-    from fedrouter_app.rounds import sample_clients
-    from fedrouter_app.strategies.fedrouter import REGISTER, global_adapter_name
-    from fedrouter_app.training import learning_rate
+    from fedrouter_app.strategies.fedrouter.config import REGISTER, global_adapter_name
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="fedrouter-bench-") as tmp:

@@ -1,7 +1,7 @@
 """Mixed precision against float32, as users run it: the same jobs in both precisions, their cost and their scores.
 
 For every (method, setting, seed) asked, runs the preset's own sweep command
-(``python -m fedrouter_app.sweep -m sweep=<preset> ...``) twice, back to back,
+(``python -m fedrouter_app.cli.sweep -m sweep=<preset> ...``) twice, back to back,
 with ``model.precision=fp32`` and with ``model.precision=<--precision>``
 (``bf16-mixed`` by default), each into a fresh sweep directory, and reads what
 the jobs recorded. Pairs run next to each other, so a machine whose speed

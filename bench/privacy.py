@@ -3,7 +3,7 @@
 ``python -m bench.privacy`` runs FedRouter on the embedded default (8 clients,
 ``dual``) once per noise multiplier z, each client sharing centroids of
 embeddings clipped to L2 norm ``--clip`` with Gaussian noise of std
-z * C / cluster size (see :mod:`fedrouter_app.centroid_privacy`), and records
+z * C / cluster size (see :mod:`fedrouter_app.federation.centroid_privacy`), and records
 the clustering at registration (global ARI against the true tasks) and the
 routing accuracy of the one evaluation (every task, ``eval.scope=global``;
 mean ± standard deviation over seeds).
@@ -67,7 +67,7 @@ def run_one(overrides: list[str], num_clients: int) -> dict[str, Any]:
         the noise's standard deviation is divided by), ``failures`` and ``seconds``.
     """
     # The in-process grid of the tests: clients answer one after the other in this process, through the real apps.
-    from fedrouter_app.inprocess import run_inprocess
+    from fedrouter_app.runners.inprocess import run_inprocess
 
     start = time.perf_counter()
     results, _, _ = run_inprocess(overrides, num_clients)

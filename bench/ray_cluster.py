@@ -11,7 +11,7 @@ training round's seconds against the model
 where the rest is the server and each call's time outside training. It writes
 ``outputs/bench/ray_cluster.json``; ``--render`` renders an existing JSON and
 ``--into docs/scale.md`` puts the table between ``<!-- ray-cluster:start -->``
-and ``<!-- ray-cluster:end -->``. ``tests/fedrouter_app/test_ray_cluster.py``
+and ``<!-- ray-cluster:end -->``. ``tests/fedrouter_app/runners/test_ray_cluster.py``
 runs the same federation on the same cluster and checks the adapters agree.
 """
 
@@ -52,7 +52,7 @@ def two_node_cluster() -> Iterator[Any]:
     import ray
     from ray.cluster_utils import Cluster
 
-    from fedrouter_app import actor_pool
+    from fedrouter_app.runners import actor_pool
 
     # Short: Ray's Unix sockets live under it, and a socket path has at most 107 characters.
     temp_dir = tempfile.mkdtemp(prefix="frray-", dir="/tmp")
@@ -111,9 +111,9 @@ def round_costs(results: dict[str, Any], actors: int) -> list[dict[str, Any]]:
 
 def run(overrides: list[str]) -> dict[str, Any]:
     """The federation on the two-node cluster, then on one local node with as many actors."""
-    from fedrouter_app import actor_pool
-    from fedrouter_app.results import load_results
-    from fedrouter_app.simulation import simulate
+    from fedrouter_app.federation.results import load_results
+    from fedrouter_app.runners import actor_pool
+    from fedrouter_app.runners.simulation import simulate
 
     layouts: dict[str, Any] = {}
     start = time.perf_counter()

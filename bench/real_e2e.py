@@ -5,7 +5,7 @@ Run from the repository root, alone on the machine::
     git worktree add /tmp/before <commit>        # optional: an earlier version of the code
     python -m bench.real_e2e --before /tmp/before --now "eval.stop_strings=[]"
 
-Each variant runs the job's own command (``python -m fedrouter_app.sweep -m
+Each variant runs the job's own command (``python -m fedrouter_app.cli.sweep -m
 sweep=<preset> method=<method>``: Ray, one actor per CPU, every client's
 training and evaluation) in a subprocess into a fresh directory, and reads what
 the job recorded: its seconds (``job.json``), every round's seconds and the final
@@ -56,7 +56,7 @@ def job_command(preset: str, method: str, overrides: list[str], directory: Path)
     return [
         sys.executable,
         "-m",
-        "fedrouter_app.sweep",
+        "fedrouter_app.cli.sweep",
         "-m",
         f"sweep={preset}",
         f"method={method}",

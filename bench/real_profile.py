@@ -56,7 +56,7 @@ from flwr.common.serde import message_from_proto, message_to_proto
 from bench.common import SPEED_OFF, final_numbers, write_json
 from bench.render import publish
 from fedrouter_app.compat.flwr_internals import set_message_id
-from fedrouter_app.inprocess import InProcessGrid
+from fedrouter_app.runners.inprocess import InProcessGrid
 
 PHASES = (
     "model load",
@@ -192,17 +192,17 @@ def peak_gemm_gflops(dtype: torch.dtype, seconds: float = 2.0) -> float:
 TIMED = (
     ("fedrouter_app.model.loading", "load_adapter_model", "model load", ""),
     ("fedrouter_app.clients.fedrouter", "embed_texts", "embeddings", ""),
-    ("fedrouter_app.client_env", "train_adapter", "training", ""),
-    ("fedrouter_app.evaluation", "row_losses", "teacher-forced loss", "choice ranking"),
-    ("fedrouter_app.evaluation", "generate_ids", "generation", ""),
+    ("fedrouter_app.client.client_env", "train_adapter", "training", ""),
+    ("fedrouter_app.ml.evaluation", "row_losses", "teacher-forced loss", "choice ranking"),
+    ("fedrouter_app.ml.evaluation", "generate_ids", "generation", ""),
     # speed.shared_prefill: one prompt pass, then the reference answer's loss and greedy decoding, together.
-    ("fedrouter_app.evaluation", "score_and_generate", "shared prompt pass", ""),
-    ("fedrouter_app.evaluation", "choose_answers", "choice ranking", ""),
+    ("fedrouter_app.ml.evaluation", "score_and_generate", "shared prompt pass", ""),
+    ("fedrouter_app.ml.evaluation", "choose_answers", "choice ranking", ""),
     ("fedrouter_app.clients.fedrouter", "kmeans", "clustering and routing", ""),
     ("fedrouter_app.clients.fedrouter", "nearest", "clustering and routing", ""),
-    ("fedrouter_app.strategies.fedrouter", "kmeans", "clustering and routing", ""),
-    ("fedrouter_app.client_env", "adapter_record", "serialisation", ""),
-    ("fedrouter_app.client_env", "read_adapter", "serialisation", ""),
+    ("fedrouter_app.strategies.fedrouter.clustering", "kmeans", "clustering and routing", ""),
+    ("fedrouter_app.client.client_env", "adapter_record", "serialisation", ""),
+    ("fedrouter_app.client.client_env", "read_adapter", "serialisation", ""),
 )
 
 
@@ -263,10 +263,10 @@ class ProfilingGrid(InProcessGrid):
 
 
 def run_variant(overrides: list[str], out_dir: Path) -> dict[str, Any]:
-    from fedrouter_app.client_app import make_client_app
-    from fedrouter_app.config import load_run_config
+    from fedrouter_app.apps.client_app import make_client_app
+    from fedrouter_app.apps.server_app import serve
+    from fedrouter_app.config.compose import load_run_config
     from fedrouter_app.model import loading
-    from fedrouter_app.server_app import serve
 
     cfg = load_run_config(overrides)
     loading._cache.clear()  # every variant loads its model (the load is a phase of the job)

@@ -26,6 +26,6 @@ def publish(text: str, into: Path | None, marker: str) -> None:
     """Print ``text``; with ``into``, also put it between that Markdown file's ``marker`` markers."""
     print(text)
     if into is not None:
-        from fedrouter_app.report.headline import splice_file
+        from fedrouter_app.markers import splice_file
 
         splice_file(into, marker, text)

@@ -43,7 +43,7 @@ from typing import Any
 
 from bench.common import write_json
 from bench.render import mean_std, publish
-from fedrouter_app.inprocess import run_inprocess
+from fedrouter_app.runners.inprocess import run_inprocess
 
 SHORT = (
     "method=fedrouter",

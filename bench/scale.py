@@ -91,7 +91,7 @@ def model_bytes(overrides: list[str]) -> dict[str, int]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from fedrouter_app.config import load_run_config
+    from fedrouter_app.config.compose import load_run_config
     from fedrouter_app.model.loading import lora_template, model_path
     from fedrouter_app.model.lora import num_parameters
 
@@ -177,7 +177,7 @@ def main() -> None:
     report["server_memory"] = part(
         "bench.server_memory", work / "server-memory.json", log, "--mean", "10", "100", "300", reuse=args.reuse
     )
-    from fedrouter_app.config import load_run_config
+    from fedrouter_app.config.compose import load_run_config
     from fedrouter_app.model.loading import model_path
 
     smol = smollm2_shaped_model(cache, model_path(load_run_config([]).model))

@@ -1,7 +1,7 @@
 """Server memory against the number of replies per round: replies folded in as they arrive, or held.
 
 ``python -m bench.server_memory`` runs training rounds of FedIT through the
-real round loop (:mod:`fedrouter_app.rounds`: sending, reply validation,
+real round loop (:mod:`fedrouter_app.federation.rounds`: sending, reply validation,
 aggregation) on a grid whose clients answer as the server pulls, a few
 replies per pull, each a SmolLM2-135M-shaped LoRA adapter (r=8 on every
 target module of every block, the default LoRA settings) with fresh values,
@@ -40,9 +40,9 @@ from flwr.serverapp import Grid
 from bench.common import smollm2_shaped_model, write_json
 from bench.render import publish
 from fedrouter_app.compat.flwr_internals import set_message_id, set_task_identity
+from fedrouter_app.federation.records import ADAPTER, CLIENT_ID, METRICS, NUM_EXAMPLES, adapter_record
 from fedrouter_app.model.embedded import cache_root
 from fedrouter_app.model.lora import LoraTemplate, num_parameters
-from fedrouter_app.records import ADAPTER, CLIENT_ID, METRICS, NUM_EXAMPLES, adapter_record
 
 PER_PULL = 4  # replies that arrive between two pulls of the server
 MEAN_REPLIES = (10, 100, 300, 1000)
@@ -113,10 +113,13 @@ class AnsweringGrid(Grid):
 
 def measure(rule: str, replies: int) -> dict[str, Any]:
     """Peak traced server memory of one training round with ``replies`` replies under ``rule``."""
-    from fedrouter_app.config import config_fingerprint, load_run_config
+    from fedrouter_app.config.compose import config_fingerprint, load_run_config
+    from fedrouter_app.federation.communicator import Communicator
+    from fedrouter_app.federation.exchange import RoundRecord
+    from fedrouter_app.federation.nodes import register_clients
+    from fedrouter_app.federation.rounds import _train
     from fedrouter_app.model.loading import lora_template, model_path
     from fedrouter_app.registry import strategy_class
-    from fedrouter_app.rounds import Communicator, RoundRecord, _train, register_clients
 
     smol = smollm2_shaped_model(cache_root() / "bench", model_path(load_run_config([]).model))
     cfg = load_run_config(

@@ -29,11 +29,12 @@ CLIENTS = 5000
 
 def run(cache: Path, clients: int = CLIENTS) -> list[dict[str, Any]]:
     """Time the global clustering of ``2 * clients`` local centroids, per model width and cluster count."""
-    from fedrouter_app.clustering import kmeans
-    from fedrouter_app.config import load_run_config
+    from fedrouter_app.config.compose import load_run_config
+    from fedrouter_app.ml.clustering import kmeans
     from fedrouter_app.model.loading import lora_template, model_path
     from fedrouter_app.seeding import numpy_rng
-    from fedrouter_app.strategies.fedrouter import ClientClusters, FedRouter
+    from fedrouter_app.strategies.fedrouter.clustering import ClientClusters
+    from fedrouter_app.strategies.fedrouter.strategy import FedRouter
 
     tiny = model_path(load_run_config([]).model)
     models = {

@@ -1,7 +1,7 @@
 """One federation on Flower's Ray simulation: wall time per round, client calls, memory, bytes.
 
 ``python -m bench.sim_run --clients 500 --json out.json`` runs the benchmark
-workload (:func:`bench.common.workload`) through :func:`fedrouter_app.simulation.simulate`,
+workload (:func:`bench.common.workload`) through :func:`fedrouter_app.runners.simulation.simulate`,
 the same runtime ``flwr run`` uses, and records:
 
 - the wall time between the ends of consecutive rounds (so a round's time
@@ -78,7 +78,7 @@ def timed_checkpoints() -> Iterator[list[tuple[float, int]]]:
 
     The seconds cover taking the strategy's state and writing it.
     """
-    from fedrouter_app.checkpoint import Checkpointer, latest_checkpoint
+    from fedrouter_app.federation.checkpoint import Checkpointer, latest_checkpoint
 
     saves: list[tuple[float, int]] = []
     original = Checkpointer.on_round_end
@@ -101,11 +101,11 @@ def timed_checkpoints() -> Iterator[list[tuple[float, int]]]:
 def run(num_clients: int, num_cpus: int) -> dict[str, Any]:
     """Run the workload with ``num_clients`` clients on ``num_cpus`` 1-CPU actors."""
     pin_threads(1)
-    from fedrouter_app.simulation import simulate  # after pin_threads: torch reads the thread count on import
+    from fedrouter_app.runners.simulation import simulate  # after pin_threads: torch reads the thread count on import
 
     memory = PeakMemory()
     clock = RoundClock(memory)
-    results_logger = logging.getLogger("flwr.fedrouter.fedrouter_app.results")
+    results_logger = logging.getLogger("flwr.fedrouter.fedrouter_app.federation.results")
     results_logger.addHandler(clock)
     with tempfile.TemporaryDirectory(prefix="fedrouter-bench-") as tmp, memory, timed_checkpoints() as saves:
         start = time.perf_counter()

@@ -4,7 +4,7 @@ Run from the repository root, alone on the machine::
 
     python -m bench.sweep_cost --preset real_compare --seeds 0
 
-runs the preset's own command (``python -m fedrouter_app.sweep -m sweep=<preset>``) for
+runs the preset's own command (``python -m fedrouter_app.cli.sweep -m sweep=<preset>``) for
 the given seeds into a fresh directory (``--dir``; a stopped measurement goes on
 there, as any sweep does, and its footnote says so), samples the machine's load
 meanwhile, then reads every job's recorded seconds (``job.json``). The
@@ -47,7 +47,7 @@ def run_sweep(preset: str, seeds: list[int], directory: Path) -> float:
     command = [
         sys.executable,
         "-m",
-        "fedrouter_app.sweep",
+        "fedrouter_app.cli.sweep",
         "-m",
         f"sweep={preset}",
         f"hydra.sweeper.params.seed='{','.join(map(str, seeds))}'",

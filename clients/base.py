@@ -5,9 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+import numpy as np
 from flwr.app import RecordDict
 
-from fedrouter_app.client_env import ClientEnv, RoundInfo
+from fedrouter_app.client.client_env import ClientEnv, RoundInfo
 
 DEFAULT_ACTION = "default"
 
@@ -42,11 +43,19 @@ class ClientMethod(ABC):
     def sent_adapter_name(self, reply_name: str, instruction: RecordDict, reply: RecordDict) -> str | None:
         """The instruction's adapter that reply adapter ``reply_name`` was trained from; None: not known.
 
-        Read by model-poisoning attacks (:mod:`fedrouter_app.attacks`), which
+        Read by model-poisoning attacks (:mod:`fedrouter_app.client.attacks`), which
         poison the update against it. By default an adapter goes back under the
         name it came with; methods that rename override this.
         """
         return reply_name if reply_name in instruction.array_records else None
+
+    def embed(self, instructions: list[str]) -> np.ndarray:
+        """Embeddings of ``instructions`` as the method clusters them, for methods that register clusters.
+
+        Read by the ``capture`` attack (:mod:`fedrouter_app.client.attacks`), which moves a registered centroid
+        onto another task's embeddings.
+        """
+        raise NotImplementedError(f"method {self.method_name!r} registers no clusters and embeds nothing")
 
     def handle(self, category: str, action: str, content: RecordDict) -> RecordDict:
         """Dispatch a message to the matching handler."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flwr.app import RecordDict
 
-from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.client.client_env import RoundInfo
 from fedrouter_app.clients.fedit import FedITClient
 from fedrouter_app.clients.fedprox import proximal_term
-from fedrouter_app.records import ADAPTER
+from fedrouter_app.federation.records import ADAPTER
 from fedrouter_app.registry import register_client
 
 PERSONAL_ADAPTER = "ditto.personal"

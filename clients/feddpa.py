@@ -8,13 +8,13 @@ import numpy as np
 import torch
 from flwr.app import RecordDict
 
-from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.client.client_env import RoundInfo
 from fedrouter_app.clients.base import ClientMethod
 from fedrouter_app.data.example import Example
-from fedrouter_app.embedding import embed_texts
+from fedrouter_app.federation.records import ADAPTER
+from fedrouter_app.ml.embedding import embed_texts
 from fedrouter_app.model.adapter_model import DEFAULT_SLOT
 from fedrouter_app.model.lora import LoraState
-from fedrouter_app.records import ADAPTER
 from fedrouter_app.registry import register_client
 from fedrouter_app.seeding import numpy_rng
 

@@ -7,13 +7,13 @@ from collections.abc import Callable
 import torch
 from flwr.app import RecordDict
 
-from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.client.client_env import RoundInfo
 from fedrouter_app.clients.fedit import FedITClient
+from fedrouter_app.federation.records import ADAPTER
+from fedrouter_app.ml.training import Regularizer
 from fedrouter_app.model.loading import AdapterModel
 from fedrouter_app.model.lora import LoraState
-from fedrouter_app.records import ADAPTER
 from fedrouter_app.registry import register_client
-from fedrouter_app.training import Regularizer
 
 
 def proximal_term(anchor: LoraState, weight: float) -> Callable[[AdapterModel], Regularizer]:

@@ -2,34 +2,31 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from fedrouter_app.centroid_privacy import cluster_means, merge_small_clusters, noisy_centroids
-from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.client.client_env import RoundInfo
 from fedrouter_app.clients.base import ClientMethod
 from fedrouter_app.clients.fedrouter_fallback import remember_training_embeddings, routing_extras
-from fedrouter_app.clustering import contingency, kmeans, nearest, scores_from_counts
-from fedrouter_app.data.example import Example
-from fedrouter_app.embedding import InstructionPrefixes, embed_texts
-from fedrouter_app.evaluation import ExampleScore
-from fedrouter_app.records import CONFIG, METRICS, matrix_record, read_matrix
+from fedrouter_app.data.example import instructions_digest
+from fedrouter_app.federation.centroid_privacy import cluster_means, merge_small_clusters, noisy_centroids
+from fedrouter_app.federation.records import CENTROIDS, CONFIG, METRICS, matrix_record, read_matrix
+from fedrouter_app.ml.clustering import contingency, kmeans, nearest, scores_from_counts
+from fedrouter_app.ml.embedding import InstructionPrefixes, embed_texts
+from fedrouter_app.ml.evaluation import ExampleScore
+from fedrouter_app.ml.training import TrainStats
 from fedrouter_app.registry import register_client
 from fedrouter_app.seeding import derive_seed, numpy_rng
-from fedrouter_app.strategies.fedrouter import (
-    CENTROIDS,
+from fedrouter_app.strategies.fedrouter.config import (
     CHECK,
     EMBEDDING_POOLING,
     UNCHANGED,
     global_adapter_name,
     local_adapter_name,
 )
-from fedrouter_app.training import TrainStats
 
 CLUSTERS = "fedrouter.clusters"
 TEST_EMBEDDINGS = "fedrouter.test-embeddings"
@@ -53,15 +50,6 @@ class LocalClusters:
     @classmethod
     def from_record(cls, record: ArrayRecord) -> LocalClusters:
         return cls(centroids=record["centroids"].numpy(), labels=record["labels"].numpy())
-
-
-def instructions_digest(examples: Sequence[Example]) -> np.ndarray:
-    """A 16-byte digest of the examples' instructions, in order: tells whether a client's data changed."""
-    digest = hashlib.blake2b(digest_size=16)
-    for ex in examples:
-        digest.update(ex.instruction.encode())
-        digest.update(b"\x1f")
-    return np.frombuffer(digest.digest(), dtype=np.uint8).copy()
 
 
 def mean_nearest_distance(embeddings: np.ndarray, centroids: np.ndarray) -> float:

@@ -8,7 +8,7 @@ rows for fallen-back samples; every adapter, their average and the base
 model for the diagnosis) is scored in **one** further batched pass, each row
 with its own per-slot mixing weights, after the plain views: the plain views
 are computed exactly as without the extras. The rules themselves are generic
-(:mod:`fedrouter_app.routing_fallback`, :mod:`fedrouter_app.routing_diagnosis`).
+(:mod:`fedrouter_app.federation.routing_fallback`, :mod:`fedrouter_app.federation.routing_diagnosis`).
 """
 
 from __future__ import annotations
@@ -21,17 +21,18 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 
-from fedrouter_app.client_env import ROUTE_SLOT
-from fedrouter_app.evaluation import ExampleScore
-from fedrouter_app.routing_diagnosis import diagnosis_metrics
-from fedrouter_app.routing_fallback import (
+from fedrouter_app.client.client_env import ROUTE_SLOT
+from fedrouter_app.data.example import instructions_digest
+from fedrouter_app.federation.routing_diagnosis import diagnosis_metrics
+from fedrouter_app.federation.routing_fallback import (
     calibrate,
     distances,
     fallback_counts,
     fallback_weights,
     falls_back,
 )
-from fedrouter_app.strategies.fedrouter import global_adapter_name
+from fedrouter_app.ml.evaluation import ExampleScore
+from fedrouter_app.strategies.fedrouter.config import global_adapter_name
 
 if TYPE_CHECKING:
     from fedrouter_app.clients.fedrouter import FedRouterClient
@@ -55,9 +56,6 @@ class RoutingExtras:
 
 
 def _digest(client: FedRouterClient) -> np.ndarray:
-    # Imported here: fedrouter.py imports this module, so a module-level import would be circular.
-    from fedrouter_app.clients.fedrouter import instructions_digest
-
     return instructions_digest(client.env.data.train)
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flwr.app import RecordDict
 
-from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.client.client_env import RoundInfo
 from fedrouter_app.clients.base import ClientMethod
+from fedrouter_app.federation.records import adapter_record, local_adapter_record, read_adapter, read_local_adapter
 from fedrouter_app.model.lora import LoraState, LoraTemplate, is_lora_a, is_lora_b
-from fedrouter_app.records import adapter_record, local_adapter_record, read_adapter, read_local_adapter
 from fedrouter_app.registry import register_client
 from fedrouter_app.strategies.fedsa_lora import LORA_A, a_template
 

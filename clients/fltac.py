@@ -15,22 +15,22 @@ from collections.abc import Hashable, Sequence
 
 from flwr.app import RecordDict
 
-from fedrouter_app.aggregation import weighted_average
-from fedrouter_app.client_env import RoundInfo
-from fedrouter_app.clients.base import ClientMethod
-from fedrouter_app.data.example import Example
-from fedrouter_app.model.lora import LoraState
-from fedrouter_app.records import CONFIG, matrix_record, read_matrix
-from fedrouter_app.registry import register_client
-from fedrouter_app.strategies.fltac import INITIAL, ROUTER_CLUSTERS, cluster_name, slot_name
-from fedrouter_app.task_routing import (
+from fedrouter_app.client.client_env import RoundInfo
+from fedrouter_app.client.task_routing import (
     CENTROIDS,
     nearest_targets,
     own_task_centroids,
     route_metric,
     stored_embeddings,
 )
-from fedrouter_app.training import TrainStats
+from fedrouter_app.clients.base import ClientMethod
+from fedrouter_app.data.example import Example
+from fedrouter_app.federation.aggregation import weighted_average
+from fedrouter_app.federation.records import CONFIG, matrix_record, read_matrix
+from fedrouter_app.ml.training import TrainStats
+from fedrouter_app.model.lora import LoraState
+from fedrouter_app.registry import register_client
+from fedrouter_app.strategies.fltac import INITIAL, ROUTER_CLUSTERS, cluster_name, slot_name
 
 SLOT_CENTROIDS = "fltac.slot-centroids"
 UNSEEN_EMBEDDINGS = "fltac.unseen-embeddings"

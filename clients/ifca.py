@@ -7,11 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 from flwr.app import RecordDict
 
-from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.client.client_env import RoundInfo
 from fedrouter_app.clients.base import ClientMethod
 from fedrouter_app.data.example import Example
+from fedrouter_app.federation.records import ADAPTER, METRICS
 from fedrouter_app.model.lora import LoraState
-from fedrouter_app.records import ADAPTER, METRICS
 from fedrouter_app.registry import register_client
 from fedrouter_app.seeding import numpy_rng
 from fedrouter_app.strategies.ifca import CHOSEN, cluster_adapter_name, loss_metric

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flwr.app import RecordDict
 
-from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.client.client_env import RoundInfo
 from fedrouter_app.clients.base import ClientMethod
 from fedrouter_app.model.lora import LoraState
 from fedrouter_app.registry import register_client

@@ -18,23 +18,23 @@ from typing import Any
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from fedrouter_app.client_env import RoundInfo
-from fedrouter_app.clients.base import ClientMethod
-from fedrouter_app.data.example import Example
-from fedrouter_app.evaluation import ExampleScore
-from fedrouter_app.model.adapter_model import DEFAULT_SLOT
-from fedrouter_app.model.lora import LoraState
-from fedrouter_app.records import CONFIG, read_matrix
-from fedrouter_app.registry import register_client
-from fedrouter_app.strategies.tap import ROUTER_KEYS, SHARED, centroid_size_name, payload_name, reply_name, task_key
-from fedrouter_app.task_routing import (
+from fedrouter_app.client.client_env import RoundInfo
+from fedrouter_app.client.task_routing import (
     CENTROIDS,
     nearest_targets,
     own_task_centroids,
     route_metric,
     stored_embeddings,
 )
-from fedrouter_app.training import Teacher, TrainStats
+from fedrouter_app.clients.base import ClientMethod
+from fedrouter_app.data.example import Example
+from fedrouter_app.federation.records import CONFIG, read_matrix
+from fedrouter_app.ml.evaluation import ExampleScore
+from fedrouter_app.ml.training import Teacher, TrainStats
+from fedrouter_app.model.adapter_model import DEFAULT_SLOT
+from fedrouter_app.model.lora import LoraState
+from fedrouter_app.registry import register_client
+from fedrouter_app.strategies.tap import ROUTER_KEYS, SHARED, centroid_size_name, payload_name, reply_name, task_key
 
 PERSONAL = "tap.personal"
 PERSONAL_LOSSES = "tap.personal-losses"

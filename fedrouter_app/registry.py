@@ -7,6 +7,7 @@ a method directly, so adding a method touches ``strategies/``, ``clients/`` and
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -30,6 +31,21 @@ class MethodConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` (or ``ConfigError``) on unusable values; nothing by default."""
+
+    # What shared code asks of a method, answered by the method (shared code never names one).
+
+    def registers_clusters(self) -> bool:
+        """Whether clients register cluster centroids with the server (the target of registration attacks)."""
+        return False
+
+    def min_distinct_samples(self) -> tuple[int, str]:
+        """Distinct training samples a client needs (e.g. one per local cluster it forms), and the setting that
+        says so, for the message; ``(0, "")``: no minimum."""
+        return 0, ""
+
+    def shared_centroid_noise(self) -> float:
+        """The noise multiplier of the Gaussian mechanism on shared centroids (0: none shared, or shared exactly)."""
+        return 0.0
 
 
 _STRATEGIES: dict[str, type[Strategy]] = {}
@@ -67,10 +83,14 @@ def register_client(name: str) -> Callable[[C], C]:
     return decorate
 
 
+METHOD_PACKAGES = ("fedrouter_app.strategies", "fedrouter_app.clients")
+
+
 def _load_methods() -> None:
-    # Importing the packages runs their registration decorators.
-    import fedrouter_app.clients
-    import fedrouter_app.strategies  # noqa: F401
+    # Methods are plugins of every layer below them: importing their packages runs the registration decorators. By
+    # name, so that the registry (which the configuration asks for method settings) depends on no method.
+    for package in METHOD_PACKAGES:
+        importlib.import_module(package)
 
 
 def method_names() -> list[str]:

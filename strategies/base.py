@@ -5,7 +5,7 @@ Flower's own ``flwr.serverapp.strategy.Strategy`` is built around one global
 cluster, per client) and send each client its own payload, so our strategies
 keep their adapters on the instance and answer per client. The hook names
 follow Flower's (``configure_train``, ``aggregate_train``, ...); the shared
-round loop in :mod:`fedrouter_app.rounds` calls them, handles sampling,
+round loop in :mod:`fedrouter_app.federation.rounds` calls them, handles sampling,
 messaging, validation, byte accounting and logging, and knows no method by
 name.
 """
@@ -19,12 +19,14 @@ from typing import Any, ClassVar
 import numpy as np
 from flwr.app import RecordDict
 
-from fedrouter_app.checkpoint import StrategyState
+from fedrouter_app.federation.checkpoint import StrategyState
+from fedrouter_app.federation.communicator import Communicator
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import ADAPTER, InvalidReplyError, adapter_record
+from fedrouter_app.federation.robust_aggregation import STREAMING_RULES, Aggregate, new_aggregate
 from fedrouter_app.model.lora import LoraState, LoraTemplate, initial_lora_state, num_parameters
-from fedrouter_app.records import ADAPTER, InvalidReplyError, adapter_record
-from fedrouter_app.robust_aggregation import STREAMING_RULES, Aggregate, new_aggregate
-from fedrouter_app.rounds import Communicator, Reply
-from fedrouter_app.settings import ConfigError, RunConfig
+from fedrouter_app.schema.checks import ConfigError
+from fedrouter_app.schema.settings import RunConfig
 
 # Room in a reply beyond its adapters: serialization headers and small arrays (e.g. FedRouter's centroids).
 REPLY_SLACK_BYTES = 1 << 20
@@ -153,7 +155,7 @@ class Strategy(ABC):
         """Phase after the last round (e.g. post-federated fine-tuning); nothing by default."""
 
     def state_dict(self) -> StrategyState:
-        """Everything needed to continue the run after the current round (see :mod:`fedrouter_app.checkpoint`).
+        """Everything needed to continue the run after the current round (:mod:`fedrouter_app.federation.checkpoint`).
 
         Random state is not part of it: every random choice derives from (seed, client, round).
         """

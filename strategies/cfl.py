@@ -19,15 +19,16 @@ from typing import Any
 import numpy as np
 from flwr.app import RecordDict
 
-from fedrouter_app.checkpoint import StrategyState
-from fedrouter_app.clustering import unit_rows
+from fedrouter_app.federation.checkpoint import StrategyState
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import NUM_EXAMPLES, InvalidReplyError
+from fedrouter_app.federation.robust_aggregation import Aggregate
 from fedrouter_app.logs import get_logger
+from fedrouter_app.ml.clustering import unit_rows
 from fedrouter_app.model.lora import LoraState, LoraTemplate, is_lora_b
-from fedrouter_app.records import NUM_EXAMPLES, InvalidReplyError
 from fedrouter_app.registry import MethodConfig, register_strategy
-from fedrouter_app.robust_aggregation import Aggregate
-from fedrouter_app.rounds import Reply
-from fedrouter_app.settings import RunConfig, one_of, require
+from fedrouter_app.schema.checks import one_of, require
+from fedrouter_app.schema.settings import RunConfig
 from fedrouter_app.strategies.base import Strategy
 
 log = get_logger(__name__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fedrouter_app.registry import register_strategy
-from fedrouter_app.settings import one_of, require
+from fedrouter_app.schema.checks import one_of, require
 from fedrouter_app.strategies.fedit import FedIT, FedITConfig
 
 

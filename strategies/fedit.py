@@ -8,13 +8,14 @@ from typing import Any
 
 from flwr.app import ConfigRecord, RecordDict
 
-from fedrouter_app.checkpoint import StrategyState
-from fedrouter_app.dp import KEY_CLIPPING_NORM, check_clipped, dp_mean
+from fedrouter_app.federation.checkpoint import StrategyState
+from fedrouter_app.federation.dp import KEY_CLIPPING_NORM, check_clipped, dp_mean
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import CONFIG, NUM_EXAMPLES
 from fedrouter_app.model.lora import LoraState, LoraTemplate
-from fedrouter_app.records import CONFIG, NUM_EXAMPLES
 from fedrouter_app.registry import MethodConfig, register_strategy
-from fedrouter_app.rounds import Reply
-from fedrouter_app.settings import RunConfig, one_of
+from fedrouter_app.schema.checks import one_of
+from fedrouter_app.schema.settings import RunConfig
 from fedrouter_app.strategies.base import Strategy
 
 
@@ -36,7 +37,7 @@ class FedIT(Strategy):
     sends it back; the server replaces the global adapter with the mean of the
     replies, weighted by the clients' training-set sizes (or uniformly). With
     ``dp.mode`` set, Flower's fixed-clipping DP wrappers do the averaging (see
-    :mod:`fedrouter_app.dp`).
+    :mod:`fedrouter_app.federation.dp`).
     """
 
     supports_dp = True

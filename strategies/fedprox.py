@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fedrouter_app.registry import register_strategy
-from fedrouter_app.settings import require
+from fedrouter_app.schema.checks import require
 from fedrouter_app.strategies.fedit import FedIT, FedITConfig
 
 

@@ -14,12 +14,12 @@ from typing import Any
 
 from flwr.app import RecordDict
 
-from fedrouter_app.checkpoint import StrategyState
+from fedrouter_app.federation.checkpoint import StrategyState
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import NUM_EXAMPLES, InvalidReplyError, adapter_record, read_adapter
 from fedrouter_app.model.lora import LoraState, LoraTemplate, is_lora_a
-from fedrouter_app.records import NUM_EXAMPLES, InvalidReplyError, adapter_record, read_adapter
 from fedrouter_app.registry import register_strategy
-from fedrouter_app.rounds import Reply
-from fedrouter_app.settings import RunConfig
+from fedrouter_app.schema.settings import RunConfig
 from fedrouter_app.strategies.base import Strategy
 from fedrouter_app.strategies.fedit import FedITConfig
 

@@ -12,7 +12,7 @@ Under ``unseen_rule=router`` (this project's rule, not the paper's) every slot
 also carries the frozen-base centroid of its training samples; the server keeps
 one centroid per cluster (size-weighted over the slots in it) and sends them
 with evaluation instructions, so clients route each test sample of a task they
-never had to the cluster of its nearest centroid (see :mod:`fedrouter_app.task_routing`).
+never had to the cluster of its nearest centroid (see :mod:`fedrouter_app.client.task_routing`).
 """
 
 from __future__ import annotations
@@ -24,19 +24,27 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
-from fedrouter_app.aggregation import WeightedMean
-from fedrouter_app.checkpoint import StrategyState
-from fedrouter_app.clustering import kmeans, majority, match_clusters
+from fedrouter_app.client.task_routing import CENTROIDS, check_route_metrics, pooled_centroids, routing_summary
+from fedrouter_app.federation.aggregation import WeightedMean
+from fedrouter_app.federation.checkpoint import StrategyState
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import (
+    CONFIG,
+    InvalidReplyError,
+    adapter_record,
+    matrix_record,
+    read_count,
+    read_matrix,
+)
+from fedrouter_app.federation.robust_aggregation import Aggregate
+from fedrouter_app.ml.clustering import kmeans, majority, match_clusters
 from fedrouter_app.model.loading import hidden_size
 from fedrouter_app.model.lora import LoraState, LoraTemplate
-from fedrouter_app.records import CONFIG, InvalidReplyError, adapter_record, matrix_record, read_count, read_matrix
 from fedrouter_app.registry import MethodConfig, register_strategy
-from fedrouter_app.robust_aggregation import Aggregate
-from fedrouter_app.rounds import Reply
+from fedrouter_app.schema.checks import one_of, require
+from fedrouter_app.schema.settings import RunConfig
 from fedrouter_app.seeding import derive_seed
-from fedrouter_app.settings import RunConfig, one_of, require
 from fedrouter_app.strategies.base import Strategy
-from fedrouter_app.task_routing import CENTROIDS, check_route_metrics, pooled_centroids, routing_summary
 
 INITIAL = "initial"
 UNSEEN_RULES = ("perplexity", "oracle", "average", "router")

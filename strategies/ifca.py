@@ -14,14 +14,15 @@ from typing import Any
 
 from flwr.app import RecordDict
 
-from fedrouter_app.checkpoint import StrategyState
+from fedrouter_app.federation.checkpoint import StrategyState
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import NUM_EXAMPLES, InvalidReplyError, adapter_record
+from fedrouter_app.federation.robust_aggregation import Aggregate
 from fedrouter_app.model.lora import LoraState, LoraTemplate, initial_lora_state
-from fedrouter_app.records import NUM_EXAMPLES, InvalidReplyError, adapter_record
 from fedrouter_app.registry import MethodConfig, register_strategy
-from fedrouter_app.robust_aggregation import Aggregate
-from fedrouter_app.rounds import Reply
+from fedrouter_app.schema.checks import require
+from fedrouter_app.schema.settings import RunConfig
 from fedrouter_app.seeding import derive_seed
-from fedrouter_app.settings import RunConfig, require
 from fedrouter_app.strategies.base import Strategy
 
 # Metric key of the cluster a client chose (train and evaluate replies).

@@ -8,9 +8,9 @@ from typing import Any
 
 from flwr.app import RecordDict
 
-from fedrouter_app.checkpoint import StrategyState
+from fedrouter_app.federation.checkpoint import StrategyState
+from fedrouter_app.federation.exchange import Reply
 from fedrouter_app.registry import MethodConfig, register_strategy
-from fedrouter_app.rounds import Reply
 from fedrouter_app.strategies.base import Strategy
 
 

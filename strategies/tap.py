@@ -11,7 +11,7 @@ with each task LoRA, the frozen-base centroid of that task's training samples;
 the server keeps one centroid per task key (size-weighted over its holders)
 and sends them, with every task LoRA, in evaluation instructions, so a client
 runs each test sample of a task it does not hold through the LoRA of the
-nearest centroid (see :mod:`fedrouter_app.task_routing`).
+nearest centroid (see :mod:`fedrouter_app.client.task_routing`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
-from fedrouter_app.aggregation import WeightedMean
-from fedrouter_app.checkpoint import StrategyState
-from fedrouter_app.model.loading import hidden_size
-from fedrouter_app.model.lora import LoraState, LoraTemplate
-from fedrouter_app.records import (
+from fedrouter_app.client.task_routing import CENTROIDS, check_route_metrics, pooled_centroids, routing_summary
+from fedrouter_app.federation.aggregation import WeightedMean
+from fedrouter_app.federation.checkpoint import StrategyState
+from fedrouter_app.federation.communicator import Communicator
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import (
     CONFIG,
     NUM_EXAMPLES,
     InvalidReplyError,
@@ -36,12 +37,13 @@ from fedrouter_app.records import (
     read_count,
     read_matrix,
 )
+from fedrouter_app.federation.robust_aggregation import Aggregate
+from fedrouter_app.model.loading import hidden_size
+from fedrouter_app.model.lora import LoraState, LoraTemplate
 from fedrouter_app.registry import MethodConfig, register_strategy
-from fedrouter_app.robust_aggregation import Aggregate
-from fedrouter_app.rounds import Communicator, Reply
-from fedrouter_app.settings import RunConfig, one_of, require
+from fedrouter_app.schema.checks import one_of, require
+from fedrouter_app.schema.settings import RunConfig
 from fedrouter_app.strategies.base import Strategy
-from fedrouter_app.task_routing import CENTROIDS, check_route_metrics, pooled_centroids, routing_summary
 
 KEYS = "query.keys"
 SHARED = "shared"

@@ -27,9 +27,9 @@ from tests.no_network import sitecustomize as network_guard  # noqa: E402
 os.environ[network_guard.ENV] = "1"
 network_guard.install()
 
-from fedrouter_app.config import load_run_config  # noqa: E402
+from fedrouter_app.config.compose import load_run_config  # noqa: E402
 from fedrouter_app.model.loading import AdapterModel, cached_adapter_model  # noqa: E402
-from fedrouter_app.settings import RunConfig  # noqa: E402
+from fedrouter_app.schema.settings import RunConfig  # noqa: E402
 
 # Small enough for unit tests, large enough for every code path.
 TINY = (

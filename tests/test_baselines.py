@@ -9,10 +9,10 @@ from safetensors.numpy import load_file
 from fedrouter_app.clients.ditto import PERSONAL_ADAPTER
 from fedrouter_app.clients.fedavg_ft import BEFORE_VIEW
 from fedrouter_app.clients.fedsa_lora import OWN_B
-from fedrouter_app.inprocess import NODE_OFFSET, run_inprocess
+from fedrouter_app.federation.records import packed_key
 from fedrouter_app.model.loading import lora_template
 from fedrouter_app.model.lora import num_parameters
-from fedrouter_app.records import packed_key
+from fedrouter_app.runners.inprocess import NODE_OFFSET, run_inprocess
 from fedrouter_app.strategies.fedsa_lora import a_template
 from tests.conftest import tiny_overrides
 

@@ -80,7 +80,7 @@ def test_each_variant_runs_the_presets_own_sweep_command(tmp_path):
     command = job_command("real", "fedit", ["model.precision=bf16-mixed"], tmp_path)
     assert command[1:] == [
         "-m",
-        "fedrouter_app.sweep",
+        "fedrouter_app.cli.sweep",
         "-m",
         "sweep=real",
         "method=fedit",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedrouter_app.inprocess import run_inprocess
+from fedrouter_app.runners.inprocess import run_inprocess
 
 pytestmark = pytest.mark.slow  # whole runs, or Ray, Flower or worker processes
 

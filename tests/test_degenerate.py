@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from fedrouter_app.inprocess import NODE_OFFSET, run_inprocess
-from fedrouter_app.records import read_local_adapter
+from fedrouter_app.federation.records import read_local_adapter
+from fedrouter_app.runners.inprocess import NODE_OFFSET, run_inprocess
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.slow  # whole runs, or Ray, Flower or worker processes

@@ -3,9 +3,9 @@
 import pytest
 from flwr.app import Context, RecordDict
 
-from fedrouter_app.client_env import client_data
-from fedrouter_app.client_handler import build_env
-from fedrouter_app.config import config_fingerprint, load_run_config
+from fedrouter_app.client.client_env import client_data
+from fedrouter_app.client.client_handler import build_env
+from fedrouter_app.config.compose import config_fingerprint, load_run_config
 from fedrouter_app.data.partition import (
     build_client_data,
     client_tasks,
@@ -16,8 +16,8 @@ from fedrouter_app.data.partition import (
     stream_positions,
     train_counts,
 )
-from fedrouter_app.inprocess import run_inprocess
-from fedrouter_app.settings import ConfigError
+from fedrouter_app.runners.inprocess import run_inprocess
+from fedrouter_app.schema.checks import ConfigError
 
 TASKS = "data.tasks=[copy,reverse,capital,sentiment]"
 
@@ -156,8 +156,8 @@ def test_the_drift_sweep_runs_five_variants_on_three_seeds_with_per_round_scores
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from fedrouter_app.config import CONF_DIR
-    from fedrouter_app.sweep import job_overrides
+    from fedrouter_app.cli.sweep import job_overrides
+    from fedrouter_app.config.compose import CONF_DIR
 
     GlobalHydra.instance().clear()
     try:

@@ -8,20 +8,15 @@ import numpy as np
 import pytest
 from flwr.app import RecordDict
 
-from fedrouter_app.clustering import unit_rows
-from fedrouter_app.config import config_fingerprint, load_run_config
-from fedrouter_app.inprocess import run_inprocess
-from fedrouter_app.records import CONFIG, read_adapter
-from fedrouter_app.rounds import Reply
-from fedrouter_app.settings import ConfigError
-from fedrouter_app.strategies.fedrouter import (
-    ClientClusters,
-    FedRouter,
-    adapter_update,
-    global_adapter_name,
-    global_clustering_features,
-    local_adapter_name,
-)
+from fedrouter_app.config.compose import config_fingerprint, load_run_config
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import CONFIG, read_adapter
+from fedrouter_app.ml.clustering import unit_rows
+from fedrouter_app.runners.inprocess import run_inprocess
+from fedrouter_app.schema.checks import ConfigError
+from fedrouter_app.strategies.fedrouter.clustering import ClientClusters, adapter_update, global_clustering_features
+from fedrouter_app.strategies.fedrouter.config import global_adapter_name, local_adapter_name
+from fedrouter_app.strategies.fedrouter.strategy import FedRouter
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
 SIZE = 12
@@ -172,7 +167,7 @@ def test_defaults_keep_todays_behaviour_and_fingerprint():
     cfg = load_run_config(["method=fedrouter"])
     method = cfg.method
     assert (method.global_features, method.embedding, method.embedding_layer) == ("centroids", "mean", None)
-    from fedrouter_app.config import _as_recorded_before
+    from fedrouter_app.config.compose import _as_recorded_before
 
     settings = _as_recorded_before(
         {k: v for k, v in cfg.to_dict().items() if k not in ("output", "checkpoint", "report")}
@@ -180,7 +175,7 @@ def test_defaults_keep_todays_behaviour_and_fingerprint():
     for key in ("global_features", "embedding", "embedding_layer"):
         del settings["method"][key]
     # Other settings at their neutral values leave the fingerprint too; ours were the only ones removed here.
-    from fedrouter_app.config import NEUTRAL_DEFAULTS
+    from fedrouter_app.config.compose import NEUTRAL_DEFAULTS
 
     for (section, key), neutral in NEUTRAL_DEFAULTS.items():
         if settings.get(section, {}).get(key, neutral) == neutral:

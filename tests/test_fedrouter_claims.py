@@ -6,7 +6,7 @@ Four clients, each holding two tasks (dual); evaluated on every task
 
 import pytest
 
-from fedrouter_app.inprocess import run_inprocess
+from fedrouter_app.runners.inprocess import run_inprocess
 
 pytestmark = pytest.mark.slow  # whole runs, or Ray, Flower or worker processes
 

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 from flwr.app import RecordDict
 
-from fedrouter_app.config import config_fingerprint, load_run_config
-from fedrouter_app.inprocess import run_inprocess
-from fedrouter_app.records import InvalidReplyError
-from fedrouter_app.rounds import Reply
-from fedrouter_app.routing_diagnosis import diagnosis_metrics, diagnosis_summary, parse_diag_metric
-from fedrouter_app.routing_fallback import (
+from fedrouter_app.config.compose import config_fingerprint, load_run_config
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import InvalidReplyError
+from fedrouter_app.federation.routing_diagnosis import diagnosis_metrics, diagnosis_summary, parse_diag_metric
+from fedrouter_app.federation.routing_fallback import (
     average_weights,
     calibrate,
     distances,
@@ -22,8 +21,9 @@ from fedrouter_app.routing_fallback import (
     parse_fallback_metric,
     soft_weights,
 )
-from fedrouter_app.settings import ConfigError
-from fedrouter_app.strategies.fedrouter import FedRouter
+from fedrouter_app.runners.inprocess import run_inprocess
+from fedrouter_app.schema.checks import ConfigError
+from fedrouter_app.strategies.fedrouter.strategy import FedRouter
 
 CENTROIDS = np.array([[0.0, 0.0], [10.0, 0.0]])
 # Nearest-centroid distances 1, 2, 3, 4 (two near each centroid).
@@ -200,7 +200,7 @@ def test_defaults_report_the_fallback_beside_the_papers_routing_which_stays_the_
     assert m.diagnose_routing == "held_out"
     assert config_fingerprint(cfg) == config_fingerprint(load_run_config(["method=fedrouter", "method.router=global"]))
     # Switched off, the settings are the paper's routing alone, as before they existed: they leave the fingerprint.
-    from fedrouter_app.config import NEUTRAL_DEFAULTS
+    from fedrouter_app.config.compose import NEUTRAL_DEFAULTS
 
     off = load_run_config(["method=fedrouter", "method.router_fallback=none", "method.diagnose_routing=off"])
     assert all(key not in off.to_dict()["method"] or NEUTRAL_DEFAULTS[("method", key)] == value

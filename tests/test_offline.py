@@ -10,8 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from fedrouter_app.config import CONF_DIR, load_run_config
-from fedrouter_app.sweep import job_overrides
+from fedrouter_app.cli.sweep import job_overrides
+from fedrouter_app.config.compose import CONF_DIR, load_run_config
 from tests.no_network import sitecustomize as network_guard
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))

@@ -27,9 +27,9 @@ from omegaconf import OmegaConf  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
-from fedrouter_app.config import CONF_DIR, compose_config, load_run_config  # noqa: E402
+from fedrouter_app.cli.sweep import job_overrides, run_job  # noqa: E402
+from fedrouter_app.config.compose import CONF_DIR, compose_config, load_run_config  # noqa: E402
 from fedrouter_app.data.partition import build_client_data, client_tasks  # noqa: E402
-from fedrouter_app.sweep import job_overrides, run_job  # noqa: E402
 
 BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from fedrouter_app.checkpoint import CHECKPOINT_DIR, Checkpointer, CheckpointError, latest_checkpoint
-from fedrouter_app.inprocess import run_inprocess
-from fedrouter_app.results import load_predictions
-from fedrouter_app.rounds import RoundRecord
+from fedrouter_app.federation.checkpoint import CHECKPOINT_DIR, Checkpointer, CheckpointError, latest_checkpoint
+from fedrouter_app.federation.exchange import RoundRecord
+from fedrouter_app.federation.results import load_predictions
+from fedrouter_app.runners.inprocess import run_inprocess
 from tests.conftest import TINY
 
 STOP_AFTER = 2
@@ -41,7 +41,7 @@ def _adapters(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
 @pytest.mark.parametrize("method", ["fedrouter", "local"])
 def test_resumed_run_ends_like_an_uninterrupted_one(method, tmp_path, monkeypatch):
     # fedrouter: server clusters and per-cluster adapters, clients' local clusters; local: everything
-    # on the clients (every strategy's own state round trip is in tests/fedrouter_app/test_checkpoint.py).
+    # on the clients (every strategy's own state round trip is in tests/fedrouter_app/federation/test_checkpoint.py).
     overrides = [*TINY, f"method={method}", "num_rounds=3", "eval.at_start=false", "eval.every=3"]
     whole, whole_dir, _ = run_inprocess([*overrides, f"output.run_name={method}-whole"], 4)
 

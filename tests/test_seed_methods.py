@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from fedrouter_app.inprocess import run_inprocess
+from fedrouter_app.runners.inprocess import run_inprocess
 
 pytestmark = pytest.mark.slow  # whole runs, or Ray, Flower or worker processes
 

@@ -7,7 +7,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from fedrouter_app.model.loading import model_path
-from fedrouter_app.simulation import simulate
+from fedrouter_app.runners.simulation import simulate
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.slow  # whole runs, or Ray, Flower or worker processes

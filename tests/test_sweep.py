@@ -12,10 +12,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from fedrouter_app.config import CONF_DIR
+from fedrouter_app.cli.sweep import expand_all_methods, job_overrides, run_job
+from fedrouter_app.config.compose import CONF_DIR
 from fedrouter_app.registry import method_names
 from fedrouter_app.report.__main__ import main as report_main
-from fedrouter_app.sweep import expand_all_methods, job_overrides, run_job
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ def table_row(text: str, scenario: str, method: str, table: str = "| method | la
 def test_two_job_sweep_and_its_report_agree_with_the_runs(tmp_path):
     sweep_dir = tmp_path / "sweep"
     overrides = tiny_overrides("num_rounds=1", "eval.at_start=false", "eval.scope=global", "output.save_adapters=false")
-    command = [sys.executable, "-m", "fedrouter_app.sweep", "-m", "method=fedit,local", *overrides]
+    command = [sys.executable, "-m", "fedrouter_app.cli.sweep", "-m", "method=fedit,local", *overrides]
     command.append(f"hydra.sweep.dir={sweep_dir}")
     done = subprocess.run(command, cwd=ROOT, env=os.environ, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -94,12 +94,12 @@ def test_compare_preset_sweeps_every_method_scenario_and_seed():
 
 
 def test_a_failed_job_is_recorded_and_does_not_raise(tmp_path, monkeypatch):
-    import fedrouter_app.simulation
+    import fedrouter_app.runners.simulation
 
     def boom(overrides, **kwargs):
         raise RuntimeError("no luck")
 
-    monkeypatch.setattr(fedrouter_app.simulation, "simulate", boom)
+    monkeypatch.setattr(fedrouter_app.runners.simulation, "simulate", boom)
     record = run_job(["method=fedit"], tmp_path)
     saved = json.loads((tmp_path / "job.json").read_text())
     assert record["status"] == saved["status"] == "failed"
@@ -107,7 +107,7 @@ def test_a_failed_job_is_recorded_and_does_not_raise(tmp_path, monkeypatch):
 
 
 def test_a_sweep_run_again_skips_its_completed_jobs(tmp_path, monkeypatch):
-    import fedrouter_app.simulation
+    import fedrouter_app.runners.simulation
 
     calls = []
 
@@ -118,7 +118,7 @@ def test_a_sweep_run_again_skips_its_completed_jobs(tmp_path, monkeypatch):
         (run / "results.json").write_text("{}")
         return run
 
-    monkeypatch.setattr(fedrouter_app.simulation, "simulate", fake)
+    monkeypatch.setattr(fedrouter_app.runners.simulation, "simulate", fake)
     first = run_job(["method=fedit", "seed=1"], tmp_path)
     again = run_job(["method=fedit", "seed=1"], tmp_path)
     assert first["status"] == again["status"] == "completed" and len(calls) == 1
@@ -133,7 +133,7 @@ def test_a_sweep_run_again_skips_its_completed_jobs(tmp_path, monkeypatch):
     # The same overrides over an edited preset (other settings) run again.
     run_job(["method=fedit", "seed=2"], tmp_path)
     assert len(calls) == 3
-    monkeypatch.setattr("fedrouter_app.sweep.job_fingerprint", lambda overrides: "edited")
+    monkeypatch.setattr("fedrouter_app.cli.sweep.job_fingerprint", lambda overrides: "edited")
     shutil.rmtree(tmp_path / "run")
     run_job(["method=fedit", "seed=2"], tmp_path)
     assert len(calls) == 4 and json.loads((tmp_path / "job.json").read_text())["config"] == "edited"

@@ -34,7 +34,7 @@ def blocks(text: str) -> list[tuple[str, str]]:
 def fedrouter() -> list[str]:
     """The ``fedrouter`` command of this environment (its console script, else the module)."""
     script = shutil.which("fedrouter", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "fedrouter_app.cli"]
+    return [script] if script else [sys.executable, "-m", "fedrouter_app.cli.main"]
 
 
 def test_the_tutorials_commands_run_as_written(tmp_path):

@@ -1,19 +1,19 @@
 """Flower's simulation-runtime internals that fedrouter patches or reads, behind small functions.
 
-The in-process simulation (:mod:`fedrouter_app.simulation`) swaps two things
+The in-process simulation (:mod:`fedrouter_app.runners.simulation`) swaps two things
 in Flower's simulation runtime for the duration of a run, and reads some
 state of the objects involved:
 
 - the function of the thread that moves instructions from the in-memory link
   state to the actors (``vce_api.add_messages_to_queue``, looked up when a run
   starts the thread), and the in-memory state's ``lock``, ``message_ins_store``
-  and expiry check ``_check_stored_messages`` (:mod:`fedrouter_app.message_poll`);
+  and expiry check ``_check_stored_messages`` (:mod:`fedrouter_app.runtime.message_poll`);
 - the Ray backend class (``raybackend.RayBackend``, looked up when a run builds
   its backend), its ``pool`` and ``app_fn`` and its ``"init_args"`` key, and the
   actor pool's ``pool``, ``num_actors``, ``client_resources`` and in-flight
-  futures (:mod:`fedrouter_app.actor_pool`).
+  futures (:mod:`fedrouter_app.runners.actor_pool`).
 
-The in-process runner (:mod:`fedrouter_app.inprocess`) plays the SuperLink's
+The in-process runner (:mod:`fedrouter_app.runners.inprocess`) plays the SuperLink's
 part: it sets the task identity and gives each message an id, which Flower
 keeps in ``Metadata._message_id``.
 

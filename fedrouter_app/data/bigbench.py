@@ -30,7 +30,7 @@ from typing import IO, Any
 from fedrouter_app.data.errors import DataError
 from fedrouter_app.data.fetch import cache_root, locked, pip_download, pip_failure, write_json
 from fedrouter_app.data.rows import RawTable
-from fedrouter_app.settings import DataSettings, TableSettings
+from fedrouter_app.schema.data import DataSettings, TableSettings
 
 VERSION = "1.0.0"
 SDIST = f"bigbench-{VERSION}.tar.gz"
@@ -169,26 +169,3 @@ def parse_target(example: dict[str, Any]) -> str:
     if isinstance(target, list | tuple):
         target = target[0] if target else ""
     return str(target).strip()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Fetch the sdist and cache the configured tasks ahead of a run.
-
-    ``python -m fedrouter_app.data.bigbench [hydra overrides]`` (default
-    ``data=bigbench``; e.g. ``sweep=real``) prints each task's pool sizes.
-    """
-    from fedrouter_app.config import load_run_config
-    from fedrouter_app.data.tables import load_pools
-
-    overrides = list(sys.argv[1:] if argv is None else argv) or ["data=bigbench"]
-    cfg = load_run_config(overrides)
-    if cfg.data.source != "bigbench":
-        raise SystemExit(f"data.source is {cfg.data.source!r}, not bigbench; pass data=bigbench or sweep=real")
-    for task, pools in load_pools(cfg.data).items():
-        sizes = f"train {len(pools.train):6d}  test {len(pools.test):4d}"
-        print(f"{task:20s} {sizes}  {pools.metric:5s}  {pools.origins[0]}")
-    print(f"cached under {task_cache_file(cfg.data, 'x').parent}")
-
-
-if __name__ == "__main__":
-    main()

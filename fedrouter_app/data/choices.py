@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 
 from fedrouter_app.data.sources import make_source
-from fedrouter_app.settings import DataSettings
+from fedrouter_app.schema.data import DataSettings
 
 # Training answers read per task of an unbounded source (the generator) to find its label set.
 SAMPLE = 512

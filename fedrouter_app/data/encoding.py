@@ -22,7 +22,7 @@ from fedrouter_app.data.errors import DataError
 from fedrouter_app.data.example import Example
 
 if TYPE_CHECKING:
-    from fedrouter_app.settings import DataSettings
+    from fedrouter_app.schema.data import DataSettings
 
 IGNORE_INDEX = -100
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fedrouter_app.settings import ConfigError
+from fedrouter_app.schema.checks import ConfigError
 
 
 class DataError(ConfigError):
     """Bad or missing data, described in one line that names where it comes from.
 
-    A subclass of :class:`~fedrouter_app.settings.ConfigError`, so a run stops
+    A subclass of :class:`~fedrouter_app.schema.settings.ConfigError`, so a run stops
     at start with the same one-line report as any configuration mistake.
     """
 

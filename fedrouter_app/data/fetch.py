@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrouter_app.data.errors import DataError
-from fedrouter_app.settings import DataSettings
+from fedrouter_app.schema.data import DataSettings
 
 
 def cache_root(settings: DataSettings) -> Path:

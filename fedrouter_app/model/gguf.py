@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fedrouter_app.logs import get_logger
 from fedrouter_app.model.embedded import build_once, cache_root
-from fedrouter_app.settings import ConfigError
+from fedrouter_app.schema.checks import ConfigError
 
 log = get_logger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
-from transformers.utils import logging as hf_logging
+from transformers import logging as hf_logging
 
 from fedrouter_app.logs import get_logger
 from fedrouter_app.model.adapter_model import DEFAULT_SLOT, AdapterModel, slot_parameters
@@ -26,7 +26,8 @@ from fedrouter_app.model.embedded import EmbeddedModelSpec, ensure_embedded_mode
 from fedrouter_app.model.gguf import ensure_gguf_model
 from fedrouter_app.model.lora import LoraTemplate
 from fedrouter_app.model.targets import resolve_target_modules
-from fedrouter_app.settings import ConfigError, LoraSettings, ModelSettings
+from fedrouter_app.schema.checks import ConfigError
+from fedrouter_app.schema.model import LoraSettings, ModelSettings
 
 log = get_logger(__name__)
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from fedrouter_app.predictions_file import PREDICTIONS_FILE, iter_predictions
+from fedrouter_app.federation.predictions_file import PREDICTIONS_FILE, iter_predictions
 from fedrouter_app.report.paired import CONFIDENCE, Difference, paired_difference
 from fedrouter_app.report.runs import Run, held_out, last_evaluated
 from fedrouter_app.report.table import Row

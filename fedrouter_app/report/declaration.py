@@ -3,7 +3,7 @@
 Picking the "best baseline" after the runs, per column, and reading dozens of
 intervals without correction lets chance pick the story. A sweep preset
 therefore declares up front what it tests (``report:`` in the preset, a
-section of every run's config, see :class:`fedrouter_app.settings.ReportSettings`)::
+section of every run's config, see :class:`fedrouter_app.schema.settings.ReportSettings`)::
 
     report:
       proposed: fedrouter
@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from fedrouter_app.report.runs import Run
-from fedrouter_app.settings import CLAIM_COLUMNS
+from fedrouter_app.schema.outputs import CLAIM_COLUMNS
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Any
+
+from fedrouter_app.markers import splice_file
 
 TITLES = {
     "own": "own tasks",
@@ -161,20 +162,6 @@ def headline(report: dict[str, Any], claims: list[tuple[str, str]], cost_scenari
             cells.append(_difference(diff) + against)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def splice(document: str, marker: str, content: str) -> str:
-    """``document`` with the text between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` replaced."""
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), flags=re.DOTALL)
-    if not pattern.search(document):
-        raise ValueError(f"no '{start}' ... '{end}' markers in the document")
-    return pattern.sub(lambda _: f"{start}\n{content}{end}", document, count=1)
-
-
-def splice_file(path: Path, marker: str, content: str) -> None:
-    """Replace what lies between ``marker``'s markers in the file at ``path`` with ``content`` (see :func:`splice`)."""
-    path.write_text(splice(path.read_text(), marker, content))
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m fedrouter_app.report.headline") -> int:

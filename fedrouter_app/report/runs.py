@@ -16,8 +16,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from fedrouter_app.federation.results import RESULTS_FILE, compute_total, load_results
 from fedrouter_app.registry import strategy_class
-from fedrouter_app.results import RESULTS_FILE, compute_total, load_results
 
 JOB_FILE = "job.json"
 CONFIG_FILE = "config.yaml"

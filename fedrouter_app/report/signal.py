@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from fedrouter_app.predictions_file import PREDICTIONS_FILE, iter_predictions
+from fedrouter_app.federation.predictions_file import PREDICTIONS_FILE, iter_predictions
 from fedrouter_app.report.runs import Run, last_evaluated
 from fedrouter_app.report.table import line
 

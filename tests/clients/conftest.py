@@ -1,7 +1,7 @@
 import pytest
 from flwr.app import RecordDict
 
-from fedrouter_app.client_env import ClientEnv
+from fedrouter_app.client.client_env import ClientEnv
 from fedrouter_app.data.partition import build_client_data
 
 

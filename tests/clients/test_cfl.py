@@ -1,9 +1,9 @@
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
-from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.client.client_env import RoundInfo
 from fedrouter_app.clients.cfl import CFLClient
-from fedrouter_app.records import ADAPTER, adapter_record, read_adapter
+from fedrouter_app.federation.records import ADAPTER, adapter_record, read_adapter
 
 CFL = ("method=cfl",)
 

@@ -4,7 +4,7 @@ from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.clients.ditto import PERSONAL_ADAPTER, DittoClient
 from fedrouter_app.clients.fedit import FedITClient
-from fedrouter_app.records import ADAPTER, adapter_record, read_adapter, read_local_adapter
+from fedrouter_app.federation.records import ADAPTER, adapter_record, read_adapter, read_local_adapter
 
 pytestmark = pytest.mark.slow  # each test trains the model for several steps
 

@@ -3,7 +3,7 @@ from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.clients.fedavg_ft import BEFORE_VIEW, FedAvgFTClient
 from fedrouter_app.clients.fedit import FedITClient
-from fedrouter_app.records import ADAPTER, adapter_record
+from fedrouter_app.federation.records import ADAPTER, adapter_record
 
 
 def instruction(state, server_round, num_rounds=2, lr=3e-4):

@@ -3,7 +3,7 @@ import pytest
 from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.clients.feddpa import LOCAL_ADAPTER, FedDPAClient, instance_weights
-from fedrouter_app.records import ADAPTER, adapter_record, read_adapter, read_local_adapter
+from fedrouter_app.federation.records import ADAPTER, adapter_record, read_adapter, read_local_adapter
 
 
 def test_omega_is_lambda_times_mean_cosine():
@@ -71,7 +71,7 @@ def test_batched_dynamic_mixing_equals_one_instance_at_a_time(make_env):
 
 
 def client_info(server_round):
-    from fedrouter_app.client_env import RoundInfo
+    from fedrouter_app.client.client_env import RoundInfo
 
     return RoundInfo(server_round=server_round, num_rounds=3, lr=3e-3)
 

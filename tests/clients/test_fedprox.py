@@ -6,7 +6,7 @@ from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.clients.fedit import FedITClient
 from fedrouter_app.clients.fedprox import FedProxClient, proximal_term
-from fedrouter_app.records import ADAPTER, adapter_record, read_adapter
+from fedrouter_app.federation.records import ADAPTER, adapter_record, read_adapter
 
 
 def instruction(state, server_round=1, lr=3e-3):

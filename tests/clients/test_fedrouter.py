@@ -5,9 +5,9 @@ import pytest
 from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.clients.fedrouter import CLUSTERS, FedRouterClient, LocalClusters
-from fedrouter_app.records import CONFIG, adapter_record, matrix_record, read_adapter
-from fedrouter_app.settings import ConfigError
-from fedrouter_app.strategies.fedrouter import CENTROIDS, global_adapter_name, local_adapter_name
+from fedrouter_app.federation.records import CENTROIDS, CONFIG, adapter_record, matrix_record, read_adapter
+from fedrouter_app.schema.checks import ConfigError
+from fedrouter_app.strategies.fedrouter.config import global_adapter_name, local_adapter_name
 
 DUAL = ("method=fedrouter", "scenario=dual", "scenario.train_examples_per_client=48")
 
@@ -61,7 +61,7 @@ def test_trains_only_the_requested_clusters_on_their_own_samples(make_env):
     trained = read_adapter(reply[local_adapter_name(1)], env.model().template)
     # The same training from the same start on cluster 1's samples, stream 1, gives the same adapter.
     labels = LocalClusters.from_record(env.state[CLUSTERS]).labels
-    from fedrouter_app.client_env import RoundInfo
+    from fedrouter_app.client.client_env import RoundInfo
 
     expected, _ = env.train(
         init,

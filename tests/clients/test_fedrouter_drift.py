@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
-from fedrouter_app.client_env import ClientEnv
+from fedrouter_app.client.client_env import ClientEnv
 from fedrouter_app.clients.fedrouter import (
     CLUSTERS,
     FedRouterClient,
@@ -15,8 +15,8 @@ from fedrouter_app.clients.fedrouter import (
 )
 from fedrouter_app.data.example import Example
 from fedrouter_app.data.partition import build_client_data, drifting_clients
-from fedrouter_app.records import CONFIG
-from fedrouter_app.strategies.fedrouter import CENTROIDS, CHECK, UNCHANGED
+from fedrouter_app.federation.records import CENTROIDS, CONFIG
+from fedrouter_app.strategies.fedrouter.config import CHECK, UNCHANGED
 
 DRIFT = ("scenario=drift", "data.tasks=[copy,reverse,capital,sentiment]", "num_rounds=4")  # drift from round 3
 

@@ -6,7 +6,7 @@ import numpy as np
 from flwr.app import RecordDict
 
 from fedrouter_app.clients.fedrouter import FedRouterClient
-from fedrouter_app.strategies.fedrouter import CENTROIDS
+from fedrouter_app.federation.records import CENTROIDS
 
 DUAL = ("method=fedrouter", "scenario=dual", "scenario.train_examples_per_client=48")
 

@@ -3,8 +3,8 @@ from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.clients.fedit import FedITClient
 from fedrouter_app.clients.fedsa_lora import OWN_B, FedSALoRAClient
+from fedrouter_app.federation.records import ADAPTER, adapter_record, read_adapter
 from fedrouter_app.model.lora import is_lora_a, is_lora_b
-from fedrouter_app.records import ADAPTER, adapter_record, read_adapter
 from fedrouter_app.strategies.fedsa_lora import LORA_A, a_template
 
 

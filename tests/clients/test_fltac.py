@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
-from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.client.client_env import RoundInfo
+from fedrouter_app.client.task_routing import CENTROIDS
 from fedrouter_app.clients.fltac import FLTACClient
-from fedrouter_app.clustering import nearest
-from fedrouter_app.embedding import embed_texts
-from fedrouter_app.evaluation import text_loss
-from fedrouter_app.records import adapter_record, matrix_record, read_matrix
+from fedrouter_app.federation.records import adapter_record, matrix_record, read_matrix
+from fedrouter_app.ml.clustering import nearest
+from fedrouter_app.ml.embedding import embed_texts
+from fedrouter_app.ml.evaluation import text_loss
 from fedrouter_app.strategies.fltac import INITIAL, ROUTER_CLUSTERS, cluster_name
-from fedrouter_app.task_routing import CENTROIDS
 
 FLTAC = ("method=fltac", "scenario=dual", "data.tasks=[copy,reverse,capital,sentiment]", "eval.scope=global")
 

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
-from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.client.client_env import RoundInfo
 from fedrouter_app.clients.fedit import FedITClient
 from fedrouter_app.clients.ifca import IFCAClient, lowest
-from fedrouter_app.records import ADAPTER, adapter_record, read_adapter
+from fedrouter_app.federation.records import ADAPTER, adapter_record, read_adapter
 from fedrouter_app.strategies.ifca import CHOSEN, cluster_adapter_name, loss_metric
 
 IFCA = ("method=ifca", "method.n_clusters=3")

@@ -2,7 +2,7 @@ import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.clients.local import OWN_ADAPTER, LocalClient
-from fedrouter_app.records import read_local_adapter
+from fedrouter_app.federation.records import read_local_adapter
 
 
 def instruction(server_round):

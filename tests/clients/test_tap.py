@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
-from fedrouter_app.client_env import RoundInfo
+from fedrouter_app.client.client_env import RoundInfo
+from fedrouter_app.client.task_routing import CENTROIDS
 from fedrouter_app.clients.tap import TAPClient, copy_paths, tasks_to_replace
-from fedrouter_app.clustering import nearest
-from fedrouter_app.embedding import embed_texts
-from fedrouter_app.records import adapter_record, matrix_record, read_matrix
+from fedrouter_app.federation.records import adapter_record, matrix_record, read_matrix
+from fedrouter_app.ml.clustering import nearest
+from fedrouter_app.ml.embedding import embed_texts
 from fedrouter_app.strategies.tap import ROUTER_KEYS, SHARED, centroid_size_name, payload_name, task_key
-from fedrouter_app.task_routing import CENTROIDS
 
 
 def test_first_participation_replaces_every_task():

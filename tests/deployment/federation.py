@@ -21,7 +21,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from fedrouter_app.results import load_results
+from fedrouter_app.federation.results import load_results
 from tests.processes import pids_mentioning, stop
 
 REPO = Path(__file__).resolve().parents[2]
@@ -185,7 +185,7 @@ class LocalFederation:
         pids = [
             pid
             for pid in pids_mentioning(str(self.worker_socket(partition_id)))
-            if any(name in _cmdline(pid) for name in ("fedrouter_app.worker", "fedrouter-worker"))
+            if any(name in _cmdline(pid) for name in ("fedrouter_app.runtime.worker", "fedrouter-worker"))
             and "flower-supernode" not in _cmdline(pid)
         ]
         for pid in pids:

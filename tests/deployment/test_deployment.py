@@ -24,7 +24,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from fedrouter_app.model.embedded import cache_root
-from fedrouter_app.simulation import simulate
+from fedrouter_app.runners.simulation import simulate
 from tests.conftest import TINY
 from tests.deployment.federation import LocalFederation
 

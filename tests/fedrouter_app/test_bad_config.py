@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fedrouter_app.config import load_run_config
-from fedrouter_app.report.headline import splice, splice_file
-from fedrouter_app.settings import ConfigError
+from fedrouter_app.config.compose import load_run_config
+from fedrouter_app.markers import splice, splice_file
+from fedrouter_app.schema.checks import ConfigError
 from tests.conftest import TINY
 
 # Every bad value tried, with a fragment of the line it must get. The docs' table of bad configuration values
@@ -97,7 +97,7 @@ def test_the_docs_table_of_bad_values_is_what_the_code_says():
 def test_a_node_resolves_no_interpolation_the_server_sent(monkeypatch):
     from types import SimpleNamespace
 
-    from fedrouter_app.client_handler import node_settings
+    from fedrouter_app.client.client_handler import node_settings
 
     monkeypatch.setenv("NODE_SECRET", "do-not-leak")
     context = SimpleNamespace(

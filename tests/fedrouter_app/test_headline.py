@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from fedrouter_app.report.headline import headline, main, splice
+from fedrouter_app.markers import splice
+from fedrouter_app.report.headline import headline, main
 
 
 def stat(mean: float, std: float = 0.01) -> dict:

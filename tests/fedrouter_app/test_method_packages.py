@@ -11,19 +11,19 @@ import pytest
 import fedrouter_app.clients
 import fedrouter_app.strategies
 from fedrouter_app import method_packages
-from fedrouter_app.config import CONF_DIR
+from fedrouter_app.config.compose import CONF_DIR
 from fedrouter_app.registry import method_names
-from fedrouter_app.worker_channel import app_code_hash
+from fedrouter_app.runtime.worker_channel import app_code_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 
 INSTALLED_PROBE = """
 import json, sys
 import fedrouter_app.strategies
-from fedrouter_app.config import CONF_DIR, load_run_config
+from fedrouter_app.config.compose import CONF_DIR, load_run_config
 from fedrouter_app.method_packages import installed_layout
 from fedrouter_app.registry import method_names
-from fedrouter_app.worker_channel import app_code_hash
+from fedrouter_app.runtime.worker_channel import app_code_hash
 json.dump({
     "package": fedrouter_app.__file__,
     "strategies": fedrouter_app.strategies.__file__,
@@ -84,7 +84,7 @@ def test_the_wheel_installs_one_top_level_package(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
     assert {name.split("/")[0] for name in names} == {"fedrouter_app", wheel.name.split("-py3")[0] + ".dist-info"}
-    assert "fedrouter_app/strategies/fedrouter.py" in names
+    assert "fedrouter_app/strategies/fedrouter/strategy.py" in names
     assert "fedrouter_app/clients/fedrouter.py" in names
     assert "fedrouter_app/conf/config.yaml" in names
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]

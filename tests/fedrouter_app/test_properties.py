@@ -9,9 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fedrouter_app.aggregation import WeightedMean, weighted_average
-from fedrouter_app.model.lora import num_parameters
-from fedrouter_app.records import (
+from fedrouter_app.federation.aggregation import WeightedMean, weighted_average
+from fedrouter_app.federation.records import (
     MAX_COUNT,
     InvalidReplyError,
     adapter_record,
@@ -20,7 +19,8 @@ from fedrouter_app.records import (
     read_adapter,
     read_count,
 )
-from fedrouter_app.strategies.fedrouter import _route_key
+from fedrouter_app.model.lora import num_parameters
+from fedrouter_app.strategies.fedrouter.reports import _route_key
 
 TEMPLATE = {"a": (2, 3), "b": (3,)}
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

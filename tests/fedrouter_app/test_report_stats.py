@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from fedrouter_app.predictions_file import PREDICTIONS_FILE
+from fedrouter_app.federation.predictions_file import PREDICTIONS_FILE
+from fedrouter_app.federation.results import summarize_round
 from fedrouter_app.report import build_report
 from fedrouter_app.report.bootstrap import PairedBootstrap, column_score, paired_bootstrap, percentile_interval
 from fedrouter_app.report.declaration import Declaration
@@ -17,8 +18,7 @@ from fedrouter_app.report.headline import headline
 from fedrouter_app.report.runs import load_run
 from fedrouter_app.report.table import aggregate
 from fedrouter_app.report.verdicts import HOLDS, NOT_HOLD, REVERSED, holm, judge
-from fedrouter_app.results import summarize_round
-from fedrouter_app.settings import ConfigError
+from fedrouter_app.schema.checks import ConfigError
 
 # Client 0 trains task a, clients 1-3 task b; z is held out; every client is tested on every task, K items each.
 OWNER = {0: "a", 1: "b", 2: "b", 3: "b"}

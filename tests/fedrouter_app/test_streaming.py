@@ -8,12 +8,15 @@ import pytest
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from fedrouter_app.client_app import make_client_app
-from fedrouter_app.config import config_fingerprint
-from fedrouter_app.inprocess import InProcessGrid
+from fedrouter_app.apps.client_app import make_client_app
+from fedrouter_app.config.compose import config_fingerprint
+from fedrouter_app.federation.communicator import Communicator
+from fedrouter_app.federation.exchange import RoundRecord
+from fedrouter_app.federation.nodes import register_clients
+from fedrouter_app.federation.rounds import _train
 from fedrouter_app.model.loading import lora_template
 from fedrouter_app.registry import strategy_class
-from fedrouter_app.rounds import Communicator, RoundRecord, _train, register_clients
+from fedrouter_app.runners.inprocess import InProcessGrid
 from tests.conftest import tiny_overrides
 
 

@@ -3,11 +3,11 @@ import pytest
 from flwr.app import RecordDict
 from sklearn.metrics import adjusted_rand_score
 
-from fedrouter_app.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from fedrouter_app.clustering import unit_rows
-from fedrouter_app.config import ConfigError
-from fedrouter_app.records import ADAPTER, InvalidReplyError, read_adapter
-from fedrouter_app.rounds import Reply
+from fedrouter_app.config.compose import ConfigError
+from fedrouter_app.federation.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import ADAPTER, InvalidReplyError, read_adapter
+from fedrouter_app.ml.clustering import unit_rows
 from fedrouter_app.strategies.cfl import (
     CFL,
     UNASSIGNED,

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from flwr.app import RecordDict
 
-from fedrouter_app.records import ADAPTER
-from fedrouter_app.rounds import Reply
-from fedrouter_app.settings import ConfigError
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import ADAPTER
+from fedrouter_app.schema.checks import ConfigError
 from fedrouter_app.strategies.fedit import FedIT
 from fedrouter_app.strategies.fedprox import FedProx
 

@@ -4,16 +4,12 @@ import numpy as np
 import pytest
 from flwr.app import RecordDict
 
-from fedrouter_app.records import CONFIG, InvalidReplyError, read_adapter, read_matrix
-from fedrouter_app.rounds import Reply
-from fedrouter_app.settings import ConfigError
-from fedrouter_app.strategies.fedrouter import (
-    CENTROIDS,
-    ClientClusters,
-    FedRouter,
-    global_adapter_name,
-    local_adapter_name,
-)
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import CENTROIDS, CONFIG, InvalidReplyError, read_adapter, read_matrix
+from fedrouter_app.schema.checks import ConfigError
+from fedrouter_app.strategies.fedrouter.clustering import ClientClusters
+from fedrouter_app.strategies.fedrouter.config import global_adapter_name, local_adapter_name
+from fedrouter_app.strategies.fedrouter.strategy import FedRouter
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
 
@@ -155,7 +151,7 @@ def test_routing_accuracy_counts_samples_sent_to_their_tasks_cluster(make_cfg):
 def test_registration_replies_are_checked(make_cfg):
     from flwr.app import MetricRecord
 
-    from fedrouter_app.records import matrix_record
+    from fedrouter_app.federation.records import matrix_record
 
     strategy = make(make_cfg)
 

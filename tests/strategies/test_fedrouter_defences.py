@@ -7,8 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fedrouter_app.inprocess import run_inprocess
-from fedrouter_app.strategies.fedrouter import ClientClusters, FedRouter, client_share_factors
+from fedrouter_app.runners.inprocess import run_inprocess
+from fedrouter_app.strategies.fedrouter.clustering import ClientClusters, client_share_factors
+from fedrouter_app.strategies.fedrouter.strategy import FedRouter
 from tests.conftest import tiny_overrides
 from tests.strategies.test_fedrouter import TEMPLATE, make, reply
 
@@ -112,7 +113,7 @@ def test_a_late_joiner_is_measured_against_the_setups_median(make_cfg):
     ],
 )
 def test_bad_defence_settings_are_one_line_errors(make_cfg, overrides, message):
-    from fedrouter_app.settings import ConfigError
+    from fedrouter_app.schema.checks import ConfigError
 
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("]", r"\]")):
         make_cfg("method=fedrouter", *overrides)

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 from flwr.app import MetricRecord, RecordDict
 
-from fedrouter_app.records import CONFIG, matrix_record
-from fedrouter_app.rounds import Reply
-from fedrouter_app.settings import ConfigError
-from fedrouter_app.strategies.fedrouter import CENTROIDS, CHECK, REGISTER, UNCHANGED, ClientClusters, FedRouter
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import CENTROIDS, CONFIG, matrix_record
+from fedrouter_app.schema.checks import ConfigError
+from fedrouter_app.strategies.fedrouter.clustering import ClientClusters
+from fedrouter_app.strategies.fedrouter.config import CHECK, REGISTER, UNCHANGED
+from fedrouter_app.strategies.fedrouter.strategy import FedRouter
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from flwr.app import RecordDict
 
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import ADAPTER, InvalidReplyError, adapter_record, read_adapter
 from fedrouter_app.model.lora import initial_lora_state
-from fedrouter_app.records import ADAPTER, InvalidReplyError, adapter_record, read_adapter
-from fedrouter_app.rounds import Reply
 from fedrouter_app.strategies.fedsa_lora import LORA_A, FedSALoRA
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2), "m.v.lora_A.weight": (2, 3)}

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from flwr.app import RecordDict
 
-from fedrouter_app.records import CONFIG, InvalidReplyError, matrix_record, read_adapter, read_matrix
-from fedrouter_app.rounds import Reply
+from fedrouter_app.client.task_routing import CENTROIDS
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import CONFIG, InvalidReplyError, matrix_record, read_adapter, read_matrix
 from fedrouter_app.strategies.fltac import FLTAC, ROUTER_CLUSTERS, cluster_adapters, cluster_name, flatten, slot_name
-from fedrouter_app.task_routing import CENTROIDS
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from flwr.app import RecordDict
 
-from fedrouter_app.records import ADAPTER, InvalidReplyError, read_adapter
-from fedrouter_app.rounds import Reply
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import ADAPTER, InvalidReplyError, read_adapter
 from fedrouter_app.strategies.ifca import CHOSEN, IFCA, cluster_adapter_name
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}

@@ -1,6 +1,6 @@
 from flwr.app import RecordDict
 
-from fedrouter_app.rounds import Reply
+from fedrouter_app.federation.exchange import Reply
 from fedrouter_app.strategies.local import Local
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}

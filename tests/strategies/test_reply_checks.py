@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from flwr.app import MetricRecord, RecordDict
 
-from fedrouter_app.records import InvalidReplyError, matrix_record
-from fedrouter_app.rounds import Reply
-from fedrouter_app.strategies.fedrouter import CENTROIDS, ClientClusters, FedRouter
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import CENTROIDS, InvalidReplyError, matrix_record
+from fedrouter_app.strategies.fedrouter.clustering import ClientClusters
+from fedrouter_app.strategies.fedrouter.strategy import FedRouter
 from fedrouter_app.strategies.fltac import FLTAC, slot_name
 from fedrouter_app.strategies.ifca import CHOSEN, IFCA
 from fedrouter_app.strategies.tap import KEYS, TAP

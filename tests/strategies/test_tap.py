@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, RecordDict
 
-from fedrouter_app.records import CONFIG, InvalidReplyError, read_matrix
-from fedrouter_app.rounds import Reply
+from fedrouter_app.client.task_routing import CENTROIDS
+from fedrouter_app.federation.exchange import Reply
+from fedrouter_app.federation.records import CONFIG, InvalidReplyError, read_matrix
 from fedrouter_app.strategies.tap import (
     ROUTER_KEYS,
     SHARED,
@@ -14,7 +15,6 @@ from fedrouter_app.strategies.tap import (
     reply_name,
     task_key,
 )
-from fedrouter_app.task_routing import CENTROIDS
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
 
@@ -148,7 +148,7 @@ def test_router_routing_metrics_are_checked_and_summarised(make_cfg):
 
 
 def test_the_shared_rule_is_left_out_of_the_config_fingerprint(make_cfg, monkeypatch):
-    from fedrouter_app.config import config_fingerprint
+    from fedrouter_app.config.compose import config_fingerprint
 
     cfg = make_cfg("method=tap")
     assert cfg.method.unseen_rule == "shared" and make_cfg("method=tap_router").method.unseen_rule == "router"

@@ -12,12 +12,12 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from fedrouter_app.config import build_run_config, compose_config
+from fedrouter_app.config.compose import build_run_config, compose_config
 from fedrouter_app.data import bigbench
 from fedrouter_app.data.bigbench import extract_tasks, load_task, parse_target
 from fedrouter_app.data.errors import DataError
 from fedrouter_app.data.tables import load_pools
-from fedrouter_app.settings import DataSettings, TableSettings
+from fedrouter_app.schema.data import DataSettings, TableSettings
 
 CANARY = "FAKE CANARY: generated for tests"
 ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks"

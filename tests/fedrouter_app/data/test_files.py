@@ -13,7 +13,7 @@ from fedrouter_app.data.errors import DataError, TooFewSamplesError
 from fedrouter_app.data.files import read_file
 from fedrouter_app.data.partition import build_client_data
 from fedrouter_app.data.tables import TableSource, build_pools, load_pools, loaders
-from fedrouter_app.settings import DataSettings, TableSettings
+from fedrouter_app.schema.data import DataSettings, TableSettings
 
 
 def rows(n_per_task: int = 10, tasks: tuple[str, ...] = ("alpha", "beta")) -> list[dict[str, str]]:

@@ -22,10 +22,10 @@ pytest.importorskip("datasets")
 import pyarrow.parquet as pq  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from fedrouter_app.config import build_run_config, compose_config  # noqa: E402
+from fedrouter_app.config.compose import build_run_config, compose_config  # noqa: E402
 from fedrouter_app.data.errors import DataError  # noqa: E402
 from fedrouter_app.data.tables import load_pools  # noqa: E402
-from fedrouter_app.settings import RunConfig  # noqa: E402
+from fedrouter_app.schema.settings import RunConfig  # noqa: E402
 
 
 def hub_dir(root: Path, splits: dict[str, list[dict[str, Any]]], fmt: str = "parquet") -> Path:

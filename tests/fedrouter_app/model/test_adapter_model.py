@@ -112,7 +112,7 @@ def test_slots_keep_their_own_weights(adapter_model):
 def test_training_one_slot_leaves_the_others(adapter_model):
     from fedrouter_app.data.encoding import PromptFormat
     from fedrouter_app.data.synthetic import make_examples
-    from fedrouter_app.training import train_adapter
+    from fedrouter_app.ml.training import train_adapter
 
     frozen = random_state(adapter_model, 9)
     adapter_model.load_state(adapter_model.initial_state(0))

@@ -10,14 +10,15 @@ import torch
 
 from fedrouter_app.data.encoding import PromptFormat, encode_example
 from fedrouter_app.data.partition import build_client_data
-from fedrouter_app.embedding import embed_texts
-from fedrouter_app.evaluation import score_examples
+from fedrouter_app.ml.embedding import embed_texts
+from fedrouter_app.ml.evaluation import score_examples
+from fedrouter_app.ml.training import token_pass, train_adapter
 from fedrouter_app.model import device as device_mod
 from fedrouter_app.model.device import quantization_kwargs, resolve_device, resolve_precision
 from fedrouter_app.model.loading import load_adapter_model
-from fedrouter_app.settings import ConfigError, SpeedSettings
-from fedrouter_app.simulation import backend_config, default_gpus_per_client
-from fedrouter_app.training import token_pass, train_adapter
+from fedrouter_app.runners.simulation import backend_config, default_gpus_per_client
+from fedrouter_app.schema.checks import ConfigError
+from fedrouter_app.schema.learning import SpeedSettings
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ import torch
 
 from fedrouter_app.data.encoding import PromptFormat, encode_example
 from fedrouter_app.data.synthetic import make_examples
+from fedrouter_app.ml.training import token_pass, train_adapter
 from fedrouter_app.model.adapter_model import AdapterModel
 from fedrouter_app.model.forward import PrefixCache, backbone_of
 from fedrouter_app.model.loading import load_adapter_model
-from fedrouter_app.settings import SpeedSettings
-from fedrouter_app.training import token_pass, train_adapter
+from fedrouter_app.schema.learning import SpeedSettings
 
 FMT = PromptFormat("{instruction} =", " {response}", 96)
 REFERENCE = SpeedSettings(eval_batching=False, scored_logits_only=False, prefix_cache=False)

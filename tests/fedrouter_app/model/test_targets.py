@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from fedrouter_app.model.loading import lora_config, model_path
 from fedrouter_app.model.targets import TARGET_MODULES, resolve_target_modules
-from fedrouter_app.settings import ConfigError
+from fedrouter_app.schema.checks import ConfigError
 
 # One architecture per naming scheme in the table.
 ARCHITECTURES = ["llama", "qwen2", "gemma", "phi3", "phi", "gpt2", "gpt_neox", "opt"]
@@ -52,7 +52,7 @@ def test_target_modules_the_model_lacks_are_one_line_listing_the_names_it_has(cf
     import pytest
 
     from fedrouter_app.model.loading import load_adapter_model
-    from fedrouter_app.settings import ConfigError
+    from fedrouter_app.schema.checks import ConfigError
 
     lora = dataclasses.replace(cfg.lora, target_modules=["q_proj", "nope_proj"])
     with pytest.raises(ConfigError, match=r"\['nope_proj'\] are not linear layers of this model; .*q_proj.*v_proj"):
@@ -65,7 +65,7 @@ def test_a_model_name_that_names_nothing_is_one_line(cfg, tmp_path):
     import pytest
 
     from fedrouter_app.model.loading import hidden_size
-    from fedrouter_app.settings import ConfigError
+    from fedrouter_app.schema.checks import ConfigError
 
     for name in (str(tmp_path / "no-model-here"), "no-such-owner/no-such-model-xyz"):
         settings = dataclasses.replace(cfg.model, source="huggingface", name=name)

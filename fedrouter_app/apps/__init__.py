@@ -1,0 +1,1 @@
+"""The Flower apps: the ServerApp and the ClientApp, each assembling the layers below for its side."""

@@ -1,0 +1,1 @@
+"""A node's side: the client environment, message handling, attacks, task routing."""

@@ -1,0 +1,1 @@
+"""The run configuration: its schema, composing it from conf/ with Hydra, flat keys, the reference."""

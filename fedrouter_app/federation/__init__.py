@@ -1,0 +1,1 @@
+"""The federation: the round loop, what messages carry, aggregation, privacy, checkpoints, outputs."""

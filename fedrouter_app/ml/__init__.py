@@ -1,0 +1,1 @@
+"""The learning core every method shares: training, evaluation, prompt passes, embeddings, clustering."""

@@ -1,0 +1,126 @@
+"""One prompt pass for both the teacher-forced loss and the greedy answer of a test row.
+
+Scoring a row takes its loss on the reference answer (the prompt followed by
+the answer, teacher-forced) and a greedy answer (the prompt, then decoding).
+Both start by running the model over the prompt, which is most of a short
+task's tokens. Here the prompt runs once, left-padded so that every row's
+prompt ends at the same position; its key/value cache is then continued twice:
+by the reference answer (the loss) and by greedy decoding (the answer). The
+result equals the two separate passes up to float rounding (tested).
+
+The prompt pass stops one token short; the last prompt token is the first
+input of both continuations, whose output predicts the answer's first token.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from fedrouter_app.data.encoding import PromptFormat
+from fedrouter_app.model.adapter_model import AdapterModel
+from fedrouter_app.model.forward import backbone_of
+
+
+def fits(prompt: Sequence[int], answer: Sequence[int], fmt: PromptFormat, max_new_tokens: int) -> bool:
+    """Whether the separate passes would see this row's whole prompt (else they truncate it, and differ)."""
+    return (
+        len(prompt) >= 2
+        and len(prompt) + len(answer) <= fmt.max_length
+        and len(prompt) <= (fmt.max_length - max_new_tokens)
+    )
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    # As generation numbers them: real tokens from 0, padding at 0.
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def score_and_generate(
+    adapter_model: AdapterModel,
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    stop: Sequence[str] = (),
+) -> tuple[list[float], list[int], list[str]]:
+    """Summed loss of each reference answer, its token count, and each row's greedy answer.
+
+    Parameters
+    ----------
+    adapter_model : AdapterModel
+        The model, with the adapters (and mixing) of these rows active.
+    prompts, answers : sequences of token ids
+        Each row's prompt and reference answer (end-of-sequence token included); see :func:`fits`.
+    max_new_tokens, stop
+        Generation budget and stop strings, as in :func:`fedrouter_app.ml.evaluation.generate_ids`.
+    """
+
+    model, tokenizer, device = adapter_model.model, adapter_model.tokenizer, adapter_model.device
+    model.eval()
+    rows, pad = len(prompts), tokenizer.pad_token_id
+    width = max(len(p) for p in prompts) - 1
+    ids = torch.full((rows, width), pad, dtype=torch.long)
+    mask = torch.zeros((rows, width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        head = list(prompt[:-1])
+        ids[row, width - len(head) :] = torch.tensor(head)
+        mask[row, width - len(head) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    backbone = backbone_of(model)
+    cache = DynamicCache()
+    backbone(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), cache=cache, use_cache=True)
+
+    # The loss: last prompt token + the answer but its last token, predicting the answer.
+    span = max(len(a) for a in answers)
+    tail = torch.full((rows, span), pad, dtype=torch.long)
+    tail_mask = torch.zeros((rows, span), dtype=torch.long)
+    for row, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        tail[row, : len(answer)] = torch.tensor([prompt[-1], *answer[:-1]])
+        tail_mask[row, : len(answer)] = 1
+    tail, tail_mask = tail.to(device), tail_mask.to(device)
+    full_mask = torch.cat([mask, tail_mask], dim=1)
+    hidden = backbone(
+        input_ids=tail,
+        attention_mask=full_mask,
+        position_ids=_positions(full_mask)[:, width:],
+        cache=copy.deepcopy(cache),
+        use_cache=True,
+    )[0]
+    scored = tail_mask.bool()
+    head_layer = model.get_base_model().get_output_embeddings()
+    amp = adapter_model.autocast_dtype
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        logits = head_layer(hidden[scored]).float()
+    labels = torch.cat([torch.tensor(list(a), dtype=torch.long) for a in answers]).to(device)
+    per_token = F.cross_entropy(logits, labels, reduction="none")
+    row_of = scored.nonzero()[:, 0]
+    sums = torch.zeros(rows, dtype=per_token.dtype, device=device).index_add(0, row_of, per_token)
+    counts = [len(a) for a in answers]
+
+    # The answer: greedy decoding from the same prompt cache.
+    last = torch.tensor([[p[-1]] for p in prompts], device=device)
+    stopping = {"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}
+    out = model.generate(
+        input_ids=torch.cat([ids, last], dim=1),
+        attention_mask=torch.cat([mask, torch.ones_like(last)], dim=1),
+        cache=cache,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+        eos_token_id=tokenizer.eos_token_id,
+        **stopping,
+    )
+    predictions = [cut_at(tokenizer.decode(t, skip_special_tokens=True), stop).strip() for t in out[:, width + 1 :]]
+    return sums.tolist(), counts, predictions
+
+
+def cut_at(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the first occurrence of any of the ``stop`` strings."""
+    end = min((i for s in stop if (i := text.find(s)) >= 0), default=len(text))
+    return text[:end]
