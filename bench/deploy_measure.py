@@ -1,7 +1,7 @@
 """Measuring one job on the deployment runtime: round times, where each message's time goes, memory per node.
 
 Pieces of :mod:`bench.deploy`. A deployment row runs a real SuperLink and
-SuperNodes on 127.0.0.1 (:class:`tests.deployment.federation.LocalFederation`),
+SuperNodes on 127.0.0.1 (:class:`bench.local_federation.LocalFederation`),
 with or without a warm worker per node; every ClientApp process appends one
 line per message to a timing log (``FEDROUTER_TIMING_LOG``,
 :mod:`fedrouter_app.runtime.message_timing`); a thread samples the memory of each
@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 
 from bench.common import BackgroundSampler
-from tests.deployment.federation import LocalFederation
+from bench.local_federation import LocalFederation
 
 # The phases of a ClientApp message, as the timing log gives them (seconds).
 PHASES = ("start", "imports", "work", "channel", "lifetime")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.processes import pids_mentioning, stop
 from tests.conftest import tiny_overrides
-from tests.processes import pids_mentioning, stop
 
 pytestmark = pytest.mark.slow  # whole runs, or Ray, Flower or worker processes
 

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from bench.local_federation import LocalFederation
 from fedrouter_app.model.embedded import cache_root
 from fedrouter_app.runners.simulation import simulate
 from tests.conftest import TINY
-from tests.deployment.federation import LocalFederation
 
 pytestmark = pytest.mark.slow  # whole runs, or Ray, Flower or worker processes
 

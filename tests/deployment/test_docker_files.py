@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deployment.federation import REPO, executable
+from bench.local_federation import REPO, executable
 
 DOCKER = REPO / "docker"
 IMAGES = {"superlink": "flower-superlink", "supernode": "flower-supernode", "superexec": "flower-superexec"}

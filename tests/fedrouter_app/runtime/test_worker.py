@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
+from bench.processes import pids_mentioning, stop
 from fedrouter_app.apps.client_app import handle
 from fedrouter_app.client.client_handler import handle_message
 from fedrouter_app.compat.flwr_internals import set_message_id, set_task_identity
@@ -42,7 +43,6 @@ from fedrouter_app.runtime.worker_channel import (
 )
 from fedrouter_app.runtime.worker_client import CodeMismatchError, connect, forward, worker_alive
 from tests.conftest import TINY
-from tests.processes import pids_mentioning, stop
 
 REPO = Path(__file__).resolve().parents[3]
 OVERRIDES = [*TINY, "method=fedit"]

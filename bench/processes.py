@@ -1,4 +1,4 @@
-"""Finding and stopping background Flower processes started by tests."""
+"""Finding and stopping background Flower processes that tests and benchmarks start."""
 
 from __future__ import annotations
 

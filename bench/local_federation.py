@@ -4,7 +4,7 @@ Every component is the real executable from the environment's ``bin``
 directory, started as its own process group (so its SuperExec and ClientApp
 children die with it), on free ports chosen at start, with logs under the
 federation's directory. :meth:`LocalFederation.close` stops everything, and
-the tests call it in ``finally``.
+the tests and benchmarks call it in ``finally``.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from bench.processes import pids_mentioning, stop
 from fedrouter_app.federation.results import load_results
-from tests.processes import pids_mentioning, stop
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CREDENTIALS_SCRIPT = REPO / "docker" / "generate-credentials.sh"
 
