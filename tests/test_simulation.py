@@ -20,7 +20,7 @@ def run(*overrides: str) -> tuple[dict, object]:
 
 @pytest.fixture(scope="module")
 def fedit():
-    return run("method=fedit")
+    return run("method=fedit", "output.mlflow=local", "output.mlflow_experiment=simulation-test")
 
 
 def test_fedit_held_out_loss_falls(fedit):
@@ -54,6 +54,19 @@ def test_run_directory_has_config_results_and_peft_adapter(fedit, cfg):
     assert results["config"]["num_clients"] == 4
     base = AutoModelForCausalLM.from_pretrained(model_path(cfg.model))
     PeftModel.from_pretrained(base, str(run_dir / "adapters" / "global"))
+
+
+def test_the_run_is_in_mlflow(fedit):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    results, run_dir = fedit
+    mlflow = MlflowClient(tracking_uri=f"sqlite:///{run_dir.parent / 'mlflow.db'}")
+    (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("simulation-test").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["fedrouter.run_dir"] == str(run_dir)
+    scores = [m.value for m in mlflow.get_metric_history(run.info.run_id, "eval/score")]
+    assert scores == [r["evaluate"]["mean"]["score"] for r in results["rounds"]]
+    assert {a.path for a in mlflow.list_artifacts(run.info.run_id)} >= {"config.yaml", "results.json"}
 
 
 def test_local_trains_without_communication():

@@ -37,6 +37,7 @@ from fedrouter_app.federation.progress import RoundProgress, TensorBoardLog
 from fedrouter_app.federation.results import FinalTable, ProgressLog, ResultsWriter
 from fedrouter_app.federation.rounds import run_federation
 from fedrouter_app.federation.run_command import SIMULATION, reproduce_command, runtime_of
+from fedrouter_app.federation.tracking import PARENT_ENV, MlflowLog
 from fedrouter_app.logs import get_logger
 from fedrouter_app.model.loading import lora_config, lora_template, model_path
 from fedrouter_app.model.lora import LoraTemplate, save_peft_adapter
@@ -93,6 +94,7 @@ def serve(grid: Grid, overrides: Sequence[str]) -> Path:
         run_key = new_run_key(run_dir)
         writer = ResultsWriter(run_dir, run_info(cfg, overrides, run_dir, runtime_of(grid)))
         log.info("run directory %s", run_dir)
+    tracker = MlflowLog(cfg.output, run_dir, os.environ.get(PARENT_ENV) or None) if cfg.output.mlflow else None
     try:
         callbacks = [
             PrivacyLedger(),
@@ -105,9 +107,13 @@ def serve(grid: Grid, overrides: Sequence[str]) -> Path:
         ]
         if cfg.checkpoint.every > 0:
             callbacks.append(Checkpointer(run_dir, run_key, fingerprint))
+        if tracker is not None:  # last: results.json is complete when the run's files are logged
+            callbacks.append(tracker)
         run_federation(grid, cfg, strategy, fingerprint, callbacks, run_key=run_key, resume_after=resume_after)
     except Exception as err:
         writer.fail(f"{type(err).__name__}: {err}")
+        if tracker is not None:
+            tracker.fail()
         log.error("run failed: %s", err)
         raise
     if cfg.output.save_adapters:

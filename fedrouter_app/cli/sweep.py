@@ -25,10 +25,12 @@ cluster.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +168,9 @@ def run_job(overrides: Sequence[str], job_dir: Path) -> dict[str, Any]:
         # Imported here so that `--help` and config errors answer without loading torch and Ray.
         from fedrouter_app.runners.simulation import simulate
 
-        run_dir = simulate([*overrides, f"output.dir={job_dir}", f"output.run_name={RUN_NAME}"])
+        run_dir = simulate(
+            [*overrides, f"output.dir={job_dir}", f"output.run_name={RUN_NAME}", *tracking(overrides, job_dir)]
+        )
         record.update(status="completed", run_dir=str(run_dir))
     except Exception as err:  # one failed job must not stop the sweep
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
@@ -174,6 +178,24 @@ def run_job(overrides: Sequence[str], job_dir: Path) -> dict[str, Any]:
     record["seconds"] = round(time.perf_counter() - start, 2)
     (job_dir / JOB_FILE).write_text(json.dumps(record, indent=1))
     return record
+
+
+def tracking(overrides: Sequence[str], job_dir: Path) -> list[str]:
+    """With ``output.mlflow``: the job's run becomes a child of the sweep's parent run (one per sweep directory),
+    and ``local`` means the sweep directory's database, not one per job."""
+    from fedrouter_app.config.compose import load_run_config
+    from fedrouter_app.federation.tracking import LOCAL, PARENT_ENV, sweep_parent
+
+    output = load_run_config(list(overrides)).output
+    if not output.mlflow:
+        return []
+    sweep_dir = job_dir.parent
+    extra = []
+    if output.mlflow == LOCAL:
+        output = replace(output, dir=str(sweep_dir), mlflow=f"sqlite:///{sweep_dir.resolve() / 'mlflow.db'}")
+        extra.append(f"output.mlflow={output.mlflow}")
+    os.environ[PARENT_ENV] = sweep_parent(output, sweep_dir, sweep_dir.name)
+    return extra
 
 
 def job(cfg: DictConfig) -> None:

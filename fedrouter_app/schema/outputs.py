@@ -31,8 +31,19 @@ class OutputSettings:
         },
     )
 
+    mlflow: str = field(
+        default="",
+        metadata={
+            "help": "Also log the run to MLflow (the mlflow extra): a tracking URI (sqlite:///path/mlflow.db, "
+            "http://host:5000) or 'local' (sqlite:///<output.dir>/mlflow.db, artifacts beside it); empty: off. "
+            "A sweep's jobs become children of one parent run."
+        },
+    )
+    mlflow_experiment: str = field(default="fedrouter", metadata={"help": "MLflow experiment the runs go to."})
+
     def validate(self) -> None:
         require("/" not in self.run_name, f"output.run_name must be a plain name, got {self.run_name!r}")
+        require(bool(self.mlflow_experiment), "output.mlflow_experiment must not be empty")
         one_of("output.save_predictions", self.save_predictions, ("final", "all", "off"))
         one_of("output.prediction_texts", self.prediction_texts, ("auto", "on", "off"))
 
