@@ -63,6 +63,7 @@ class Strategy(ABC):
         self.template = template
         self.initial_adapter: LoraState = initial_lora_state(template, cfg.seed)
         self.comm: Communicator | None = None
+        self._held: list[Aggregate] = []  # held-rule aggregates of the round, for aggregation_fallbacks()
         if cfg.dp.mode != "off" and not self.supports_dp:
             raise ConfigError(
                 f"dp.mode={cfg.dp.mode} needs a method whose server averages one adapter (fedit and the methods on "
@@ -71,7 +72,16 @@ class Strategy(ABC):
 
     def new_aggregate(self, reference: LoraState | None = None) -> Aggregate:
         """An empty aggregate under ``aggregation.rule``, for replies that started from ``reference``."""
-        return new_aggregate(self.cfg.aggregation, reference)
+        aggregate = new_aggregate(self.cfg.aggregation, reference)
+        if self.cfg.aggregation.rule not in STREAMING_RULES:
+            self._held.append(aggregate)
+        return aggregate
+
+    def aggregation_fallbacks(self) -> list[str]:
+        """Why aggregates made since the last call could not apply the configured rule (then forgets them)."""
+        notes = [note for aggregate in self._held if (note := getattr(aggregate, "fallback", None))]
+        self._held = []
+        return notes
 
     @classmethod
     def told_task_labels(cls, method: Mapping[str, Any]) -> bool:

@@ -16,7 +16,12 @@ for FL-TAC, per cluster for IFCA and CFL, per key for TAP.
 - ``krum`` / ``multi_krum``: the reply (Krum) or the mean of the ``keep``
   replies (Multi-Krum, weighted) whose summed squared distances to their
   ``n - f - 2`` nearest others are smallest, ``f = num_malicious`` (Flower's
-  ``aggregate_krum``).
+  ``aggregate_krum``). Krum's guarantee needs ``n >= 2f + 3`` replies; with
+  fewer (a small cluster, a round where clients dropped out) no reply can be
+  told apart as honest, and Flower's function would pick by reply order, so
+  the aggregate is the coordinate-wise median instead: order-independent, and
+  robust to a minority. Each such fallback is recorded in the round's
+  ``strategy.aggregation_fallbacks`` and logged.
 
 The last four need every reply at once, so they keep them until the round's
 result is asked for; they ignore the weights (Multi-Krum weights the replies
@@ -93,6 +98,11 @@ class NormClippedMean:
         return self.mean.result()
 
 
+def krum_minimum(num_malicious: int) -> int:
+    """Replies Krum needs to tell ``num_malicious`` bad ones apart: ``2f + 3``."""
+    return 2 * num_malicious + 3
+
+
 class HeldAggregate:
     """A rule that needs every reply at once (median, trimmed mean, Krum, Multi-Krum), through Flower's functions."""
 
@@ -100,6 +110,8 @@ class HeldAggregate:
         self.settings = settings
         self.states: list[LoraState] = []
         self.weights: list[float] = []
+        # Why the rule could not apply as configured, once result() has run (None: it applied).
+        self.fallback: str | None = None
 
     @property
     def count(self) -> int:
@@ -126,8 +138,10 @@ class HeldAggregate:
             arrays = aggregate_median(results)
         elif rule == "trimmed_mean":
             arrays = aggregate_trimmed_avg(results, self.settings.trim_fraction)
+        elif n < krum_minimum(f := self.settings.num_malicious):
+            self.fallback = f"{rule} with num_malicious={f} needs {krum_minimum(f)} replies, got {n}: median"
+            arrays = aggregate_median(results)
         else:
-            f = min(self.settings.num_malicious, max(0, n - 1))
             keep = 0 if rule == "krum" else max(1, min(n, self.settings.keep or n - f))
             arrays = aggregate_krum(results, f, keep)
         return {key: np.asarray(a, dtype=np.float32) for key, a in zip(keys, arrays, strict=True)}

@@ -146,6 +146,9 @@ def _train(comm: Communicator, cfg: RunConfig, strategy: Strategy, record: Round
     replies: Iterable[Reply] = _prepended(first, valid) if first is not None else ()
     del first  # the reader alone holds what it reads
     _note(record, "train", strategy.aggregate_train(r, replies if folds else list(replies)))
+    if fallbacks := strategy.aggregation_fallbacks():
+        record.strategy["aggregation_fallbacks"] = fallbacks
+        log.warning("round %d: %d aggregate(s) fell back: %s", r, len(fallbacks), "; ".join(sorted(set(fallbacks))))
     for reply in valid:
         raise RuntimeError(f"{type(strategy).__name__}.aggregate_train left client {reply.client}'s reply unread")
     record.train = dict(sorted(record.train.items()))

@@ -62,7 +62,11 @@ class AggregationSettings:
         default=0.1, metadata={"help": "trimmed_mean: share of the largest and of the smallest values left out."}
     )
     num_malicious: int = field(
-        default=1, metadata={"help": "krum, multi_krum: f, the replies per aggregate assumed malicious."}
+        default=1,
+        metadata={
+            "help": "krum, multi_krum: f, the replies per aggregate assumed malicious; an aggregate of fewer than "
+            "2f + 3 replies takes the coordinate-wise median instead (recorded per round)."
+        },
     )
     keep: int = field(default=0, metadata={"help": "multi_krum: replies averaged; 0: n - f."})
     clip_norm: float = field(default=1.0, metadata={"help": "norm_clip: L2 bound on each update (all LoRA tensors)."})

@@ -81,6 +81,25 @@ def test_krum_picks_an_honest_reply_and_multi_krum_averages_honest_ones():
         np.testing.assert_allclose(kept[key], expected[key], rtol=1e-5)
 
 
+@pytest.mark.parametrize("rule", ["krum", "multi_krum"])
+def test_krum_with_fewer_than_2f_plus_3_replies_takes_the_median_whatever_their_order(rule):
+    replies = [HONEST[0], ATTACK, HONEST[1], HONEST[2]]  # 4 < 2 * 1 + 3
+    median = aggregate("median", replies)
+    for order in (replies, replies[::-1], replies[1:] + replies[:1]):
+        agg = new_aggregate(AggregationSettings(rule=rule, num_malicious=1))
+        for reply in order:
+            agg.add(reply, 1.0)
+        result = agg.result()
+        for key in KEYS:
+            np.testing.assert_array_equal(result[key], median[key])
+        assert agg.fallback == f"{rule} with num_malicious=1 needs 5 replies, got 4: median"
+    full = new_aggregate(AggregationSettings(rule=rule, num_malicious=1))
+    for reply in [*HONEST, ATTACK]:
+        full.add(reply, 1.0)
+    full.result()
+    assert full.fallback is None
+
+
 def test_held_rules_refuse_mismatched_or_missing_input():
     agg = HeldAggregate(AggregationSettings(rule="median"))
     with pytest.raises(ValueError, match="zero adapters"):
@@ -100,9 +119,13 @@ def test_streaming_rules_hold_one_accumulator():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "rule"), [("fedit", "median"), ("fedrouter", "norm_clip")])
+@pytest.mark.parametrize(("method", "rule"), [("fedit", "median"), ("fedrouter", "norm_clip"), ("fedit", "krum")])
 def test_runs_with_a_robust_rule(method, rule):
     results, _, _ = run_inprocess(list(tiny_overrides(f"method={method}", f"aggregation.rule={rule}")), 4)
     assert results["run"]["status"] == "completed"
     assert all(r["failures"] == [] for r in results["rounds"])
     assert np.isfinite(results["final"]["mean"]["score"])
+    # Krum with f=1 needs 5 replies; 4 clients give 4: every training round records the median fallback.
+    fallbacks = [r["strategy"].get("aggregation_fallbacks") for r in results["rounds"] if r["round"] > 0]
+    expected = [["krum with num_malicious=1 needs 5 replies, got 4: median"]] if rule == "krum" else [None]
+    assert fallbacks == expected * len(fallbacks) and fallbacks
