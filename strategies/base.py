@@ -79,7 +79,7 @@ class Strategy(ABC):
 
     def aggregation_fallbacks(self) -> list[str]:
         """Why aggregates made since the last call could not apply the configured rule (then forgets them)."""
-        notes = [note for aggregate in self._held if (note := getattr(aggregate, "fallback", None))]
+        notes = [aggregate.fallback for aggregate in self._held if aggregate.fallback]
         self._held = []
         return notes
 

@@ -28,6 +28,7 @@ os.environ[network_guard.ENV] = "1"
 network_guard.install()
 
 from fedrouter_app.config.compose import load_run_config  # noqa: E402
+from fedrouter_app.federation.exchange import RoundRecord  # noqa: E402
 from fedrouter_app.model.loading import AdapterModel, cached_adapter_model  # noqa: E402
 from fedrouter_app.schema.settings import RunConfig  # noqa: E402
 
@@ -81,3 +82,19 @@ def adapter_model(cfg: RunConfig) -> AdapterModel:
 
 def tiny_overrides(*extra: str) -> Sequence[str]:
     return [*TINY, *extra]
+
+
+class Keep:
+    """A loop callback that keeps every round's record, for tests that read what the loop recorded."""
+
+    def __init__(self) -> None:
+        self.records: list[RoundRecord] = []
+
+    def on_run_start(self, *args: object) -> None:
+        pass
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        self.records.append(record)
+
+    def on_run_end(self, *args: object) -> None:
+        pass

@@ -26,6 +26,8 @@ from fedrouter_app.model.lora import LoraState
 class WeightedMean:
     """Running weighted mean of adapter states with identical keys and shapes."""
 
+    fallback: str | None = None  # the mean always applies
+
     def __init__(self) -> None:
         self._sums: dict[str, np.ndarray] | None = None
         self._errors: dict[str, np.ndarray] = {}

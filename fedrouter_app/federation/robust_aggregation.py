@@ -48,6 +48,8 @@ class Aggregate(Protocol):
     """What strategies fold replies into: ``add`` each (adapter, weight), then ``result``."""
 
     count: int
+    # Why the configured rule could not apply, once ``result`` has run; None: it applied.
+    fallback: str | None
 
     def add(self, state: LoraState, weight: float) -> None: ...
 
@@ -76,6 +78,8 @@ def new_aggregate(settings: AggregationSettings, reference: LoraState | None = N
 
 class NormClippedMean:
     """Weighted mean of ``reference + clip(update)``, each update scaled to L2 norm ``clip_norm`` at most."""
+
+    fallback: str | None = None  # clipping always applies
 
     def __init__(self, reference: LoraState, clip_norm: float) -> None:
         self.reference = reference

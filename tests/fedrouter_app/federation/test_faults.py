@@ -31,6 +31,7 @@ from fedrouter_app.federation.rounds import run_federation
 from fedrouter_app.model.lora import num_parameters
 from fedrouter_app.runners.inprocess import InProcessGrid
 from fedrouter_app.strategies.fedit import FedIT
+from tests.conftest import Keep
 
 TEMPLATE = {"m.q.lora_A.weight": (2, 3), "m.q.lora_B.weight": (3, 2)}
 BAD = 3
@@ -108,20 +109,6 @@ def scripted_client(how: str | None, task: str):
         return Message(content, reply_to=msg)
 
     return answer
-
-
-class Keep:
-    def __init__(self) -> None:
-        self.records: list[RoundRecord] = []
-
-    def on_run_start(self, *args: object) -> None:
-        pass
-
-    def on_round_end(self, record: RoundRecord) -> None:
-        self.records.append(record)
-
-    def on_run_end(self, *args: object) -> None:
-        pass
 
 
 def run(cfg, how: str | None, drop_bad: bool = False) -> tuple[FedIT, list[RoundRecord]]:

@@ -27,7 +27,7 @@ from fedrouter_app.federation.rounds import run_federation
 from fedrouter_app.ml.evaluation import ExampleScore
 from fedrouter_app.runners.inprocess import InProcessGrid, run_inprocess
 from fedrouter_app.strategies.fedit import FedIT
-from tests.conftest import tiny_overrides
+from tests.conftest import Keep, tiny_overrides
 
 TASKS = ("a", "b")
 TEST = (Example("a", "say one", "one"), Example("b", "add 2 and 3", "five"), Example("a", "say two", "two"))
@@ -200,20 +200,6 @@ def scripted_client(task: str):
         return Message(content, reply_to=msg)
 
     return answer
-
-
-class Keep:
-    def __init__(self) -> None:
-        self.records: list[RoundRecord] = []
-
-    def on_run_start(self, *args: object) -> None:
-        pass
-
-    def on_round_end(self, record: RoundRecord) -> None:
-        self.records.append(record)
-
-    def on_run_end(self, *args: object) -> None:
-        pass
 
 
 def test_the_round_loop_writes_checked_predictions_and_refuses_a_bad_reply(make_cfg, tmp_path):

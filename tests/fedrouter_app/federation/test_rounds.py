@@ -17,7 +17,7 @@ from fedrouter_app.federation.rounds import run_federation, sample_clients
 from fedrouter_app.model.loading import lora_template
 from fedrouter_app.registry import strategy_class
 from fedrouter_app.runners.inprocess import NODE_OFFSET, InProcessGrid
-from tests.conftest import tiny_overrides
+from tests.conftest import Keep, tiny_overrides
 
 
 def test_sampling_is_seeded_per_round_and_phase():
@@ -134,19 +134,9 @@ def test_loop_sends_round_settings_and_counts_bytes(make_cfg):
     cfg = make_cfg(*overrides)
     grid = InProcessGrid(make_client_app(tiny_overrides(*overrides)), 4)
     strategy = strategy_class("fedit")(cfg, lora_template(cfg.model, cfg.lora))
-    records: list[RoundRecord] = []
-
-    class Keep:
-        def on_run_start(self, *a):
-            pass
-
-        def on_round_end(self, record):
-            records.append(record)
-
-        def on_run_end(self, *a):
-            pass
-
-    run_federation(grid, cfg, strategy, config_fingerprint(cfg), [Keep()])
+    keep = Keep()
+    run_federation(grid, cfg, strategy, config_fingerprint(cfg), [keep])
+    records = keep.records
     assert [r.server_round for r in records] == [1, 2]
     assert all(len(r.train) == 2 and len(r.evaluate) == 4 for r in records)
     train_msgs = [m for m in grid.sent if m.metadata.message_type == "train"]
