@@ -198,6 +198,8 @@ TIMED = (
     # speed.shared_prefill: one prompt pass, then the reference answer's loss and greedy decoding, together.
     ("fedrouter_app.ml.evaluation", "score_and_generate", "shared prompt pass", ""),
     ("fedrouter_app.ml.evaluation", "choose_answers", "choice ranking", ""),
+    # speed.shared_prefill: one prompt pass, then every candidate answer (and the reference's loss) from its cache.
+    ("fedrouter_app.ml.evaluation", "score_choices", "choice ranking", ""),
     ("fedrouter_app.clients.fedrouter", "kmeans", "clustering and routing", ""),
     ("fedrouter_app.clients.fedrouter", "nearest", "clustering and routing", ""),
     ("fedrouter_app.strategies.fedrouter.clustering", "kmeans", "clustering and routing", ""),

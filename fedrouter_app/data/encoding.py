@@ -131,6 +131,13 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
+def response_ids(tokenizer: PreTrainedTokenizerBase, example: Example, fmt: PromptFormat) -> list[int]:
+    """The scored tokens of an example: its response and the EOS token (at most ``max_length - 1``)."""
+    response = list(tokenizer(fmt.response(example), add_special_tokens=False)["input_ids"])
+    response.append(tokenizer.eos_token_id)
+    return response[: max(1, fmt.max_length - 1)]
+
+
 def encode_example(tokenizer: PreTrainedTokenizerBase, example: Example, fmt: PromptFormat) -> EncodedExample:
     """Tokenize one example; the loss covers the response and the EOS token only.
 
@@ -139,9 +146,7 @@ def encode_example(tokenizer: PreTrainedTokenizerBase, example: Example, fmt: Pr
     always kept.
     """
     prompt = prompt_ids(tokenizer, fmt.prompt(example))
-    response = list(tokenizer(fmt.response(example), add_special_tokens=False)["input_ids"])
-    response.append(tokenizer.eos_token_id)
-    response = response[: max(1, fmt.max_length - 1)]
+    response = response_ids(tokenizer, example, fmt)
     prompt = prompt[max(0, len(prompt) + len(response) - fmt.max_length) :]
     return EncodedExample(
         input_ids=prompt + response,

@@ -23,9 +23,10 @@ from fedrouter_app.data.encoding import (
     collate_prompts,
     encode_example,
     prompt_ids,
+    response_ids,
 )
 from fedrouter_app.data.example import Example
-from fedrouter_app.ml.prefill import cut_at, fits, score_and_generate
+from fedrouter_app.ml.prefill import cut_at, fits, score_and_generate, score_choices
 from fedrouter_app.ml.training import token_pass
 from fedrouter_app.model.adapter_model import AdapterModel, Mixing
 from fedrouter_app.schema.learning import SpeedSettings
@@ -159,9 +160,16 @@ def score_examples(
     choices = choices or {}
     closed = [i for i, ex in enumerate(examples) if ex.task in choices]
     open_rows = [i for i, ex in enumerate(examples) if ex.task not in choices]
-    shared = set()
+    shared, candidates = set(), _candidate_ids(tokenizer, fmt, choices)
     if speed.shared_prefill:
         shared = {i for i in open_rows if fits(prompts[i], answers[i], fmt, max_new_tokens)}
+        # A closed row's loss is its reference's candidate score: no pass of its own when the reference is listed.
+        shared |= {
+            i
+            for i in closed
+            if examples[i].response in choices[examples[i].task]
+            and all(fits(prompts[i], c, fmt, 0) for c in candidates[examples[i].task])
+        }
     loss_sums, tokens = [0.0] * len(examples), [0] * len(examples)
     predictions = [""] * len(examples)
     rest = [i for i in range(len(examples)) if i not in shared]
@@ -192,11 +200,25 @@ def score_examples(
                     said = generate_ids(adapter_model, [prompts[i] for i in rows], fmt, max_new_tokens, stop)
             for i, answer in zip(rows, said, strict=True):
                 predictions[i] = answer
-    if closed:
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for i in closed:
+        if i in shared:
+            by_task[examples[i].task].append(i)
+    for task, group in by_task.items():
+        listed, reference = choices[task], [choices[task].index(examples[i].response) for i in group]
+        for batch in _batches([len(prompts[i]) for i in group], batch_size, speed.eval_batching):
+            rows = [group[j] for j in batch]
+            with adapter_model.mixing(_slice(weights, rows)):
+                losses = score_choices(adapter_model, [prompts[i] for i in rows], candidates[task])
+            for j, i, row in zip(batch, rows, losses, strict=True):
+                predictions[i] = listed[min(range(len(listed)), key=row.__getitem__)]  # ties: the first listed
+                loss_sums[i], tokens[i] = row[reference[j]], len(candidates[task][reference[j]])
+    apart = [i for i in closed if i not in shared]
+    if apart:
         chosen = choose_answers(
-            adapter_model, [examples[i] for i in closed], fmt, choices, batch_size, _slice(weights, closed), speed
+            adapter_model, [examples[i] for i in apart], fmt, choices, batch_size, _slice(weights, apart), speed
         )
-        for i, answer in zip(closed, chosen, strict=True):
+        for i, answer in zip(apart, chosen, strict=True):
             predictions[i] = answer
     scores = []
     for ex, pred, ls, nt in zip(examples, predictions, loss_sums, tokens, strict=True):
@@ -213,6 +235,16 @@ def score_examples(
             )
         )
     return scores
+
+
+def _candidate_ids(
+    tokenizer: Any, fmt: PromptFormat, choices: Mapping[str, Sequence[str]]
+) -> dict[str, list[list[int]]]:
+    """Each task's candidate answers as scored tokens (a response's tokens do not depend on its prompt)."""
+    return {
+        task: [response_ids(tokenizer, Example(task=task, instruction="", response=a), fmt) for a in listed]
+        for task, listed in choices.items()
+    }
 
 
 def choose_answers(

@@ -99,3 +99,34 @@ def test_a_row_one_token_too_long_is_scored_on_its_whole_answer(adapter_model):
     separate = score_examples(adapter_model, [over], FMT, speed=SpeedSettings(shared_prefill=False), **kwargs)[0]
     assert shared.tokens == separate.tokens == answer
     assert shared.loss_sum == pytest.approx(separate.loss_sum, rel=1e-4, abs=1e-4)
+
+
+def test_closed_answers_from_one_prompt_pass_equal_a_pass_per_candidate(adapter_model):
+    rng = np.random.default_rng(1)
+    for slot, seed in (("route_0", 3), ("route_1", 4)):
+        state = adapter_model.initial_state(seed)
+        adapter_model.load_state(
+            {k: (v + rng.normal(0, 0.3, v.shape)).astype(np.float32) for k, v in state.items()}, slot
+        )
+    sentiment = make_examples(0, "sentiment", "test", range(5))
+    count = make_examples(0, "count", "test", range(4))
+    unlisted = type(count[0])("count", count[0].instruction, "7")  # its reference is no candidate: a pass of its own
+    long = type(count[1])("count", " ".join([count[1].instruction] * 40), count[1].response)  # does not fit
+    examples = [*sentiment, *count, unlisted, long, *make_examples(0, "copy", "test", range(2))]
+    choices = {"sentiment": ("negative", "positive"), "count": ("1", "2", "3")}
+    route = torch.tensor([float(i % 2) for i in range(len(examples))])
+    weights = {"route_0": 1.0 - route, "route_1": route}
+    kwargs = {"batch_size": 3, "max_new_tokens": 6, "weights": weights, "choices": choices}
+    # Without the frozen-prefix cache, whose hits would hide the separate passes' repeated prompts from the count.
+    spent = []
+    for speed in (SpeedSettings(shared_prefill=False, prefix_cache=False), SpeedSettings(prefix_cache=False)):
+        before = adapter_model.forward_tokens
+        spent.append(score_examples(adapter_model, examples, FMT, speed=speed, **kwargs))
+        spent.append(adapter_model.forward_tokens - before)
+    separate, many, shared, fewer = spent
+    for a, b in zip(shared, separate, strict=True):
+        assert a.prediction == b.prediction and a.tokens == b.tokens > 0
+        assert a.loss_sum == pytest.approx(b.loss_sum, rel=1e-4, abs=1e-4)
+    assert {s.prediction for s in shared[:5]} <= set(choices["sentiment"])
+    # The prompt runs once, not once per candidate and once more for the loss.
+    assert fewer < 0.7 * many
