@@ -19,7 +19,7 @@ from tests.conftest import tiny_overrides
 pytestmark = pytest.mark.slow  # whole runs, or Ray, Flower or worker processes
 
 SMALL = tiny_overrides("train.local_steps=5")
-BASELINES = ("fedavg_ft", "fedprox", "ifca", "fedsa_lora", "ditto")
+BASELINES = ("fedavg_ft", "fedprox", "ifca", "fedsa_lora", "ditto", "fedavgm")
 
 
 def saved(run_dir, name):
