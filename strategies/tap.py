@@ -42,6 +42,7 @@ from fedrouter_app.model.loading import hidden_size
 from fedrouter_app.model.lora import LoraState, LoraTemplate
 from fedrouter_app.registry import MethodConfig, register_strategy
 from fedrouter_app.schema.checks import one_of, require
+from fedrouter_app.schema.metadata import NEUTRAL
 from fedrouter_app.schema.settings import RunConfig
 from fedrouter_app.strategies.base import Strategy
 
@@ -101,9 +102,10 @@ class TAPConfig(MethodConfig):
     temperature: float = field(metadata={"help": "T: distillation temperature."})
     unseen_rule: str = field(
         metadata={
+            NEUTRAL: "shared",
             "help": "Path of a test task the client does not hold: 'shared' (the shared LoRA alone, as the "
             "authors' code) or 'router' (each sample through the shared LoRA and the task LoRA whose centroid, "
-            "the mean frozen-base embedding of that task's training samples over its holders, is nearest)."
+            "the mean frozen-base embedding of that task's training samples over its holders, is nearest).",
         }
     )
 

@@ -175,9 +175,9 @@ def test_defaults_keep_todays_behaviour_and_fingerprint():
     for key in ("global_features", "embedding", "embedding_layer"):
         del settings["method"][key]
     # Other settings at their neutral values leave the fingerprint too; ours were the only ones removed here.
-    from fedrouter_app.config.compose import NEUTRAL_DEFAULTS
+    from fedrouter_app.config.compose import neutral_settings
 
-    for (section, key), neutral in NEUTRAL_DEFAULTS.items():
+    for (section, key), neutral in neutral_settings(cfg).items():
         if settings.get(section, {}).get(key, neutral) == neutral:
             settings[section].pop(key, None)
     settings = {k: v for k, v in settings.items() if v != {}}  # a section added whole, at its neutral values

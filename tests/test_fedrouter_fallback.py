@@ -200,11 +200,12 @@ def test_defaults_report_the_fallback_beside_the_papers_routing_which_stays_the_
     assert m.diagnose_routing == "held_out"
     assert config_fingerprint(cfg) == config_fingerprint(load_run_config(["method=fedrouter", "method.router=global"]))
     # Switched off, the settings are the paper's routing alone, as before they existed: they leave the fingerprint.
-    from fedrouter_app.config.compose import NEUTRAL_DEFAULTS
+    from fedrouter_app.config.compose import neutral_settings
 
     off = load_run_config(["method=fedrouter", "method.router_fallback=none", "method.diagnose_routing=off"])
-    assert all(key not in off.to_dict()["method"] or NEUTRAL_DEFAULTS[("method", key)] == value
-               for key, value in off.to_dict()["method"].items() if ("method", key) in NEUTRAL_DEFAULTS)  # fmt: skip
+    neutral = neutral_settings(off)
+    assert (neutral[("method", "router_fallback")], neutral[("method", "diagnose_routing")]) == ("none", "off")
+    assert config_fingerprint(off) != config_fingerprint(cfg)
     for override in ("method.router_fallback=average", "method.diagnose_routing=all", "method.fallback_quantile=0.9"):
         assert config_fingerprint(load_run_config(["method=fedrouter", override])) != config_fingerprint(cfg)
     load_run_config(["method=fedrouter", "method.router_fallback=average", "method.router=fallback"])

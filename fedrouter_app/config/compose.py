@@ -20,7 +20,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -34,6 +34,7 @@ from fedrouter_app.config.run_config import hydra_overrides, naming_flat_keys_in
 from fedrouter_app.method_packages import part_dir
 from fedrouter_app.registry import method_config_class
 from fedrouter_app.schema.checks import ConfigError
+from fedrouter_app.schema.metadata import NEUTRAL
 from fedrouter_app.schema.settings import SECTIONS, RunConfig
 
 __all__ = [
@@ -118,45 +119,17 @@ def _load_cached(overrides: tuple[str, ...], federation_size: int | None) -> Run
         raise naming_flat_keys_in(err, overrides) from None
 
 
-# Settings added after sweeps had recorded fingerprints, with the value that keeps the old behaviour: at that value
-# a setting is left out of the fingerprint, so a sweep resumed after the upgrade skips its completed jobs (and a
-# checkpoint resumes) instead of running them again. Any other value counts as usual.
-NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
-    ("data", "task_prompts"): True,
-    ("data", "prompt_format"): "plain",
-    ("dp", "delta"): 1e-5,
-    ("aggregation", "rule"): "mean",
-    ("aggregation", "trim_fraction"): 0.1,
-    ("aggregation", "num_malicious"): 1,
-    ("aggregation", "keep"): 0,
-    ("aggregation", "clip_norm"): 1.0,
-    ("data", "system_prompt"): None,
-    ("scenario", "shares"): "even",
-    ("scenario", "test_items_per_cell"): None,
-    ("scenario", "clients_per_window"): 1,
-    ("scenario", "drift"): None,
-    ("method", "drift_check"): False,
-    ("method", "drift_threshold"): 1.25,
-    ("method", "unseen_rule"): "shared",  # TAP's; FL-TAC's unseen_rule never takes this value
-    ("method", "global_features"): "centroids",
-    ("method", "embedding"): "mean",
-    ("method", "embedding_layer"): None,
-    ("method", "max_client_share"): 1.0,
-    ("method", "centroid_outlier_threshold"): 0.0,
-    ("method", "router_fallback"): "none",
-    ("method", "fallback_quantile"): 0.95,
-    ("method", "fallback_margin"): 1.0,
-    ("method", "fallback_temperature"): 1.0,
-    ("method", "diagnose_routing"): "off",
-    ("method", "local_router_view"): True,
-    ("attack", "kind"): "none",
-    ("attack", "fraction"): 0.25,
-    ("attack", "start_round"): 1,
-    ("attack", "scale"): 10.0,
-    ("attack", "std"): 0.0,
-    ("attack", "target_task"): None,
-    ("attack", "source_task"): None,
-}
+def neutral_settings(cfg: RunConfig) -> dict[tuple[str, str], Any]:
+    """``(section, key) -> value`` of every setting that declares a fingerprint-neutral value (its field's metadata
+    under :data:`~fedrouter_app.schema.metadata.NEUTRAL`), the run's own method's settings included."""
+    neutral = {}
+    for section in fields(cfg):
+        settings = getattr(cfg, section.name)
+        if is_dataclass(settings):
+            for setting in fields(settings):
+                if NEUTRAL in setting.metadata:
+                    neutral[(section.name, setting.name)] = setting.metadata[NEUTRAL]
+    return neutral
 
 
 def _as_recorded_before(settings: dict[str, Any]) -> dict[str, Any]:
@@ -183,7 +156,7 @@ def config_fingerprint(cfg: RunConfig) -> str:
     settings = _as_recorded_before(
         {k: v for k, v in cfg.to_dict().items() if k not in ("output", "checkpoint", "report")}
     )
-    for (section, key), neutral in NEUTRAL_DEFAULTS.items():
+    for (section, key), neutral in neutral_settings(cfg).items():
         if section in settings and settings[section].get(key, neutral) == neutral:
             settings[section] = {k: v for k, v in settings[section].items() if k != key}
     # A section added whole after fingerprints were recorded, at its neutral values, is not there at all.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fedrouter_app.schema.checks import one_of, require
+from fedrouter_app.schema.metadata import NEUTRAL
 
 
 @dataclass
@@ -113,25 +114,28 @@ class DataSettings:
     prompt_format: str = field(
         default="plain",
         metadata={
+            NEUTRAL: "plain",
             "help": "'plain' fills prompt_template and response_template; 'chat' puts the instruction in a user "
             "turn of the tokenizer's chat template (instruct models ship one) and the response after the "
-            "assistant header, the templates unused."
+            "assistant header, the templates unused.",
         },
     )
     system_prompt: str | None = field(
         default=None,
         metadata={
+            NEUTRAL: None,
             "help": "prompt_format=chat: a system turn before each user turn; null keeps the chat template's own "
-            "default (SmolLM2's adds one)."
+            "default (SmolLM2's adds one).",
         },
     )
     task_prompts: bool = field(
         default=True,
         metadata={
+            NEUTRAL: True,
             "help": "Named table mappings (qqp, web_nlg, samsum, gigaword) put a task prompt before each input "
             "('Summarize the dialogue:', ...); false gives the raw inputs as the FedRouter authors' code does "
             "(QQP: 'question1-question2'; WebNLG: the triples as the text of a Python list), so the task must be "
-            "told from the input's shape. A table's own prefix is kept either way."
+            "told from the input's shape. A table's own prefix is kept either way.",
         },
     )
 

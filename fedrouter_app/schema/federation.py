@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fedrouter_app.schema.checks import one_of, require
+from fedrouter_app.schema.metadata import NEUTRAL
 
 if TYPE_CHECKING:
     from fedrouter_app.schema.settings import RunConfig
@@ -29,8 +30,9 @@ class DPSettings:
     delta: float = field(
         default=1e-5,
         metadata={
+            NEUTRAL: 1e-5,
             "help": "The delta of the (epsilon, delta) reported per round for dp.mode and FedRouter's noisy "
-            "centroids (results.json, progress line)."
+            "centroids (results.json, progress line).",
         },
     )
 
@@ -53,23 +55,41 @@ class AggregationSettings:
     rule: str = field(
         default="mean",
         metadata={
+            NEUTRAL: "mean",
             "help": "'mean' (weighted; the methods' own rule), 'norm_clip' (updates clipped to clip_norm, then the "
             "mean), 'median' or 'trimmed_mean' (coordinate-wise), 'krum' or 'multi_krum'. Applied to each "
-            "aggregated adapter: per cluster, slot or task key."
+            "aggregated adapter: per cluster, slot or task key.",
         },
     )
     trim_fraction: float = field(
-        default=0.1, metadata={"help": "trimmed_mean: share of the largest and of the smallest values left out."}
+        default=0.1,
+        metadata={
+            NEUTRAL: 0.1,
+            "help": "trimmed_mean: share of the largest and of the smallest values left out.",
+        },
     )
     num_malicious: int = field(
         default=1,
         metadata={
+            NEUTRAL: 1,
             "help": "krum, multi_krum: f, the replies per aggregate assumed malicious; an aggregate of fewer than "
-            "2f + 3 replies takes the coordinate-wise median instead (recorded per round)."
+            "2f + 3 replies takes the coordinate-wise median instead (recorded per round).",
         },
     )
-    keep: int = field(default=0, metadata={"help": "multi_krum: replies averaged; 0: n - f."})
-    clip_norm: float = field(default=1.0, metadata={"help": "norm_clip: L2 bound on each update (all LoRA tensors)."})
+    keep: int = field(
+        default=0,
+        metadata={
+            NEUTRAL: 0,
+            "help": "multi_krum: replies averaged; 0: n - f.",
+        },
+    )
+    clip_norm: float = field(
+        default=1.0,
+        metadata={
+            NEUTRAL: 1.0,
+            "help": "norm_clip: L2 bound on each update (all LoRA tensors).",
+        },
+    )
 
     def validate(self) -> None:
         one_of("aggregation.rule", self.rule, ("mean", "norm_clip", "median", "trimmed_mean", "krum", "multi_krum"))
@@ -98,49 +118,61 @@ class AttackSettings:
     kind: str = field(
         default="none",
         metadata={
+            NEUTRAL: "none",
             "help": "'none'; model poisoning of every adapter a malicious client sends: 'sign_flip' (update "
             "-(reply - sent) x scale), 'scale' (update x scale), 'random' (Gaussian update: the honest update's norm, "
             "or std per coordinate), 'target' (a fixed adapter: the initial one plus a seeded direction of L2 norm "
             "scale); data poisoning of its training data: 'label_swap' (target_task's responses replaced by "
             "source_task's), 'label_random' (responses shuffled); FedRouter registration: 'inflate_sizes' (cluster "
             "sizes x scale), 'capture' (every centroid set to target_task's centroid), 'pollute' (centroids in seeded "
-            "random directions at scale x their mean norm)."
+            "random directions at scale x their mean norm).",
         },
     )
     fraction: float = field(
         default=0.25,
         metadata={
+            NEUTRAL: 0.25,
             "help": "Share of clients that are malicious: the round(fraction x num_clients) (at least 1) with the "
-            "smallest keys seeded by (run seed, client)."
+            "smallest keys seeded by (run seed, client).",
         },
     )
     start_round: int = field(
         default=1,
         metadata={
+            NEUTRAL: 1,
             "help": "First round whose training replies (model poisoning) and data (data poisoning) are poisoned; "
-            "registration attacks poison every registration."
+            "registration attacks poison every registration.",
         },
     )
     scale: float = field(
         default=10.0,
         metadata={
+            NEUTRAL: 10.0,
             "help": "sign_flip and scale: update multiplier; target: L2 norm of the offset from the initial adapter; "
-            "inflate_sizes: size multiplier; pollute: distance in multiples of the centroids' mean norm."
+            "inflate_sizes: size multiplier; pollute: distance in multiples of the centroids' mean norm.",
         },
     )
     std: float = field(
-        default=0.0, metadata={"help": "random: std of each coordinate of the update; 0: the honest update's norm."}
+        default=0.0,
+        metadata={
+            NEUTRAL: 0.0,
+            "help": "random: std of each coordinate of the update; 0: the honest update's norm.",
+        },
     )
     target_task: str | None = field(
         default=None,
         metadata={
+            NEUTRAL: None,
             "help": "label_swap: the task whose responses are replaced (null: the client's first own task); "
-            "capture: the task whose global cluster is captured (null: the first training task the client lacks)."
+            "capture: the task whose global cluster is captured (null: the first training task the client lacks).",
         },
     )
     source_task: str | None = field(
         default=None,
-        metadata={"help": "label_swap: the task whose responses are written in (null: the task after target_task)."},
+        metadata={
+            NEUTRAL: None,
+            "help": "label_swap: the task whose responses are written in (null: the task after target_task).",
+        },
     )
 
     def validate(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fedrouter_app.schema.checks import one_of, require
+from fedrouter_app.schema.metadata import NEUTRAL
 
 
 @dataclass
@@ -82,10 +83,11 @@ class ScenarioSettings:
     test_items_per_cell: int | None = field(
         default=None,
         metadata={
+            NEUTRAL: None,
             "help": "Test items per task in each reported cell, dealt over that cell's clients: a task's holders "
             "share this many between them (own-task scores), the other clients this many (other clients' tasks), "
             "every client this many where no client trains the task (held-out tasks); so every cell rests on at "
-            "least this many items whatever the split. null: test_examples_per_task per client and task."
+            "least this many items whatever the split. null: test_examples_per_task per client and task.",
         },
     )
     claims: list[str] = field(
@@ -100,22 +102,27 @@ class ScenarioSettings:
     clients_per_window: int = field(
         default=1,
         metadata={
+            NEUTRAL: 1,
             "help": "window: this many consecutive clients share each task window (client i holds the window that "
             "starts at training task i // clients_per_window), so every trained task has several holders: 2 with "
-            "tasks_per_client=1 is the FedRouter paper's split (one task per client, two clients per task)."
+            "tasks_per_client=1 is the FedRouter paper's split (one task per client, two clients per task).",
         },
     )
     shares: str = field(
         default="even",
         metadata={
+            NEUTRAL: "even",
             "help": "window: how a client's training examples are split over its tasks: 'even' (equal shares) or "
             "'pool' (in proportion to the size of each task's training pool, as the FedRouter authors' splits do; "
-            "sources with finite pools only: files, hub, bigbench, packaged)."
+            "sources with finite pools only: files, hub, bigbench, packaged).",
         },
     )
     drift: DriftSettings | None = field(
         default=None,
-        metadata={"help": "Data drift during the run (scenario=drift): who switches tasks, when; null: none."},
+        metadata={
+            NEUTRAL: None,
+            "help": "Data drift during the run (scenario=drift): who switches tasks, when; null: none.",
+        },
     )
 
     def validate(self, tasks: list[str]) -> None:

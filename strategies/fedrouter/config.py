@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from fedrouter_app.federation.routing_fallback import FALLBACK_MODES
 from fedrouter_app.registry import MethodConfig
 from fedrouter_app.schema.checks import one_of, require
+from fedrouter_app.schema.metadata import NEUTRAL
 from fedrouter_app.schema.settings import RunConfig
 
 REGISTER = "query.register"
@@ -80,97 +81,114 @@ class FedRouterConfig(MethodConfig):
     global_features: str = field(
         default="centroids",
         metadata={
+            NEUTRAL: "centroids",
             "help": "What the server clusters local clusters by: 'centroids' (their data centroids, the authors' "
             "code), 'adapters' (the unit-normalised update of each local adapter after a first training from the "
             "initial adapter, in which every local cluster trains; the paper's wording) or 'both' (the unit-normalised "
-            "centroid and update, concatenated). Routing always uses the data centroids."
+            "centroid and update, concatenated). Routing always uses the data centroids.",
         },
     )
     embedding: str = field(
         default="mean",
         metadata={
+            NEUTRAL: "mean",
             "help": "A sample's embedding (local clustering and routing): 'mean' over the instruction's tokens, "
-            "'last_token' (the last token's state) or 'prefix' (mean over the instruction's leading task text only)."
+            "'last_token' (the last token's state) or 'prefix' (mean over the instruction's leading task text only).",
         },
     )
     embedding_layer: int | None = field(
         default=None,
         metadata={
+            NEUTRAL: None,
             "help": "Hidden state embedded: null, the last one (after the final norm); an integer indexes the "
-            "model's hidden states (0: token embeddings, i: block i's output; negative counts from the end)."
+            "model's hidden states (0: token embeddings, i: block i's output; negative counts from the end).",
         },
     )
 
     drift_check: bool = field(
         default=False,
         metadata={
+            NEUTRAL: False,
             "help": "Data drift: before each training round (from round 2) registered clients check whether their "
             "training data still fit their local centroids; one whose mean sample-to-nearest-centroid distance "
             "exceeds drift_threshold x the value at its clustering clusters again and registers again (mapped to "
-            "the nearest global clusters, which do not change)."
+            "the nearest global clusters, which do not change).",
         },
     )
     drift_threshold: float = field(
         default=1.25,
-        metadata={"help": "drift_check: ratio of mean nearest-centroid distance to its value at clustering (> 0)."},
+        metadata={
+            NEUTRAL: 1.25,
+            "help": "drift_check: ratio of mean nearest-centroid distance to its value at clustering (> 0).",
+        },
     )
     max_client_share: float = field(
         default=1.0,
         metadata={
+            NEUTRAL: 1.0,
             "help": "Defence: a client's weight in a global cluster's mean is capped at this share of the cluster's "
-            "total weight (e.g. 0.5), so inflated cluster sizes buy no more; 1.0: no cap."
+            "total weight (e.g. 0.5), so inflated cluster sizes buy no more; 1.0: no cap.",
         },
     )
     centroid_outlier_threshold: float = field(
         default=0.0,
         metadata={
+            NEUTRAL: 0.0,
             "help": "Defence: a registered centroid whose distance to the nearest global cluster mean (computed "
             "without it) exceeds this x the median such distance of the registration is refused: its client trains "
-            "nothing for that local cluster. 0: off. Needs clustering=kmeans, global_features=centroids."
+            "nothing for that local cluster. 0: off. Needs clustering=kmeans, global_features=centroids.",
         },
     )
     router_fallback: str = field(
         default="soft",
         metadata={
+            NEUTRAL: "none",
             "help": "This project's extension (label-free): a test sample whose nearest global centroid is further "
             "than the client's calibrated threshold falls back from one routed adapter to a mixture of all of them: "
             "'soft' (per-row softmax(-distance / tau) weights), 'average' (1/K each, the mean of the LoRA deltas). "
-            "Reported as the extra view router-fallback beside the plain ones; 'none': the paper's hard routing only."
+            "Reported as the extra view router-fallback beside the plain ones; 'none': the paper's hard routing only.",
         },
     )
     fallback_quantile: float = field(
         default=0.95,
         metadata={
+            NEUTRAL: 0.95,
             "help": "router_fallback: the threshold is this quantile, in (0, 1], of the distances from the client's "
             "own training samples to their nearest global centroid (0.95: about 5% of in-distribution samples "
-            "would fall back; 1: the farthest training sample)."
+            "would fall back; 1: the farthest training sample).",
         },
     )
     fallback_margin: float = field(
         default=1.0,
-        metadata={"help": "router_fallback: a sample falls back beyond this x the calibrated threshold (> 0)."},
+        metadata={
+            NEUTRAL: 1.0,
+            "help": "router_fallback: a sample falls back beyond this x the calibrated threshold (> 0).",
+        },
     )
     fallback_temperature: float = field(
         default=1.0,
         metadata={
+            NEUTRAL: 1.0,
             "help": "router_fallback=soft: tau of the softmax weights is this x the calibrated threshold (> 0); "
-            "larger mixes more evenly."
+            "larger mixes more evenly.",
         },
     )
     local_router_view: bool = field(
         default=True,
         metadata={
+            NEUTRAL: True,
             "help": "Also score the 'local' router (each sample to the nearest of the client's own clusters) as the "
-            "view router-local; false skips that scoring where method.router is not 'local'."
+            "view router-local; false skips that scoring where method.router is not 'local'.",
         },
     )
     diagnose_routing: str = field(
         default="held_out",
         metadata={
+            NEUTRAL: "off",
             "help": "Why routing fails, measured (diagnosis samples cost about K+2 times more to evaluate): clients "
             "score each diagnosed test sample under every global adapter, their average and the base model, and "
             "report per task diag.<task>.* means (each cluster, average, base, routed and the per-sample best, "
-            "oracle). 'off', 'held_out' (samples of scenario.unseen_tasks only) or 'all'."
+            "oracle). 'off', 'held_out' (samples of scenario.unseen_tasks only) or 'all'.",
         },
     )
 

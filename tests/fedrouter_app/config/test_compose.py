@@ -103,7 +103,7 @@ def test_fingerprint_tracks_settings_but_not_outputs():
 def test_settings_added_later_leave_fingerprints_unchanged_at_their_old_behaviour():
     # A sweep resumed after an upgrade skips its completed jobs: a new setting at the value that keeps the old
     # behaviour does not enter the fingerprint; any other value does.
-    from fedrouter_app.config.compose import NEUTRAL_DEFAULTS, _as_recorded_before
+    from fedrouter_app.config.compose import _as_recorded_before, neutral_settings
 
     cfg = load_run_config()
     assert (cfg.data.task_prompts, cfg.scenario.shares) == (True, "even")
@@ -111,12 +111,12 @@ def test_settings_added_later_leave_fingerprints_unchanged_at_their_old_behaviou
     # Settings that replaced older ones are written as the older ones were, at the value that behaves the same.
     assert stripped["model"]["dtype"] == "float32" and "precision" not in stripped["model"]
     assert "claims" not in stripped["scenario"] and "wheels_dir" not in stripped["data"]
-    for (section, key), neutral in NEUTRAL_DEFAULTS.items():
+    for (section, key), neutral in neutral_settings(cfg).items():
         # At its old behaviour a setting is left out (a method setting exists only in its method's config); the
         # defaults that moved on from it (FedRouter's fallback view) stay in.
         if stripped[section].get(key, neutral) == neutral:
             stripped[section].pop(key, None)
-    assert cfg.method.router_fallback != NEUTRAL_DEFAULTS[("method", "router_fallback")]
+    assert cfg.method.router_fallback != neutral_settings(cfg)[("method", "router_fallback")]
     # A section added whole (aggregation) is left out altogether at its neutral values.
     settings = {k: v for k, v in stripped.items() if k not in ("output", "checkpoint", "report") and v != {}}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -133,3 +133,55 @@ def test_every_setting_has_help_text():
     for cls in (RunConfig, *SECTIONS.values()):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
+
+
+# The values recorded fingerprints were made without: changing one would make every sweep recorded before it run
+# its completed jobs again.
+RECORDED_NEUTRAL = {
+    ("data", "task_prompts"): True,
+    ("data", "prompt_format"): "plain",
+    ("data", "system_prompt"): None,
+    ("dp", "delta"): 1e-5,
+    ("aggregation", "rule"): "mean",
+    ("aggregation", "trim_fraction"): 0.1,
+    ("aggregation", "num_malicious"): 1,
+    ("aggregation", "keep"): 0,
+    ("aggregation", "clip_norm"): 1.0,
+    ("scenario", "shares"): "even",
+    ("scenario", "test_items_per_cell"): None,
+    ("scenario", "clients_per_window"): 1,
+    ("scenario", "drift"): None,
+    ("attack", "kind"): "none",
+    ("attack", "fraction"): 0.25,
+    ("attack", "start_round"): 1,
+    ("attack", "scale"): 10.0,
+    ("attack", "std"): 0.0,
+    ("attack", "target_task"): None,
+    ("attack", "source_task"): None,
+}
+RECORDED_METHOD_NEUTRAL = {
+    "tap": {"unseen_rule": "shared"},
+    "fedrouter": {
+        "drift_check": False,
+        "drift_threshold": 1.25,
+        "global_features": "centroids",
+        "embedding": "mean",
+        "embedding_layer": None,
+        "max_client_share": 1.0,
+        "centroid_outlier_threshold": 0.0,
+        "router_fallback": "none",
+        "fallback_quantile": 0.95,
+        "fallback_margin": 1.0,
+        "fallback_temperature": 1.0,
+        "diagnose_routing": "off",
+        "local_router_view": True,
+    },
+}
+
+
+@pytest.mark.parametrize("method", ["fedit", "tap", "fedrouter", "fltac"])
+def test_neutral_values_are_declared_once_by_their_fields_and_match_what_fingerprints_recorded(method):
+    from fedrouter_app.config.compose import neutral_settings
+
+    own = {("method", key): value for key, value in RECORDED_METHOD_NEUTRAL.get(method, {}).items()}
+    assert neutral_settings(load_run_config([f"method={method}"])) == {**RECORDED_NEUTRAL, **own}
