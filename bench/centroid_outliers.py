@@ -57,7 +57,7 @@ def registration_ratios(overrides: list[str]) -> tuple[np.ndarray, np.ndarray, d
 
     from fedrouter_app.client.attacks import attack_reply, malicious_clients
     from fedrouter_app.client.client_env import ClientEnv
-    from fedrouter_app.clients.fedrouter import FedRouterClient
+    from fedrouter_app.clients.fedrouter.client import FedRouterClient
     from fedrouter_app.config.compose import load_run_config
     from fedrouter_app.data.partition import build_client_data
     from fedrouter_app.federation.cluster_defences import leave_one_out_distances

@@ -191,7 +191,7 @@ def peak_gemm_gflops(dtype: torch.dtype, seconds: float = 2.0) -> float:
 # (module, attribute, phase, unless inside): the functions timed, patched where they are called from.
 TIMED = (
     ("fedrouter_app.model.loading", "load_adapter_model", "model load", ""),
-    ("fedrouter_app.clients.fedrouter", "embed_texts", "embeddings", ""),
+    ("fedrouter_app.clients.fedrouter.client", "embed_texts", "embeddings", ""),
     ("fedrouter_app.client.client_env", "train_adapter", "training", ""),
     ("fedrouter_app.ml.evaluation", "row_losses", "teacher-forced loss", "choice ranking"),
     ("fedrouter_app.ml.evaluation", "generate_ids", "generation", ""),
@@ -200,8 +200,8 @@ TIMED = (
     ("fedrouter_app.ml.evaluation", "choose_answers", "choice ranking", ""),
     # speed.shared_prefill: one prompt pass, then every candidate answer (and the reference's loss) from its cache.
     ("fedrouter_app.ml.evaluation", "score_choices", "choice ranking", ""),
-    ("fedrouter_app.clients.fedrouter", "kmeans", "clustering and routing", ""),
-    ("fedrouter_app.clients.fedrouter", "nearest", "clustering and routing", ""),
+    ("fedrouter_app.clients.fedrouter.client", "kmeans", "clustering and routing", ""),
+    ("fedrouter_app.clients.fedrouter.client", "nearest", "clustering and routing", ""),
     ("fedrouter_app.strategies.fedrouter.clustering", "kmeans", "clustering and routing", ""),
     ("fedrouter_app.client.client_env", "adapter_record", "serialisation", ""),
     ("fedrouter_app.client.client_env", "read_adapter", "serialisation", ""),

@@ -80,7 +80,7 @@ def test_adapter_features_recover_planted_groups_the_centroids_would_split_other
     assert strategy.features_pending and {tuple(i.assignment) for i in strategy.registry.values()} == {(0,)}
     # Before the first training every local cluster trains from the initial adapter (round robin or not).
     payloads = strategy.configure_train(1, [0, 1, 2, 3])
-    assert strategy.trained == {c: [0] for c in range(4)}
+    assert strategy.plan.trained == {c: [0] for c in range(4)}
     sent = read_adapter(payloads[0][global_adapter_name(0)], TEMPLATE)
     assert all(np.array_equal(sent[k], strategy.initial_adapter[k]) for k in TEMPLATE)
     u, v = direction(1), direction(2)

@@ -11,7 +11,7 @@ and one client's weight in a cluster capped (``method.max_client_share``).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,7 @@ from fedrouter_app.strategies.fedrouter.config import (
     FedRouterConfig,
     local_adapter_name,
 )
+from fedrouter_app.strategies.fedrouter.plan import MembershipChanges
 
 
 @dataclass
@@ -74,9 +75,7 @@ class GlobalClustering:
     centroids: np.ndarray
     cluster_tasks: list[str]
     bank: list[LoraState]
-    joined: dict[int, list[int]]
-    reregistered: dict[int, list[int]]
-    reclustered: dict[str, Any]
+    changes: MembershipChanges
     features_pending: bool
     outlier_scale: float | None
     max_local: int
@@ -181,7 +180,7 @@ class GlobalClustering:
         self._set_assignment(items, np.zeros(len(items), dtype=np.int64))
         self.features_pending = True
 
-    def cluster_by_features(self, replies: Sequence[Reply]) -> None:
+    def cluster_by_features(self, replies: Sequence[Reply], trained: Mapping[int, Sequence[int]]) -> None:
         """Global clusters from the first training's local adapters (``global_features`` adapters or both).
 
         Every local cluster a valid reply trained is a point: its adapter's
@@ -189,9 +188,10 @@ class GlobalClustering:
         see :func:`global_clustering_features`. A global cluster's routing
         centroid is the mean data centroid of its local clusters. Registered
         clients without a clustered adapter (not sampled, or their reply
-        refused) are mapped like late joiners, to the nearest routing centroid.
+        refused) are mapped like late joiners, to the nearest routing centroid. ``trained``: the local
+        clusters each client was asked to train this round.
         """
-        items = [(r.client, j) for r in replies for j in self.trained.get(r.client, [])]
+        items = [(r.client, j) for r in replies for j in trained.get(r.client, [])]
         if len(items) < self.method.n_global:
             raise RuntimeError(
                 f"method.n_global={self.method.n_global} exceeds the {len(items)} local adapters the first training "
@@ -210,8 +210,8 @@ class GlobalClustering:
         self._set_assignment(items, labels)
         for client in sorted(set(self.registry) - {c for c, _ in items}):
             self.assign(client)
-        for client in self.joined:
-            self.joined[client] = list(self.registry[client].assignment)
+        for client in self.changes.joined:
+            self.changes.joined[client] = list(self.registry[client].assignment)
         self.features_pending = False
 
     def _local_clusters(self) -> tuple[list[tuple[int, int]], np.ndarray]:
@@ -270,7 +270,7 @@ class GlobalClustering:
         """Register clients seen for the first time and assign them by nearest centroid."""
         for client in self.register([c for c in clients if c not in self.registry]):
             self.assign(client)
-            self.joined[client] = list(self.registry[client].assignment)
+            self.changes.joined[client] = list(self.registry[client].assignment)
 
     def recheck(self, clients: Sequence[int]) -> None:
         """Ask registered ``clients`` whether their local clusters still fit their data (``method.drift_check``).
@@ -297,7 +297,7 @@ class GlobalClustering:
                 continue
             self.registry[reply.client] = info
             self.assign(reply.client)
-            self.reregistered[reply.client] = list(info.assignment)
+            self.changes.reregistered[reply.client] = list(info.assignment)
 
 
 def client_share_factors(

@@ -38,6 +38,7 @@ from fedrouter_app.schema.settings import RunConfig
 from fedrouter_app.strategies.base import Strategy
 from fedrouter_app.strategies.fedrouter.clustering import ClientClusters, GlobalClustering, client_share_factors
 from fedrouter_app.strategies.fedrouter.config import FedRouterConfig, global_adapter_name, local_adapter_name
+from fedrouter_app.strategies.fedrouter.plan import MembershipChanges, TrainPlan
 from fedrouter_app.strategies.fedrouter.reports import RoutingReports, _route_key
 
 
@@ -54,10 +55,8 @@ class FedRouter(GlobalClustering, RoutingReports, Strategy):
         self.centroids = np.zeros((0, 0), dtype=np.float32)
         self.cluster_tasks: list[str] = []
         self.bank: list[LoraState] = []
-        self.trained: dict[int, list[int]] = {}
-        self.reclustered: dict[str, Any] = {}
-        self.joined: dict[int, list[int]] = {}
-        self.reregistered: dict[int, list[int]] = {}
+        self.plan = TrainPlan()  # the current training round's, made by configure_train
+        self.changes = MembershipChanges()  # late joiners and re-registrations, for the next training report
         # global_features adapters/both: the global clustering waits for the first training's adapters. Never
         # true in a checkpoint, which is written after a training round, whose aggregation clusters.
         self.features_pending = False
@@ -87,12 +86,11 @@ class FedRouter(GlobalClustering, RoutingReports, Strategy):
         # Data cannot have changed since a registration in this round or the setup (round 0 or 1).
         if self.method.drift_check and server_round > 1:
             self.recheck(known)
-        self.reclustered = {}
+        plan = TrainPlan(clusters_by_features=self.features_pending)
         if self.method.recluster_every and server_round > 1 and server_round % self.method.recluster_every == 0:
-            self.reclustered = self.recluster()
+            plan.reclustered = self.recluster()
         records: dict[int, ArrayRecord] = {}
         payloads: dict[int, RecordDict] = {}
-        self.trained = {}
         for client in clients:
             if client not in self.registry:
                 continue
@@ -101,10 +99,11 @@ class FedRouter(GlobalClustering, RoutingReports, Strategy):
             if not accepted:
                 continue  # every local cluster refused as an outlier: nothing to train
             # Clustering by adapters needs every local cluster's adapter once, trained from the initial adapter.
-            everything = self.method.schedule == "all" or self.features_pending
+            everything = self.method.schedule == "all" or plan.clusters_by_features
             local = accepted if everything else [accepted[(server_round - 1) % len(accepted)]]
-            self.trained[client] = local
+            plan.trained[client] = local
             payloads[client] = self._payload(info, {info.assignment[j] for j in local}, records, {"train": local})
+        self.plan = plan
         return payloads
 
     def _payload(
@@ -122,7 +121,7 @@ class FedRouter(GlobalClustering, RoutingReports, Strategy):
         return self.max_local
 
     def check_train_reply(self, server_round: int, reply: Reply) -> None:
-        for j in self.trained.get(reply.client, []):
+        for j in self.plan.trained.get(reply.client, []):
             self.require_adapter(reply, local_adapter_name(j))
 
     def check_evaluate_reply(self, server_round: int, reply: Reply) -> None:
@@ -144,7 +143,7 @@ class FedRouter(GlobalClustering, RoutingReports, Strategy):
         """(global cluster, reply, local cluster, weight) of every adapter the replies carry, as they are read."""
         for reply in replies:
             info = self.registry[reply.client]
-            for j in self.trained.get(reply.client, []):
+            for j in self.plan.trained.get(reply.client, []):
                 weight = {
                     "cluster_size": info.sizes[j],
                     "client_size": reply.metrics[NUM_EXAMPLES],
@@ -154,13 +153,13 @@ class FedRouter(GlobalClustering, RoutingReports, Strategy):
 
     def folds_replies(self) -> bool:
         # Clustering by trained features and the share cap need every reply of the round at once.
-        return not self.features_pending and self.method.max_client_share >= 1.0 and self.streams_aggregation()
+        return not self.plan.clusters_by_features and self.method.max_client_share >= 1.0 and self.streams_aggregation()
 
     def aggregate_train(self, server_round: int, replies: Iterable[Reply]) -> dict[str, Any]:
-        clustered = self.features_pending
-        if clustered:
+        plan = self.plan
+        if plan.clusters_by_features:
             replies = list(replies)
-            self.cluster_by_features(replies)
+            self.cluster_by_features(replies, plan.trained)
         contributions: Iterable[tuple[int, Reply, int, float]] = self._contributions(replies)
         factors: dict[tuple[int, int], float] = {}
         capped: dict[int, list[int]] = {}
@@ -179,16 +178,11 @@ class FedRouter(GlobalClustering, RoutingReports, Strategy):
         report: dict[str, Any] = {"contributors": {str(k): mean.count for k, mean in sorted(means.items())}}
         if capped:
             report["share_capped"] = {str(k): clients for k, clients in sorted(capped.items())}
-        if clustered:
+        if plan.clusters_by_features:
             report["clustering"] = self.clustering_report()
-        if self.reclustered:
-            report["reclustered"] = self.reclustered
-        if self.joined:
-            report["joined"] = {str(c): a for c, a in sorted(self.joined.items())}
-            self.joined = {}
-        if self.reregistered:
-            report["reregistered"] = {str(c): a for c, a in sorted(self.reregistered.items())}
-            self.reregistered = {}
+        if plan.reclustered:
+            report["reclustered"] = plan.reclustered
+        report.update(self.changes.report())
         return report
 
     def configure_evaluate(self, server_round: int, clients: Sequence[int]) -> dict[int, RecordDict]:

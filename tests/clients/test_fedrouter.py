@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
-from fedrouter_app.clients.fedrouter import CLUSTERS, FedRouterClient, LocalClusters
+from fedrouter_app.clients.fedrouter.client import CLUSTERS, FedRouterClient, LocalClusters
 from fedrouter_app.federation.records import CENTROIDS, CONFIG, adapter_record, matrix_record, read_adapter
 from fedrouter_app.schema.checks import ConfigError
 from fedrouter_app.strategies.fedrouter.config import global_adapter_name, local_adapter_name

@@ -5,7 +5,7 @@ import pytest
 from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.client.client_env import ClientEnv
-from fedrouter_app.clients.fedrouter import (
+from fedrouter_app.clients.fedrouter.client import (
     CLUSTERS,
     FedRouterClient,
     LocalClusters,

@@ -6,8 +6,8 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 
 from fedrouter_app.client.client_env import ROUTE_SLOT
-from fedrouter_app.clients.fedrouter import CLUSTERS, FedRouterClient, LocalClusters
-from fedrouter_app.clients.fedrouter_fallback import FALLBACK_VIEW, THRESHOLD_METRIC, TRAIN_EMBEDDINGS
+from fedrouter_app.clients.fedrouter.client import CLUSTERS, FedRouterClient, LocalClusters
+from fedrouter_app.clients.fedrouter.fallback import FALLBACK_VIEW, THRESHOLD_METRIC, TRAIN_EMBEDDINGS
 from fedrouter_app.federation.records import CENTROIDS, CONFIG, adapter_record, matrix_record
 from fedrouter_app.federation.routing_fallback import calibrate
 from fedrouter_app.strategies.fedrouter.config import global_adapter_name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import RecordDict
 
-from fedrouter_app.clients.fedrouter import FedRouterClient
+from fedrouter_app.clients.fedrouter.client import FedRouterClient
 from fedrouter_app.federation.records import CENTROIDS
 
 DUAL = ("method=fedrouter", "scenario=dual", "scenario.train_examples_per_client=48")

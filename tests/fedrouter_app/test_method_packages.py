@@ -85,7 +85,7 @@ def test_the_wheel_installs_one_top_level_package(wheel):
         names = archive.namelist()
     assert {name.split("/")[0] for name in names} == {"fedrouter_app", wheel.name.split("-py3")[0] + ".dist-info"}
     assert "fedrouter_app/strategies/fedrouter/strategy.py" in names
-    assert "fedrouter_app/clients/fedrouter.py" in names
+    assert "fedrouter_app/clients/fedrouter/client.py" in names
     assert "fedrouter_app/conf/config.yaml" in names
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
 

@@ -46,7 +46,7 @@ def test_round_robin_sends_each_client_only_the_cluster_it_trains(make_cfg):
     strategy = make(make_cfg)
     for server_round, expected in ((1, {0: [0], 1: [0]}), (2, {0: [1], 1: [0]})):
         payloads = strategy.configure_train(server_round, [0, 1])
-        assert strategy.trained == expected
+        assert strategy.plan.trained == expected
         sent = {c: sorted(k for k in p.array_records) for c, p in payloads.items()}
         assert sent == {
             c: [global_adapter_name(strategy.registry[c].assignment[j]) for j in js] for c, js in expected.items()
@@ -57,7 +57,7 @@ def test_round_robin_sends_each_client_only_the_cluster_it_trains(make_cfg):
 def test_all_schedule_trains_every_local_cluster(make_cfg):
     strategy = make(make_cfg, "method.schedule=all")
     payloads = strategy.configure_train(1, [0, 1])
-    assert strategy.trained == {0: [0, 1], 1: [0]}
+    assert strategy.plan.trained == {0: [0, 1], 1: [0]}
     assert sorted(payloads[0].array_records) == [global_adapter_name(0), global_adapter_name(1)]
 
 

@@ -76,7 +76,7 @@ def test_a_far_centroid_is_refused_and_its_client_trains_nothing_for_it(make_cfg
     assert all(not strategy.registry[c].rejected for c in range(4))
     for server_round in (1, 2):  # round robin over the accepted clusters only
         strategy.configure_train(server_round, [0, 4])
-        assert strategy.trained[4] == [0]
+        assert strategy.plan.trained[4] == [0]
     assert strategy.clustering_report()["refused"] == {"4": [1]}
 
 

@@ -73,7 +73,7 @@ def test_a_client_registered_again_is_mapped_to_the_nearest_global_clusters(make
     assert strategy.registry[0].assignment == [0, 1]  # unchanged
     np.testing.assert_array_equal(strategy.centroids, centroids)  # no global clustering again
     # The round trains the new clusters with the adapters they are mapped to, and reports the new mapping once.
-    assert list(payloads[1][CONFIG]["fedrouter.map"]) == [1, 1] and strategy.trained[1] == [1]
+    assert list(payloads[1][CONFIG]["fedrouter.map"]) == [1, 1] and strategy.plan.trained[1] == [1]
     assert strategy.aggregate_train(2, [])["reregistered"] == {"1": [1, 1]}
     assert "reregistered" not in strategy.aggregate_train(3, [])
 

@@ -182,7 +182,7 @@ def test_a_malicious_train_reply_is_poisoned_against_the_adapter_it_was_sent(mak
 
 
 def test_a_renamed_reply_adapter_is_poisoned_against_the_adapter_its_method_names(make_cfg):
-    from fedrouter_app.clients.fedrouter import FedRouterClient
+    from fedrouter_app.clients.fedrouter.client import FedRouterClient
 
     env = fake_env(make_cfg, "method=fedrouter", "attack.kind=scale", "attack.scale=2")
     # Local cluster 0 trained from global adapter 1 (the map), not the nearer global adapter 0.

@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from fedrouter_app.client.client_env import RoundInfo
 from fedrouter_app.clients.base import ClientMethod
-from fedrouter_app.clients.fedrouter_fallback import remember_training_embeddings, routing_extras
+from fedrouter_app.clients.fedrouter.fallback import remember_training_embeddings, routing_extras
 from fedrouter_app.data.example import instructions_digest
 from fedrouter_app.federation.centroid_privacy import cluster_means, merge_small_clusters, noisy_centroids
 from fedrouter_app.federation.records import CENTROIDS, CONFIG, METRICS, matrix_record, read_matrix

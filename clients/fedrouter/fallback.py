@@ -35,7 +35,7 @@ from fedrouter_app.ml.evaluation import ExampleScore
 from fedrouter_app.strategies.fedrouter.config import global_adapter_name
 
 if TYPE_CHECKING:
-    from fedrouter_app.clients.fedrouter import FedRouterClient
+    from fedrouter_app.clients.fedrouter.client import FedRouterClient
 
 # Training embeddings (with a digest of the instructions they are of), kept only with a fallback on.
 TRAIN_EMBEDDINGS = "fedrouter.train-embeddings"
