@@ -21,7 +21,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from bench.processes import pids_mentioning, stop
+from bench.processes import descendants, pids_mentioning, stop
 from fedrouter_app.federation.results import load_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,6 +188,15 @@ class LocalFederation:
             if any(name in _cmdline(pid) for name in ("fedrouter_app.runtime.worker", "fedrouter-worker"))
             and "flower-supernode" not in _cmdline(pid)
         ]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return pids
+
+    def kill_serverapps(self) -> list[int]:
+        """SIGKILL every ServerApp process the SuperLink started (the server side of every run in progress)."""
+        assert self.superlink is not None, "the federation is not started"
+        pids = [pid for pid in descendants(self.superlink.pid) if "flwr-serverapp" in _cmdline(pid)]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

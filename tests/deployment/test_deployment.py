@@ -1,11 +1,13 @@
 """The app on Flower's deployment runtime: a real SuperLink and SuperNodes on 127.0.0.1, driven by ``flwr run``.
 
 One secure federation (TLS, SuperNode authentication) of three SuperNodes, two
-of them with a warm worker, serves two FedRouter runs: in the first a
+of them with a warm worker, serves three FedRouter runs: in the first a
 SuperNode is killed and replaced; in the second a worker is killed mid-run,
-and the adapters must equal the simulation's for the same seed. A second,
-plain federation runs on node-local data files. Each process has a time
-limit and is stopped in ``finally``.
+and the adapters must equal the simulation's for the same seed; in the third
+the ServerApp process is killed mid-round and a new run resumes it from its
+checkpoint, ending with the same adapters. A second, plain federation runs on
+node-local data files. Each process has a time limit and is stopped in
+``finally``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from bench.local_federation import LocalFederation
+from fedrouter_app.federation.checkpoint import CHECKPOINT_DIR, latest_checkpoint
 from fedrouter_app.model.embedded import cache_root
 from fedrouter_app.runners.simulation import simulate
 from tests.conftest import TINY
@@ -44,6 +47,8 @@ BASE = [
 OVERRIDES = [*BASE, "checkpoint.every=0"]
 # Every message starts a fresh ClientApp process; on a loaded 2-core machine a round takes tens of seconds.
 RUN_TIMEOUT = 420.0
+# The runs that end by comparing their adapters with the simulation's: 2 rounds, checkpoints on (the default).
+WORKER_RUN = [*BASE, "num_rounds=2", "round_timeout=240"]
 # Nodes 0 and 1 have a warm worker beside their SuperNode; node 2 does its work in its ClientApp processes.
 WORKERS = (0, 1)
 
@@ -149,7 +154,8 @@ def test_secure_federation_with_workers_survives_a_killed_supernode_and_worker(
     assert "setup" in first["strategy"] and "setup" not in second["strategy"] and "setup" not in third["strategy"]
     assert third["train"]["clients"]["2"]["train-steps"] > 0
 
-    check_worker_killed_mid_run(fed)
+    expected = check_worker_killed_mid_run(fed)
+    check_server_killed_mid_round_resumes(fed, expected)
 
 
 def saved_adapters(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -157,7 +163,7 @@ def saved_adapters(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
     return {p.parent.name: load_file(p) for p in sorted((run_dir / "adapters").glob("*/adapter_model.safetensors"))}
 
 
-def check_worker_killed_mid_run(fed: LocalFederation) -> None:
+def check_worker_killed_mid_run(fed: LocalFederation) -> dict[str, dict[str, np.ndarray]]:
     """A worker SIGKILLed mid-run is replaced; the adapters equal the simulation's; the run ends cleanly.
 
     Nodes 0 and 1 work through their workers, node 2 (the replacement of run 1)
@@ -166,7 +172,7 @@ def check_worker_killed_mid_run(fed: LocalFederation) -> None:
     must show no error for this run.
     """
     name = "workers"
-    overrides = [*BASE, "num_rounds=2", "round_timeout=240"]
+    overrides = WORKER_RUN
     log_before = len((fed.logs / "superlink.log").read_text())
     run_id = fed.submit("fedrouter", [*overrides, f"output.run_name={name}"])
     wait_for(fed, name, lambda r: len(r["rounds"]) >= 1, RUN_TIMEOUT)
@@ -192,6 +198,35 @@ def check_worker_killed_mid_run(fed: LocalFederation) -> None:
         assert tensors.keys() == deployed[cluster].keys()
         for key, value in tensors.items():
             np.testing.assert_array_equal(deployed[cluster][key], value, strict=True, err_msg=f"{cluster} {key}")
+    return expected
+
+
+def check_server_killed_mid_round_resumes(fed: LocalFederation, expected: dict[str, dict[str, np.ndarray]]) -> None:
+    """The ServerApp process SIGKILLed in round 2, after round 1's checkpoint; a new run resumes from it.
+
+    The killed run writes nothing more (its results still say "running");
+    ``checkpoint.resume`` continues from round 1's checkpoint on the server and
+    the clients' saved state, and ends with the adapters an uninterrupted run
+    (the simulation of the same settings) ends with.
+    """
+    name = "server-killed"
+    run_dir = fed.out_dir / name
+    fed.submit("fedrouter", [*WORKER_RUN, f"output.run_name={name}"])
+    wait_for(fed, name, lambda r: len(r["rounds"]) >= 1, RUN_TIMEOUT)
+    assert fed.kill_serverapps(), "the run's ServerApp process was running"
+    killed = fed.results(name)
+    assert killed is not None and killed["run"]["status"] == "running" and len(killed["rounds"]) == 1
+    assert latest_checkpoint(run_dir / CHECKPOINT_DIR).name == "round-00001"
+
+    fed.submit("fedrouter", [*WORKER_RUN, f"output.run_name={name}", f"checkpoint.resume={run_dir}"])
+    results = wait_for(fed, name, completed, RUN_TIMEOUT)
+    assert results["run"]["resumed"][0]["after_round"] == 1
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    resumed = saved_adapters(run_dir)
+    assert resumed.keys() == expected.keys()
+    for cluster, tensors in expected.items():
+        for key, value in tensors.items():
+            np.testing.assert_array_equal(resumed[cluster][key], value, strict=True, err_msg=f"{cluster} {key}")
 
 
 def test_nodes_train_and_are_tested_on_their_own_files(federation: Callable[..., LocalFederation], tmp_path) -> None:
