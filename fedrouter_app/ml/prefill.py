@@ -1,15 +1,17 @@
-"""One prompt pass for both the teacher-forced loss and the greedy answer of a test row.
+"""One prompt pass for everything a test row continues it with: its reference answer, its greedy answer, or
+every candidate answer of a closed-answer task.
 
 Scoring a row takes its loss on the reference answer (the prompt followed by
-the answer, teacher-forced) and a greedy answer (the prompt, then decoding).
-Both start by running the model over the prompt, which is most of a short
-task's tokens. Here the prompt runs once, left-padded so that every row's
-prompt ends at the same position; its key/value cache is then continued twice:
-by the reference answer (the loss) and by greedy decoding (the answer). The
-result equals the two separate passes up to float rounding (tested).
+the answer, teacher-forced) and a greedy answer (the prompt, then decoding), or,
+for a closed-answer task, the loss of every candidate answer. All start by
+running the model over the prompt, which is most of a short task's tokens.
+Here the prompt runs once, left-padded so that every row's prompt ends at the
+same position; its key/value cache is then continued by each of them in turn
+(cut back to the prompt after each). The result equals separate passes up to
+float rounding (tested).
 
 The prompt pass stops one token short; the last prompt token is the first
-input of both continuations, whose output predicts the answer's first token.
+input of every continuation, whose output predicts the answer's first token.
 """
 
 from __future__ import annotations

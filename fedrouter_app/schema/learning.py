@@ -104,7 +104,8 @@ class SpeedSettings:
         default=True,
         metadata={
             "help": "Run a test row's prompt once: its key/value cache serves both the loss of the reference answer "
-            "and greedy generation (two passes over the prompt otherwise)."
+            "and greedy generation, or, under eval.answer_mode=choices, every candidate answer (a pass over the "
+            "prompt for each otherwise)."
         },
     )
     scored_logits_only: bool = field(
