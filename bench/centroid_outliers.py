@@ -8,7 +8,7 @@ does, and computes each centroid's leave-one-out distance over the median
 when that ratio exceeds t, so one registration gives the refusal rates of
 every threshold: on honest clients (false refusals) and on the attacker's
 centroids (detections). Registration only: nothing is trained. It writes
-``outputs/bench/centroid_outliers.json`` (``--json``) and prints the table
+``docs/robustness/centroid_outliers.json`` (``--json``; committed, behind the docs table) and prints the table
 :func:`render` builds from it; ``--render`` only renders an existing JSON, and
 ``--into docs/robustness.md`` also puts the table between
 ``<!-- centroid-outliers:start -->`` and ``<!-- centroid-outliers:end -->`` of
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. SEEDS-1 of each scenario")
     parser.add_argument("--scale", type=float, default=10.0, help="attack.scale of the polluted runs")
-    parser.add_argument("--json", "--out", type=Path, default=Path("outputs/bench/centroid_outliers.json"))
+    parser.add_argument("--json", "--out", type=Path, default=Path("docs/robustness/centroid_outliers.json"))
     parser.add_argument("--render", action="store_true", help="only render the table of an existing --json")
     parser.add_argument(
         "--into", type=Path, help=f"also put the table into this Markdown file, between the '{MARKER}' markers"

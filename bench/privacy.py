@@ -11,7 +11,7 @@ Routing depends on the centroids only, so the runs are cut short: one round of
 one local step, 4 test examples per task, answers of one token (the scores are
 not meaningful, routing is). Clients run in this process, one after the other, through the real
 ServerApp and ClientApp code (no Ray), sharing one model. It writes
-``outputs/bench/privacy.json`` (``--json``) and prints the table :func:`render`
+``docs/robustness/privacy.json`` (``--json``; committed, behind the docs table) and prints the table :func:`render`
 builds from it; ``--render`` only renders an existing JSON, and ``--into
 docs/robustness.md`` also puts the table between ``<!-- privacy:start -->`` and
 ``<!-- privacy:end -->`` of that file::
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clip", type=float, default=5.0, help="C: L2 bound on each embedding")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--json", type=Path, default=Path("outputs/bench/privacy.json"))
+    parser.add_argument("--json", type=Path, default=Path("docs/robustness/privacy.json"))
     parser.add_argument("--render", action="store_true", help="only render the table of an existing --json")
     parser.add_argument(
         "--into", type=Path, help=f"also put the table into this Markdown file, between the '{MARKER}' markers"

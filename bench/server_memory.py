@@ -16,7 +16,7 @@ which NumPy reports to) for rounds of 10 to 1,000 replies:
 
 The clients are not real (no model, no training): what is measured is the
 server's side, the process a ServerApp runs in. It prints a table and writes
-``outputs/bench/server_memory.json``; ``--render`` only renders an existing
+``docs/scale/server_memory.json`` (committed, behind the docs table); ``--render`` only renders an existing
 JSON, ``--into docs/scale.md`` also puts the table between
 ``<!-- server-memory:start -->`` and ``<!-- server-memory:end -->``.
 """
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mean", type=int, nargs="+", default=list(MEAN_REPLIES), help="replies per round, mean")
     parser.add_argument("--held", type=int, nargs="+", default=list(HELD_REPLIES), help="replies per round, median")
-    parser.add_argument("--json", type=Path, default=Path("outputs/bench/server_memory.json"))
+    parser.add_argument("--json", type=Path, default=Path("docs/scale/server_memory.json"))
     parser.add_argument("--render", action="store_true", help="only render the table of an existing --json")
     parser.add_argument("--into", type=Path, help="also put the table into this Markdown file, between markers")
     args = parser.parse_args(argv)
