@@ -189,3 +189,42 @@ def test_the_checks_see_what_they_check():
     assert "fedrouter_app.federation.rounds" in graph["fedrouter_app.apps.server_app"]
     assert layer("fedrouter_app.cli.main") > layer("fedrouter_app.federation.rounds") > layer("fedrouter_app.schema")
     assert any(module.startswith("flwr.") for _, module, _ in imports(MODULES["fedrouter_app.compat.flwr_internals"]))
+
+
+def _method_name_comparisons(tree: ast.AST, names: set[str]) -> Iterator[int]:
+    """Lines comparing something's ``name`` (``cfg.method.name``, ``method["name"]``) with a method's name."""
+
+    def is_name(node: ast.expr) -> bool:
+        if isinstance(node, ast.Attribute):
+            return node.attr == "name"
+        return isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value == "name"
+
+    def literals(node: ast.expr) -> set[object]:
+        if isinstance(node, ast.Constant):
+            return {node.value}
+        if isinstance(node, ast.Tuple | ast.List | ast.Set):
+            return {e.value for e in node.elts if isinstance(e, ast.Constant)}
+        return set()
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(is_name(o) for o in operands) and any(literals(o) & names for o in operands):
+                yield node.lineno
+
+
+def test_shared_code_branches_on_no_method_by_name():
+    # What a method needs from shared code is a hook on its config, strategy or client class; a comparison with its
+    # name would let shared code grow a branch per method.
+    from fedrouter_app.registry import method_names
+
+    names = set(method_names())
+    found = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for module, path in MODULES.items()
+        if module.split(".")[1:2] not in (["strategies"], ["clients"])
+        for line in _method_name_comparisons(ast.parse(path.read_text()), names)
+    ]
+    assert not found, "shared code compares a method's name: " + ", ".join(found)
+    planted = ast.parse('if cfg.method.name == "fedrouter": pass\nok = method["name"] in ("tap", "x")')
+    assert list(_method_name_comparisons(planted, names)) == [1, 2]
